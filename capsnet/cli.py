@@ -1,0 +1,46 @@
+"""Command-line flags generated from a settings dataclass."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any, NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
+    """Add one flag per dataclass field; a flag not given is absent from the parsed namespace."""
+    group = parser.add_argument_group("settings (defaults from config.py)")
+    hints = typing.get_type_hints(settings)
+    for f in dataclasses.fields(settings):
+        kind = hints[f.name]
+        default = f.default
+        name = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
+        if kind is bool:
+            group.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(name, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               choices=f.metadata.get("choices"), help=help_text,
+                               metavar=None if f.metadata.get("choices") else f.name.upper())
+
+
+def overrides(namespace: argparse.Namespace, settings: type) -> dict[str, Any]:
+    """The settings that were given on the command line."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    return {k: v for k, v in vars(namespace).items() if k in names}
+
+
+def build(settings: type, values: dict[str, Any]) -> Any:
+    """Create the settings object from saved values, ignoring names it no longer has."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    return settings(**{k: v for k, v in values.items() if k in names})

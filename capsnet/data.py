@@ -1,0 +1,110 @@
+"""Datasets held as one uint8 tensor on the training device, served in shuffled, shifted batches."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torchvision
+from torch import Tensor
+
+from .errors import UserError
+
+SOURCES = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Boot"),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset."""
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device), self.classes)
+
+
+def raw_files(name: str) -> tuple[str, list[str]]:
+    """The folder under the data root and the uncompressed file names the dataset reads."""
+    source = SOURCES[name]
+    names = [os.path.splitext(os.path.basename(url))[0] for url, _ in source.resources]
+    return os.path.join(source.__name__, "raw"), names
+
+
+def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0) -> Split:
+    """Read a split through torchvision, downloading first when asked and the files are missing.
+
+    `limit` keeps the first N examples (0: all).
+    """
+    folder, names = raw_files(name)
+    raw = os.path.join(root, folder)
+    missing = [n for n in names if not os.path.isfile(os.path.join(raw, n))]
+    expected = f"expected {', '.join(names)} in {os.path.abspath(raw)}"
+    if missing and not download:
+        raise UserError(f"{name} files are missing ({expected}); pass --download or --data-dir")
+    try:
+        source = SOURCES[name](root, train=train, download=bool(missing))
+    except (RuntimeError, OSError, AssertionError, ValueError) as error:
+        what = "could not be downloaded" if missing else "could not be read"
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{name} {what} ({expected}; {detail})") from None
+    images, labels = source.data, source.targets
+    if images.dtype != torch.uint8 or images.dim() != 3 or len(images) != len(labels):
+        raise UserError(f"{name} files in {os.path.abspath(raw)} do not hold matching images and labels")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return Split(images.unsqueeze(1).contiguous(), labels.long(), CLASS_NAMES[name])
+
+
+def shift_images(padded: Tensor, offsets: Tensor, size: int) -> Tensor:
+    """Crop each zero-padded image at its own offset: (B, C, H+2s, W+2s), (B, 2) -> (B, C, H, W)."""
+    batch, channels = padded.shape[:2]
+    span = torch.arange(size, device=padded.device)
+    rows = (offsets[:, 0:1] + span)[:, None, :, None]  # (B, 1, H, 1)
+    cols = (offsets[:, 1:2] + span)[:, None, None, :]  # (B, 1, 1, W)
+    b = torch.arange(batch, device=padded.device)[:, None, None, None]
+    c = torch.arange(channels, device=padded.device)[None, :, None, None]
+    return padded[b, c, rows, cols]
+
+
+class Batches:
+    """Iterable of (images float in [0, 1], labels) batches of a Split, already on its device.
+
+    Each pass draws a new order and, with `shift` > 0, a new offset of up to `shift` pixels in
+    each direction per image, from `generator` (a CPU generator, so runs are reproducible).
+    """
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool = False, shift: int = 0,
+                 generator: torch.Generator | None = None) -> None:
+        self.split, self.batch_size, self.shuffle, self.shift = split, batch_size, shuffle, shift
+        self.generator = generator
+        self.padded = (torch.nn.functional.pad(split.images, (shift,) * 4) if shift
+                       else split.images)  # (N, C, H+2s, W+2s) uint8
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        count, device = len(self.split), self.split.labels.device
+        order = (torch.randperm(count, generator=self.generator) if self.shuffle
+                 else torch.arange(count)).to(device)
+        if self.shift:
+            offsets = torch.randint(0, 2 * self.shift + 1, (count, 2),
+                                    generator=self.generator).to(device)  # (N, 2)
+        size = self.split.images.shape[-1]
+        for start in range(0, count, self.batch_size):
+            index = order[start:start + self.batch_size]
+            if self.shift:
+                images = shift_images(self.padded[index], offsets[start:start + len(index)], size)
+            else:
+                images = self.padded[index]
+            yield images.float().div_(255.0), self.split.labels[index]

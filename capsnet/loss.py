@@ -1,0 +1,50 @@
+"""Margin loss (eq. 4) and the reconstruction regulariser."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .model import CapsNetOutput
+
+
+def margin_loss(lengths: Tensor, labels: Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
+                lambda_: float = 0.5) -> Tensor:
+    """Per-example margin loss summed over classes: (B, classes) lengths -> (B,)."""
+    present = F.one_hot(labels, lengths.shape[1]).to(lengths.dtype)  # T_k: (B, classes)
+    loss = (present * F.relu(m_plus - lengths).pow(2)
+            + lambda_ * (1.0 - present) * F.relu(lengths - m_minus).pow(2))
+    return loss.sum(dim=1)
+
+
+def reconstruction_loss(images: Tensor, reconstructions: Tensor) -> Tensor:
+    """Per-image sum of squared errors: (B, C, H, W) -> (B,)."""
+    return (reconstructions - images).pow(2).flatten(1).sum(dim=1)
+
+
+class LossParts(NamedTuple):
+    margin: Tensor  # batch mean of the margin loss
+    reconstruction: Tensor  # batch mean of the weighted reconstruction loss
+
+    @property
+    def total(self) -> Tensor:
+        return self.margin + self.reconstruction
+
+
+class CapsuleLoss(nn.Module):
+    """Margin loss + reconstruction_weight x reconstruction SSE, averaged over the batch."""
+
+    def __init__(self, m_plus: float = 0.9, m_minus: float = 0.1, lambda_: float = 0.5,
+                 reconstruction_weight: float = 0.0005) -> None:
+        super().__init__()
+        self.m_plus, self.m_minus, self.lambda_ = m_plus, m_minus, lambda_
+        self.reconstruction_weight = reconstruction_weight
+
+    def parts(self, images: Tensor, labels: Tensor, output: CapsNetOutput) -> LossParts:
+        margin = margin_loss(output.lengths, labels, self.m_plus, self.m_minus, self.lambda_)
+        sse = reconstruction_loss(images, output.reconstructions)
+        return LossParts(margin.mean(), self.reconstruction_weight * sse.mean())
+
+    def forward(self, images: Tensor, labels: Tensor, output: CapsNetOutput) -> Tensor:
+        return self.parts(images, labels, output).total

@@ -1,0 +1,126 @@
+"""CapsNet of Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules" (NIPS 2017)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EPS = 1e-8
+
+
+def squash(s: Tensor, dim: int = -1) -> Tensor:
+    """v = |s|^2 / (1 + |s|^2) * s / |s|  (eq. 1); the eps keeps the gradient finite at s = 0."""
+    squared_norm = (s * s).sum(dim=dim, keepdim=True)
+    return squared_norm / (1.0 + squared_norm) * s / torch.sqrt(squared_norm + EPS)
+
+
+def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
+                    bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Routing by agreement (Procedure 1), each example on its own.
+
+    u_hat: predictions (B, in_caps, out_caps, out_dim). Returns the output capsules v_j
+    (B, out_caps, out_dim) and the coupling coefficients c_ij (B, in_caps, out_caps) of the
+    last iteration. With `detach_inner`, gradients flow only through the final iteration.
+    """
+    batch, in_caps, out_caps, _ = u_hat.shape
+    u_hat_inner = u_hat.detach() if detach_inner else u_hat
+    logits = u_hat.new_zeros(batch, in_caps, out_caps)  # b_ij: (B, in_caps, out_caps)
+    for iteration in range(iterations):
+        coupling = logits.softmax(dim=2)  # c_ij: softmax over the output capsules
+        last = iteration == iterations - 1
+        votes = u_hat if last else u_hat_inner
+        s = torch.einsum("bij,bijd->bjd", coupling, votes)  # s_j: (B, out_caps, out_dim)
+        if bias is not None:
+            s = s + bias
+        v = squash(s)  # v_j: (B, out_caps, out_dim)
+        if not last:
+            logits = logits + torch.einsum("bijd,bjd->bij", u_hat_inner, v)  # agreement u_hat . v
+    return v, coupling
+
+
+class PrimaryCapsules(nn.Module):
+    """One convolution whose channels form `types` capsule types of `dim` components each."""
+
+    def __init__(self, in_channels: int = 256, types: int = 32, dim: int = 8,
+                 kernel_size: int = 9, stride: int = 2) -> None:
+        super().__init__()
+        self.types, self.dim = types, dim
+        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(x)  # (B, types*dim, H, W); channel = type*dim + component
+        batch, _, height, width = out.shape
+        out = out.view(batch, self.types, self.dim, height, width)
+        u = out.permute(0, 1, 3, 4, 2).reshape(batch, self.types * height * width, self.dim)
+        return squash(u)  # u_i: (B, types*H*W, dim), ordered by type, row, column
+
+
+class DigitCapsules(nn.Module):
+    """One capsule per class, fed by every primary capsule through its own weight W_ij."""
+
+    def __init__(self, in_caps: int, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16,
+                 iterations: int = 3, detach_inner: bool = False, bias: bool = False) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"routing iterations must be >= 1, got {iterations}")
+        self.iterations, self.detach_inner = iterations, detach_inner
+        self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
+        self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        u_hat = torch.einsum("ijdk,bik->bijd", self.weight, u)  # (B, in_caps, out_caps, out_dim)
+        return dynamic_routing(u_hat, self.iterations, self.detach_inner, self.bias)
+
+
+class Decoder(nn.Module):
+    """FC 160 -> 512 -> 1024 -> pixels, sigmoid; fed the pose of one capsule only."""
+
+    def __init__(self, in_features: int, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        pixels = image_shape[0] * image_shape[1] * image_shape[2]
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, 512), nn.ReLU(inplace=True),
+            nn.Linear(512, 1024), nn.ReLU(inplace=True),
+            nn.Linear(1024, pixels), nn.Sigmoid(),
+        )
+
+    def forward(self, poses: Tensor, mask: Tensor) -> Tensor:
+        masked = (poses * mask.unsqueeze(-1)).flatten(1)  # (B, classes*16)
+        return self.layers(masked).view(-1, *self.image_shape)
+
+
+class CapsNetOutput(NamedTuple):
+    lengths: Tensor  # (B, classes): capsule lengths, the class probabilities
+    poses: Tensor  # (B, classes, 16): the digit capsules v_j
+    reconstructions: Tensor  # like the input images, in [0, 1]
+
+
+class CapsNet(nn.Module):
+    """Conv1 -> PrimaryCaps -> DigitCaps (dynamic routing) -> decoder; MNIST shapes by default."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+                 routing_iterations: int = 3, detach_routing: bool = False,
+                 digit_bias: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_channels, 256, kernel_size=9, stride=1)
+        self.primary = PrimaryCapsules(256, types=32, dim=8, kernel_size=9, stride=2)
+        grid = ((image_size - 8) - 9) // 2 + 1  # 6 for 28x28 inputs
+        if grid < 1:
+            raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet (>= 25)")
+        self.digits = DigitCapsules(32 * grid * grid, 8, num_classes, 16, routing_iterations,
+                                    detach_routing, digit_bias)
+        self.decoder = Decoder(num_classes * 16, (in_channels, image_size, image_size))
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
+        """Mask the decoder with `labels` (class indices) when given, else the predicted class."""
+        features = F.relu(self.conv1(images))  # (B, 256, 20, 20)
+        u = self.primary(features)  # (B, 1152, 8)
+        poses, _ = self.digits(u)  # (B, classes, 16)
+        lengths = torch.linalg.vector_norm(poses, dim=-1)  # (B, classes)
+        chosen = labels if labels is not None else lengths.argmax(dim=1)
+        mask = F.one_hot(chosen, self.num_classes).to(poses.dtype)  # (B, classes)
+        return CapsNetOutput(lengths, poses, self.decoder(poses, mask))

@@ -1,0 +1,239 @@
+"""Training and evaluation loops on torchnet's Engine, driven by small named hooks."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import Tensor
+from torchnet.engine import Engine
+from tqdm import tqdm
+
+from .checkpoint import save_checkpoint
+from .data import Batches, Split, load_split
+from .errors import UserError
+from .loss import CapsuleLoss, LossParts
+from .meters import Meters
+from .model import CapsNet, CapsNetOutput
+from .rundir import RunDir
+
+Hook = Callable[[dict], None]
+
+
+class Hooks(list):
+    """Several functions behind one Engine hook, called in the order they subscribed."""
+
+    def __call__(self, state: dict) -> None:
+        for hook in self:
+            hook(state)
+
+
+def subscribe(engine: Engine, event: str, hook: Hook) -> None:
+    """Add `hook` to an Engine event (on_start, on_sample, on_forward, on_end_epoch, ...)."""
+    engine.hooks.setdefault(event, Hooks()).append(hook)
+
+
+class Step(NamedTuple):
+    """What one forward pass hands to the on_forward hooks."""
+    output: CapsNetOutput
+    parts: LossParts
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_args(cfg: Any, split: Split) -> dict[str, Any]:
+    """CapsNet arguments: shapes from the dataset, routing from the config."""
+    _, channels, size, _ = split.images.shape
+    return {"in_channels": channels, "image_size": size, "num_classes": len(split.classes),
+            "routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
+            "digit_bias": cfg.digit_bias}
+
+
+STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias")
+
+
+def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A checkpoint's weights fit a model only if these arguments agree."""
+    differ = [k for k in STRUCTURE if saved.get(k) != now[k]]
+    if differ:
+        raise UserError("the checkpoint does not fit this dataset and config ("
+                        + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
+
+
+def make_criterion(cfg: Any) -> CapsuleLoss:
+    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight)
+
+
+def forward_step(model: CapsNet, criterion: CapsuleLoss) -> Callable[[tuple], tuple[Tensor, Step]]:
+    """The Engine's network function: decoder masked by the labels in training only."""
+    def step(sample: tuple[Tensor, Tensor]) -> tuple[Tensor, Step]:
+        images, labels = sample
+        output = model(images, labels if model.training else None)
+        parts = criterion.parts(images, labels, output)
+        return parts.total, Step(output, parts)
+    return step
+
+
+def add_to_meters(meters: Meters, state: dict) -> None:
+    _, labels = state["sample"]
+    step: Step = state["output"]
+    meters.add(step.output.lengths, labels, step.parts.margin, step.parts.reconstruction)
+
+
+class Evaluator:
+    """One pass over a test split through its own Engine (Engine.test), without gradients."""
+
+    def __init__(self, model: CapsNet, criterion: CapsuleLoss, batches: Batches) -> None:
+        self.model, self.batches = model, batches
+        self.step = forward_step(model, criterion)
+        self.meters = Meters(len(batches.split.classes))
+        self.engine = Engine()
+        subscribe(self.engine, "on_forward", lambda state: add_to_meters(self.meters, state))
+
+    def run(self) -> dict[str, float]:
+        self.model.eval()
+        self.meters.reset()
+        bar = tqdm(self.batches, desc="test", unit="batch", leave=False, dynamic_ncols=True)
+        with torch.inference_mode():
+            self.engine.test(self.step, bar)
+        bar.close()
+        return self.meters.summary()
+
+
+class Trainer:
+    """Model, optimiser, data and run directory of one training run, on torchnet's Engine."""
+
+    def __init__(self, cfg: Any, run: RunDir, checkpoint: dict | None = None) -> None:
+        self.cfg, self.run = cfg, run
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        train = load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples)
+        test = load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples)
+        self.classes = train.classes
+        self.model_args = model_args(cfg, train)
+        self.model = CapsNet(**self.model_args).to(self.device)
+        self.criterion = make_criterion(cfg)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))  # per step
+        self.train_batches = Batches(train.to(self.device), cfg.batch_size, shuffle=True,
+                                     shift=cfg.shift, generator=self.generator)
+        self.evaluator = Evaluator(self.model, self.criterion,
+                                   Batches(test.to(self.device), cfg.batch_size))
+        self.meters = Meters(len(self.classes))
+        self.epoch, self.step, self.best_accuracy = 0, 0, -1.0
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.bar: tqdm | None = None
+        self.engine = Engine()
+        for event, hook in (("on_start", self.on_start), ("on_start_epoch", self.on_start_epoch),
+                            ("on_forward", self.on_forward), ("on_update", self.on_update),
+                            ("on_end_epoch", self.on_end_epoch)):
+            subscribe(self.engine, event, hook)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def fit(self) -> None:
+        """Train up to cfg.epochs; on Ctrl-C save last.pt, then re-raise KeyboardInterrupt."""
+        try:
+            self.engine.train(forward_step(self.model, self.criterion), self.train_batches,
+                              self.cfg.epochs, self.optimizer)
+        except KeyboardInterrupt:
+            if self.bar is not None:
+                self.bar.close()
+            self.save(self.run.last)
+            raise
+
+    def on_start(self, state: dict) -> None:
+        state["epoch"], state["t"] = self.epoch, self.step  # continue a resumed run
+
+    def on_start_epoch(self, state: dict) -> None:
+        self.model.train()
+        self.meters.reset()
+        self.epoch_started = time.perf_counter()
+        # A fresh bar over the base batches each epoch: never a wrapper of last epoch's wrapper.
+        self.bar = tqdm(self.train_batches, desc=f"epoch {state['epoch'] + 1}/{state['maxepoch']}",
+                        unit="batch", leave=False, dynamic_ncols=True)
+        state["iterator"] = self.bar
+
+    def on_forward(self, state: dict) -> None:
+        add_to_meters(self.meters, state)
+        if (self.bar.n + 1) % self.cfg.log_every == 0:
+            self.meters.flush()
+            self.bar.set_postfix(loss=f"{self.meters.loss.value()[0]:.4f}",
+                                 acc=f"{self.meters.accuracy.value()[0]:.2f}%", refresh=False)
+
+    def on_update(self, state: dict) -> None:
+        self.scheduler.step()
+        self.step = state["t"] + 1
+
+    def on_end_epoch(self, state: dict) -> None:
+        self.bar.close()
+        train_seconds = time.perf_counter() - self.epoch_started
+        lr = self.optimizer.param_groups[0]["lr"]
+        train = self.meters.summary()
+        test = self.evaluator.run()
+        self.epoch = state["epoch"]
+        row = {"epoch": self.epoch, "lr": lr,
+               "train_images_per_s": len(self.train_batches.split) / train_seconds,
+               "seconds": time.perf_counter() - self.epoch_started}
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"test_{k}": v for k, v in test.items()})
+        self.run.append_metrics(row)
+        self.save(self.run.last)
+        best = test["accuracy"] > self.best_accuracy
+        if best:
+            self.best_accuracy = test["accuracy"]
+            self.save(self.run.best)
+        state["metrics"] = row
+        tqdm.write(f"epoch {self.epoch}/{state['maxepoch']}  "
+                   f"train loss {train['loss']:.4f} acc {train['accuracy']:.2f}%  "
+                   f"test loss {test['loss']:.4f} acc {test['accuracy']:.2f}%{' *' if best else ''}  "
+                   f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
+
+    def save(self, path: Any) -> None:
+        save_checkpoint(path, {
+            "model": self.model.state_dict(), "model_args": self.model_args,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
+            "config": dataclasses.asdict(self.cfg), "classes": list(self.classes),
+            "torch_rng": torch.get_rng_state(), "data_rng": self.generator.get_state(),
+        })
+
+    def restore(self, checkpoint: dict) -> None:
+        if checkpoint["epoch"] >= self.cfg.epochs:
+            raise UserError(f"the checkpoint has finished {checkpoint['epoch']} of --epochs "
+                            f"{self.cfg.epochs}; pass a larger --epochs to train further")
+        check_structure(checkpoint["model_args"], self.model_args)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+        self.best_accuracy = checkpoint.get("best_accuracy", -1.0)
+        torch.set_rng_state(checkpoint["torch_rng"])
+        self.generator.set_state(checkpoint["data_rng"])
+
+
+def evaluate_checkpoint(cfg: Any, checkpoint: dict) -> tuple[dict[str, float], Any, tuple[str, ...]]:
+    """Test-set loss and accuracy, confusion matrix (rows: true class) and class names."""
+    device = resolve_device(cfg.device)
+    test = load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples)
+    args = model_args(cfg, test)
+    check_structure(checkpoint["model_args"], args)
+    model = CapsNet(**args).to(device)
+    model.load_state_dict(checkpoint["model"])
+    evaluator = Evaluator(model, make_criterion(cfg), Batches(test.to(device), cfg.batch_size))
+    summary = evaluator.run()
+    return summary, evaluator.meters.confusion.value(), test.classes

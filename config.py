@@ -1,0 +1,87 @@
+"""Training settings: edit the defaults here, or override any of them with its flag.
+
+Every field below is a flag of train.py (`data_dir` -> `--data-dir`, booleans also as `--no-...`);
+`python train.py --help` lists them with their defaults.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from capsnet.errors import UserError
+
+DATASETS = ("mnist", "fashion-mnist")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A Config field with its --help text (and allowed values, if any)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    # Data
+    dataset: str = setting("mnist", "dataset to train on", DATASETS)
+    data_dir: str = setting(os.environ.get("CAPSNET_DATA_DIR", "data"),
+                            "dataset root holding MNIST/raw/ (env CAPSNET_DATA_DIR)")
+    download: bool = setting(True, "download the dataset when its files are missing")
+    train_samples: int = setting(0, "train on the first N training images (0: all)")
+    test_samples: int = setting(0, "test on the first N test images (0: all)")
+    shift: int = setting(2, "random shift of training images, in pixels, with zero padding")
+    # Model
+    routing_iterations: int = setting(3, "routing-by-agreement iterations")
+    detach_routing: bool = setting(False, "stop gradients through all but the last routing iteration")
+    digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")
+    # Loss
+    m_plus: float = setting(0.9, "margin loss m+")
+    m_minus: float = setting(0.1, "margin loss m-")
+    lambda_absent: float = setting(0.5, "margin loss down-weighting of absent classes (lambda)")
+    reconstruction_weight: float = setting(0.0005, "weight of the reconstruction sum of squares")
+    # Optimisation
+    epochs: int = setting(50, "passes over the training set")
+    batch_size: int = setting(128, "images per batch")
+    lr: float = setting(1e-3, "Adam learning rate")
+    lr_decay: float = setting(0.96, "learning-rate decay factor per lr_decay_steps (1: none)")
+    lr_decay_steps: int = setting(2000, "optimizer steps over which the rate decays by lr_decay")
+    # Runtime
+    device: str = setting("auto", "where to train: auto picks cuda when there is a GPU", DEVICES)
+    threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    seed: int = setting(0, "random seed for weights, shuffling and shifts")
+    run_dir: str = setting("", "directory for metrics.csv and checkpoints (empty: runs/<timestamp>)")
+    log_every: int = setting(20, "batches between progress-bar updates")
+    # Dashboard
+    visdom: bool = setting(True, "stream metrics to a Visdom dashboard")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["choices"] and value not in f.metadata["choices"]:
+                fail(f.name, value, "one of " + ", ".join(f.metadata["choices"]))
+        at_least(self, 1, "epochs", "batch_size", "routing_iterations", "lr_decay_steps",
+                 "log_every")
+        at_least(self, 0, "train_samples", "test_samples", "shift", "threads", "seed",
+                 "reconstruction_weight", "lambda_absent")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            fail("lr", self.lr, "a number > 0")
+        if not 0 < self.lr_decay <= 1:
+            fail("lr_decay", self.lr_decay, "a number in (0, 1]")
+        if not 0 <= self.m_minus < self.m_plus <= 1:
+            fail("m_plus", self.m_plus, f"0 <= m_minus ({self.m_minus}) < m_plus <= 1")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def fail(name: str, value: Any, allowed: str) -> None:
+    raise UserError(f"{flag(name)} {value!r} is not allowed: use {allowed}")
+
+
+def at_least(cfg: Config, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= minimum):
+            fail(name, value, f"a number >= {minimum}")
