@@ -1,0 +1,50 @@
+"""Shared fixtures: small IDX datasets written in torchvision's MNIST layout."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+TRAIN, TEST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), \
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_idx(folder: Path, names: tuple[str, str], images: torch.Tensor, labels: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    (folder / names[0]).write_bytes(struct.pack(">IIII", 0x0803, n, h, w)
+                                    + images.to(torch.uint8).numpy().tobytes())
+    (folder / names[1]).write_bytes(struct.pack(">II", 0x0801, n)
+                                    + labels.to(torch.uint8).numpy().tobytes())
+
+
+def made_digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable 28x28 images: a bright 6x6 block whose place encodes the class, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 10
+    images = torch.randint(0, 40, (count, 28, 28), generator=g)
+    for k, label in enumerate(labels.tolist()):
+        row, col = 4 + 6 * (label // 4), 4 + 6 * (label % 4)
+        images[k, row:row + 6, col:col + 6] = 250
+    return images, labels
+
+
+def write_dataset(root: Path, train: int = 96, test: int = 48, name: str = "MNIST") -> Path:
+    raw = root / name / "raw"
+    write_idx(raw, TRAIN, *made_digits(train, 0))
+    write_idx(raw, TEST, *made_digits(test, 1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def quick_args(data_root: Path, tmp_path: Path) -> list[str]:
+    """train.py flags for a run of a few seconds on the made data."""
+    return ["--data-dir", str(data_root), "--no-download", "--epochs", "1", "--batch-size", "32",
+            "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run")]

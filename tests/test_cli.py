@@ -1,0 +1,103 @@
+"""Bad input: one line naming what is wrong and what is allowed, exit status 2, no traceback."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    try:
+        code = train.main(args)
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--epochs", "-1"], "--epochs -1 is not allowed: use a number >= 1"),
+    (["--batch-size", "0"], "--batch-size 0 is not allowed: use a number >= 1"),
+    (["--routing-iterations", "0"], "--routing-iterations 0 is not allowed"),
+    (["--lr", "0"], "--lr 0.0 is not allowed: use a number > 0"),
+    (["--lr-decay", "1.5"], "--lr-decay 1.5 is not allowed: use a number in (0, 1]"),
+    (["--m-minus", "0.95"], "--m-plus 0.9 is not allowed"),
+    (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+])
+def test_bad_settings(flags, expected, quick_args, capsys):
+    code, err = run_main(quick_args + flags, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu(quick_args, capsys):
+    code, err = run_main(quick_args + ["--device", "cuda"], capsys)
+    assert code == 2 and err == ("error: --device cuda: no CUDA GPU is available here; "
+                                 "use --device cpu or auto")
+
+
+def test_missing_dataset(quick_args, tmp_path, capsys):
+    code, err = run_main(quick_args + ["--data-dir", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train-images-idx3-ubyte" in err and str(tmp_path / "nothing" / "MNIST" / "raw") in err
+
+
+@pytest.mark.parametrize("action", ["--resume", "--eval"])
+def test_missing_checkpoint(action, quick_args, tmp_path, capsys):
+    code, err = run_main(quick_args + [action, str(tmp_path / "gone.pt")], capsys)
+    assert code == 2 and err == f"error: checkpoint {tmp_path / 'gone.pt'} does not exist " \
+                                "(expected a last.pt or best.pt file)"
+
+
+@pytest.mark.parametrize("content", [b"garbage", b""])
+@pytest.mark.parametrize("action", ["--resume", "--eval"])
+def test_corrupt_checkpoint(content, action, quick_args, tmp_path, capsys):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    code, err = run_main(quick_args + [action, str(path)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"checkpoint {path} is not a readable capsnet checkpoint" in err
+    assert path.read_bytes() == content  # nothing overwritten
+
+
+def test_foreign_checkpoint(quick_args, tmp_path, capsys):
+    path = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    code, err = run_main(quick_args + ["--eval", str(path)], capsys)
+    assert code == 2 and "is not a capsnet checkpoint (needs the keys model," in err
+
+
+def test_run_dir_of_another_run_is_never_overwritten(quick_args, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch\n1\n")
+    code, err = run_main(quick_args, capsys)
+    assert code == 2 and f"--run-dir {run} already holds files" in err
+    assert (run / "metrics.csv").read_text() == "epoch\n1\n"
+
+
+def test_the_command_line_reports_one_line_and_exit_2():
+    result = subprocess.run([sys.executable, "train.py", "--batch-size", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: --batch-size 0 is not allowed: use a number >= 1\n"
+
+
+def test_help_lists_every_setting_with_its_default(capsys):
+    from dataclasses import fields
+
+    from config import Config
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = capsys.readouterr().out
+    for f in fields(Config):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "(default: 128)" in out and "--no-visdom" in out and "--train-samples" in out

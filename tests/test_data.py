@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from capsnet.data import SOURCES, Batches, Split, load_split, shift_images
+from capsnet.errors import UserError
+from conftest import write_dataset
+
+
+def test_loads_idx_files_through_torchvision(data_root: Path):
+    train = load_split("mnist", str(data_root), True, download=False)
+    test = load_split("mnist", str(data_root), False, download=False, limit=10)
+    assert train.images.shape == (96, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert len(test) == 10 and train.classes == tuple("0123456789")
+    assert torch.equal(train.labels[:12], torch.arange(12) % 10)
+
+
+def test_fashion_mnist_reads_its_own_folder(tmp_path: Path):
+    write_dataset(tmp_path, 20, 10, name="FashionMNIST")
+    split = load_split("fashion-mnist", str(tmp_path), False, download=False)
+    assert len(split) == 10 and split.classes[0] == "T-shirt"
+
+
+def test_missing_files_name_the_folder_and_the_files(tmp_path: Path):
+    with pytest.raises(UserError) as error:
+        load_split("mnist", str(tmp_path), True, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert name in message
+
+
+def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(SOURCES["mnist"], "download", offline)
+    with pytest.raises(UserError, match="could not be downloaded.*Error downloading"):
+        load_split("mnist", str(tmp_path), True, download=True)
+
+
+def test_corrupt_files_are_reported(tmp_path: Path):
+    write_dataset(tmp_path)
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"not an idx file")
+    with pytest.raises(UserError, match="could not be read"):
+        load_split("mnist", str(tmp_path), True, download=False)
+
+
+def split_of(count: int) -> Split:
+    images = torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 1, 28, 28)
+    return Split(images.contiguous(), torch.arange(count), tuple("0123456789"))
+
+
+def test_shuffled_batches_cover_every_example_once_per_pass():
+    batches = Batches(split_of(50), 16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(batches) == 4
+    seen = torch.cat([labels for _, labels in batches])
+    assert sorted(seen.tolist()) == list(range(50)) and seen.tolist() != list(range(50))
+    images, labels = next(iter(batches))
+    assert images.dtype == torch.float32 and images.max() <= 1
+    assert torch.allclose(images[:, 0, 5, 5] * 255, labels.float())
+
+
+def test_unshuffled_unshifted_batches_are_the_images_in_order():
+    batches = Batches(split_of(10), 4)
+    labels = torch.cat([labels for _, labels in batches])
+    assert labels.tolist() == list(range(10)) and len(batches) == 3
+
+
+def test_shift_moves_each_image_by_its_own_offset_with_zero_fill():
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[0, 10:14, 12:15] = 200
+    padded = torch.nn.functional.pad(image.expand(3, 1, 28, 28), (2,) * 4)
+    offsets = torch.tensor([[2, 2], [0, 4], [4, 1]])  # (dy, dx) = offset - 2: 0/0, -2/+2, +2/-1
+    shifted = shift_images(padded, offsets, 28)
+    assert torch.equal(shifted[0], image)
+    for k, (dy, dx) in enumerate([(-2, 2), (2, -1)], start=1):
+        expected = torch.zeros_like(image)
+        expected[0, 10 - dy:14 - dy, 12 - dx:15 - dx] = 200
+        assert torch.equal(shifted[k], expected)
+
+
+def test_training_shifts_stay_within_two_pixels_and_differ_per_image():
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[0, 12:16, 12:16] = 255
+    split = Split(image.expand(200, 1, 28, 28).contiguous(), torch.zeros(200, dtype=torch.long),
+                  tuple("0123456789"))
+    batches = Batches(split, 200, shuffle=True, shift=2, generator=torch.Generator().manual_seed(0))
+    images, _ = next(iter(batches))
+    rows = images[:, 0].sum(dim=2).argmax(dim=1) - 12  # top row of the block moved by dy
+    cols = images[:, 0].sum(dim=1).argmax(dim=1) - 12
+    assert rows.min() == -2 and rows.max() == 2 and cols.min() == -2 and cols.max() == 2
+    assert torch.allclose(images.sum(dim=(1, 2, 3)), torch.full((200,), 16.0))  # nothing lost

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from capsnet import CapsNetOutput, CapsuleLoss, margin_loss, reconstruction_loss
+
+
+def test_margin_loss_by_hand():
+    lengths = torch.tensor([[0.8, 0.3, 0.05], [0.95, 0.1, 0.6]])
+    labels = torch.tensor([0, 2])
+    # example 0: (0.9-0.8)^2 + 0.5*(0.3-0.1)^2 + 0 = 0.01 + 0.02
+    # example 1: 0.5*(0.95-0.1)^2 + 0 + (0.9-0.6)^2 = 0.36125 + 0.09
+    assert torch.allclose(margin_loss(lengths, labels), torch.tensor([0.03, 0.45125]))
+
+
+def test_margin_loss_is_zero_beyond_the_margins():
+    lengths = torch.tensor([[0.95, 0.05, 0.0]])
+    assert margin_loss(lengths, torch.tensor([0])).item() == 0.0
+
+
+def test_reconstruction_loss_is_a_per_image_sum_of_squares():
+    images = torch.zeros(2, 1, 2, 2)
+    reconstructions = torch.stack([torch.full((1, 2, 2), 0.5), torch.ones(1, 2, 2)])
+    assert torch.allclose(reconstruction_loss(images, reconstructions), torch.tensor([1.0, 4.0]))
+
+
+def test_capsule_loss_is_the_batch_mean_of_margin_plus_weighted_reconstruction():
+    images = torch.zeros(2, 1, 2, 2)
+    reconstructions = torch.stack([torch.full((1, 2, 2), 0.5), torch.ones(1, 2, 2)])
+    lengths = torch.tensor([[0.8, 0.3, 0.05], [0.95, 0.1, 0.6]])
+    output = CapsNetOutput(lengths, torch.zeros(2, 3, 16), reconstructions)
+    labels = torch.tensor([0, 2])
+    parts = CapsuleLoss().parts(images, labels, output)
+    assert parts.margin.item() == pytest.approx((0.03 + 0.45125) / 2)
+    assert parts.reconstruction.item() == pytest.approx(0.0005 * (1.0 + 4.0) / 2)
+    assert CapsuleLoss()(images, labels, output).item() == pytest.approx(
+        (0.03 + 0.45125) / 2 + 0.0005 * 2.5)
+    assert CapsuleLoss(reconstruction_weight=0.0)(images, labels, output).item() == pytest.approx(
+        (0.03 + 0.45125) / 2)

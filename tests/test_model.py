@@ -1,0 +1,129 @@
+import torch
+import torch.nn.functional as F
+
+from capsnet import CapsNet, dynamic_routing, squash
+from capsnet.model import DigitCapsules, PrimaryCapsules
+
+
+def test_output_shapes_and_range():
+    torch.manual_seed(0)
+    model = CapsNet()
+    images = torch.rand(3, 1, 28, 28)
+    out = model(images, torch.tensor([1, 2, 3]))
+    assert out.lengths.shape == (3, 10)
+    assert out.poses.shape == (3, 10, 16)
+    assert out.reconstructions.shape == images.shape
+    assert 0 <= out.reconstructions.min() and out.reconstructions.max() <= 1
+    assert torch.allclose(out.lengths, out.poses.norm(dim=-1))
+    assert (out.lengths < 1).all()
+
+
+def test_batch_of_one_trains():
+    model = CapsNet()
+    out = model(torch.rand(1, 1, 28, 28), torch.tensor([4]))
+    assert out.lengths.shape == (1, 10) and out.reconstructions.shape == (1, 1, 28, 28)
+    out.lengths.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_shapes_follow_the_dataset():
+    out = CapsNet(in_channels=3, image_size=32, num_classes=5)(torch.rand(2, 3, 32, 32))
+    assert out.lengths.shape == (2, 5) and out.reconstructions.shape == (2, 3, 32, 32)
+
+
+def test_parameter_count_matches_the_paper():
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(CapsNet()) == 8_215_568
+    assert count(CapsNet(digit_bias=True)) == 8_215_568 + 160
+
+
+def test_squash_shrinks_and_keeps_direction():
+    s = torch.tensor([[3.0, 4.0], [0.3, 0.4], [-1.0, 0.0]])
+    v = squash(s)
+    norms = s.norm(dim=-1)
+    assert torch.allclose(v.norm(dim=-1), norms ** 2 / (1 + norms ** 2), atol=1e-6)
+    assert (v.norm(dim=-1) < 1).all() and (v.norm(dim=-1) <= norms).all()
+    assert torch.allclose(F.cosine_similarity(v, s, dim=-1), torch.ones(3))
+
+
+def test_squash_has_a_finite_gradient_at_zero():
+    s = torch.zeros(2, 8, requires_grad=True)
+    squash(s).sum().backward()
+    assert torch.isfinite(s.grad).all()
+    assert torch.equal(squash(torch.zeros(4)), torch.zeros(4))
+
+
+def test_coupling_sums_to_one_over_output_capsules():
+    u_hat = torch.randn(2, 50, 10, 16)
+    _, coupling = dynamic_routing(u_hat, 3)
+    assert coupling.shape == (2, 50, 10)
+    assert torch.allclose(coupling.sum(dim=2), torch.ones(2, 50), atol=1e-6)
+
+
+def test_agreement_raises_coupling_toward_the_agreeing_class():
+    torch.manual_seed(0)
+    u_hat = 0.05 * torch.randn(1, 64, 10, 16)
+    u_hat[:, :, 3] = torch.ones(16) * 0.5  # every input capsule predicts the same pose for class 3
+    _, first = dynamic_routing(u_hat, 1)
+    _, routed = dynamic_routing(u_hat, 3)
+    assert torch.allclose(first, torch.full_like(first, 0.1))  # b_ij starts at zero
+    assert (routed[0, :, 3] > 0.5).all()
+    assert (routed[0, :, 3] > routed[0, :, torch.arange(10) != 3].max(dim=1).values).all()
+
+
+def test_each_example_is_routed_on_its_own():
+    torch.manual_seed(0)
+    u_hat = torch.randn(4, 30, 10, 16)
+    v_batch, c_batch = dynamic_routing(u_hat, 3)
+    for k in range(4):
+        v_one, c_one = dynamic_routing(u_hat[k:k + 1], 3)
+        assert torch.allclose(v_batch[k:k + 1], v_one, atol=1e-6)
+        assert torch.allclose(c_batch[k:k + 1], c_one, atol=1e-6)
+
+
+def test_digit_capsules_match_a_loop_over_w_ij():
+    torch.manual_seed(0)
+    layer = DigitCapsules(in_caps=6, in_dim=8, out_caps=3, out_dim=4, iterations=2)
+    u = torch.randn(2, 6, 8)
+    u_hat = torch.stack([torch.stack([torch.stack([layer.weight[i, j] @ u[b, i] for j in range(3)])
+                                      for i in range(6)]) for b in range(2)])
+    expected, _ = dynamic_routing(u_hat, 2)
+    got, _ = layer(u)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_primary_capsules_group_channels_of_one_type_at_one_position():
+    torch.manual_seed(0)
+    layer = PrimaryCapsules(in_channels=4, types=3, dim=8, kernel_size=3, stride=2)
+    x = torch.randn(2, 4, 9, 9)
+    conv = layer.conv(x)  # (2, 24, 4, 4)
+    u = layer(x)
+    assert u.shape == (2, 3 * 4 * 4, 8)
+    for t, row, col in [(0, 0, 0), (1, 2, 3), (2, 3, 1)]:
+        index = t * 16 + row * 4 + col
+        expected = squash(conv[:, t * 8:(t + 1) * 8, row, col])
+        assert torch.allclose(u[:, index], expected, atol=1e-6)
+
+
+def test_decoder_is_masked_by_labels_in_training_and_by_prediction_otherwise():
+    torch.manual_seed(0)
+    model = CapsNet()
+    images = torch.rand(2, 1, 28, 28)
+    predicted = model(images).lengths.argmax(dim=1)
+    other = (predicted + 1) % 10
+    by_prediction = model(images).reconstructions
+    assert torch.allclose(model(images, predicted).reconstructions, by_prediction)
+    assert not torch.allclose(model(images, other).reconstructions, by_prediction)
+
+
+def test_detach_routing_stops_gradients_through_inner_iterations_only():
+    torch.manual_seed(0)
+    u_hat = torch.randn(1, 20, 10, 16, requires_grad=True)
+
+    def grad(iterations: int, detach: bool) -> torch.Tensor:
+        return torch.autograd.grad(dynamic_routing(u_hat, iterations, detach)[0].sum(), u_hat)[0]
+
+    full, detached = grad(3, False), grad(3, True)
+    assert torch.isfinite(full).all() and torch.isfinite(detached).all()
+    assert not torch.allclose(full, detached)
+    assert torch.allclose(grad(1, False), grad(1, True))  # one iteration has no inner ones

@@ -1,0 +1,127 @@
+"""End-to-end runs of train.py through torchnet's Engine on the made IDX data."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from capsnet.checkpoint import load_checkpoint
+from capsnet.rundir import COLUMNS, RunDir
+from capsnet.training import Trainer, subscribe
+from config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(table: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "train_images_per_s")}
+            for row in table]
+
+
+def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def test_training_writes_metrics_checkpoints_and_config(quick_args, tmp_path, capsys):
+    assert train.main(replace_flag(quick_args, "--epochs", "2")) == 0
+    run = tmp_path / "run"
+    table = rows(run)
+    assert [row["epoch"] for row in table] == ["1", "2"]
+    assert tuple(table[0]) == COLUMNS
+    for row in table:
+        assert 0 <= float(row["test_accuracy"]) <= 100 and float(row["train_loss"]) > 0
+        assert float(row["train_loss"]) == pytest.approx(
+            float(row["train_margin"]) + float(row["train_reconstruction"]), rel=1e-4)
+    assert float(table[1]["lr"]) < float(table[0]["lr"]) < 1e-3  # decays every step
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert last["epoch"] == 2 and last["step"] == 6  # 96 images in batches of 32
+    assert best["epoch"] in (1, 2)
+    assert best["best_accuracy"] == pytest.approx(max(float(r["test_accuracy"]) for r in table), abs=1e-3)
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    out = capsys.readouterr().out
+    assert "epoch 2/2  train loss" in out and "done: best test accuracy" in out
+
+
+def test_same_seed_gives_the_same_run(quick_args, tmp_path):
+    second = tmp_path / "again"
+    assert train.main(quick_args) == 0
+    assert train.main(replace_flag(quick_args, "--run-dir", str(second))) == 0
+    assert without_timing(rows(tmp_path / "run")) == without_timing(rows(second))
+
+
+def test_resume_continues_exactly_where_the_run_stopped(quick_args, tmp_path, capsys):
+    straight = tmp_path / "straight"
+    assert train.main(replace_flag(replace_flag(quick_args, "--epochs", "2"),
+                                   "--run-dir", str(straight))) == 0
+    assert train.main(quick_args) == 0  # one epoch
+    run = tmp_path / "run"
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "2"]) == 0
+    assert "epochs 2-2" in capsys.readouterr().out
+    assert without_timing(rows(run)) == without_timing(rows(straight))
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+
+
+def test_resume_of_a_finished_run_asks_for_more_epochs(quick_args, tmp_path, capsys):
+    assert train.main(quick_args) == 0
+    code = train.main(["--resume", str(tmp_path / "run" / "last.pt")])
+    assert code == 2
+    assert "finished 1 of --epochs 1; pass a larger --epochs" in capsys.readouterr().err
+
+
+def test_eval_prints_loss_accuracy_and_the_confusion_matrix(quick_args, tmp_path, capsys):
+    assert train.main(quick_args) == 0
+    capsys.readouterr()
+    assert train.main(["--eval", str(tmp_path / "run" / "best.pt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    accuracy = float(rows(tmp_path / "run")[0]["test_accuracy"])
+    assert f"accuracy {accuracy:.2f}%" in out[0]
+    assert out[1].startswith("confusion matrix")
+    matrix = [[int(n) for n in line.split()[1:]] for line in out[3:13]]
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == 48
+    assert sum(matrix[k][k] for k in range(10)) == round(accuracy * 48 / 100)
+
+
+def test_hooks_subscribe_to_the_engine_and_bars_never_nest(data_root, tmp_path):
+    cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=48,
+                 visdom=False, threads=2)
+    trainer = Trainer(cfg, RunDir.create(str(tmp_path / "run")))
+    events: list = []
+    subscribe(trainer.engine, "on_forward", lambda state: events.append("forward"))
+    subscribe(trainer.engine, "on_start_epoch",
+              lambda state: events.append(state["iterator"].iterable is trainer.train_batches))
+    subscribe(trainer.engine, "on_end_epoch", lambda state: events.append(state["metrics"]["epoch"]))
+    trainer.fit()
+    assert events == [True, "forward", "forward", 1] * 1 + [True, "forward", "forward", 2] \
+        + [True, "forward", "forward", 3]
+
+
+def test_interrupt_saves_last_checkpoint_and_exits_cleanly(quick_args, tmp_path):
+    args = replace_flag(quick_args, "--epochs", "1000")
+    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.csv"
+    deadline = time.time() + 240
+    while not metrics.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert metrics.exists(), process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert f"interrupted: saved {tmp_path / 'run' / 'last.pt'}" in err
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["epoch"] >= 1 and checkpoint["step"] >= 3
+    assert not (tmp_path / "run" / "last.pt.tmp").exists()
