@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CAPSNET_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup train test clean
+.PHONY: setup train test bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	CAPSNET_DATA_DIR=$(CAPSNET_DATA_DIR) $(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python -m capsnet.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV)

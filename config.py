@@ -14,6 +14,7 @@ from capsnet.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -48,6 +49,10 @@ class Config:
     lr_decay_steps: int = setting(2000, "optimizer steps over which the rate decays by lr_decay")
     # Runtime
     device: str = setting("auto", "where to train: auto picks cuda when there is a GPU", DEVICES)
+    precision: str = setting("fp32", "fp32; tf32 (tensor-core float32 on CUDA); bf16 (convolutions "
+                             "and matrix products in bfloat16, routing and losses in float32)",
+                             PRECISIONS)
+    compile: bool = setting(False, "torch.compile the model (falls back to eager with a warning)")
     threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
     seed: int = setting(0, "random seed for weights, shuffling and shifts")
     run_dir: str = setting("", "directory for metrics.csv and checkpoints (empty: runs/<timestamp>)")

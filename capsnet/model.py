@@ -7,11 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .patchconv import PatchConv2d
+
 EPS = 1e-8
 
 
 def squash(s: Tensor, dim: int = -1) -> Tensor:
-    """v = |s|^2 / (1 + |s|^2) * s / |s|  (eq. 1); the eps keeps the gradient finite at s = 0."""
+    """v = |s|^2 / (1 + |s|^2) * s / |s|  (eq. 1), in float32; the eps keeps the gradient finite
+    at s = 0."""
+    s = s.float()
     squared_norm = (s * s).sum(dim=dim, keepdim=True)
     return squared_norm / (1.0 + squared_norm) * s / torch.sqrt(squared_norm + EPS)
 
@@ -20,23 +24,27 @@ def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
                     bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Routing by agreement (Procedure 1), each example on its own.
 
-    u_hat: predictions (B, in_caps, out_caps, out_dim). Returns the output capsules v_j
-    (B, out_caps, out_dim) and the coupling coefficients c_ij (B, in_caps, out_caps) of the
-    last iteration. With `detach_inner`, gradients flow only through the final iteration.
+    u_hat: predictions u_hat_j|i laid out (B, out_caps, in_caps, out_dim), so that both routing
+    products are batched matrix products over (example, output capsule) without copies.
+    Returns the output capsules v_j (B, out_caps, out_dim) and the coupling coefficients c_ij
+    (B, out_caps, in_caps) of the last iteration. With `detach_inner`, gradients flow only
+    through the final iteration.
     """
-    batch, in_caps, out_caps, _ = u_hat.shape
-    u_hat_inner = u_hat.detach() if detach_inner else u_hat
-    logits = u_hat.new_zeros(batch, in_caps, out_caps)  # b_ij: (B, in_caps, out_caps)
+    batch, out_caps, in_caps, dim = u_hat.shape
+    votes = u_hat.reshape(batch * out_caps, in_caps, dim)  # (B*out_caps, in_caps, out_dim)
+    votes_inner = votes.detach() if detach_inner else votes
+    logits = u_hat.new_zeros(batch, out_caps, in_caps)  # b_ij, zero for every example
     for iteration in range(iterations):
-        coupling = logits.softmax(dim=2)  # c_ij: softmax over the output capsules
+        coupling = logits.softmax(dim=1)  # c_ij: softmax over the output capsules
         last = iteration == iterations - 1
-        votes = u_hat if last else u_hat_inner
-        s = torch.einsum("bij,bijd->bjd", coupling, votes)  # s_j: (B, out_caps, out_dim)
+        s = torch.bmm(coupling.view(batch * out_caps, 1, in_caps), votes if last else votes_inner)
+        s = s.view(batch, out_caps, dim)  # s_j = sum_i c_ij u_hat_j|i
         if bias is not None:
             s = s + bias
         v = squash(s)  # v_j: (B, out_caps, out_dim)
         if not last:
-            logits = logits + torch.einsum("bijd,bjd->bij", u_hat_inner, v)  # agreement u_hat . v
+            agreement = torch.bmm(votes_inner, v.view(batch * out_caps, dim, 1))  # u_hat . v_j
+            logits = logits + agreement.view(batch, out_caps, in_caps)
     return v, coupling
 
 
@@ -50,10 +58,18 @@ class PrimaryCapsules(nn.Module):
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv(x)  # (B, types*dim, H, W); channel = type*dim + component
-        batch, _, height, width = out.shape
-        out = out.view(batch, self.types, self.dim, height, width)
-        u = out.permute(0, 1, 3, 4, 2).reshape(batch, self.types * height * width, self.dim)
+        use_patches = (x.device.type == "cpu" and torch.is_grad_enabled()
+                       and not torch.is_autocast_enabled("cpu"))
+        if use_patches:  # faster backward on the CPU
+            out = PatchConv2d.apply(x.permute(0, 2, 3, 1), self.conv.weight, self.conv.bias,
+                                    self.conv.stride[0])  # (B, H, W, types*dim)
+            batch, height, width, _ = out.shape
+            out = out.view(batch, height, width, self.types, self.dim).permute(0, 3, 1, 2, 4)
+        else:
+            out = self.conv(x)  # (B, types*dim, H, W); channel = type*dim + component
+            batch, _, height, width = out.shape
+            out = out.view(batch, self.types, self.dim, height, width).permute(0, 1, 3, 4, 2)
+        u = out.reshape(batch, self.types * height * width, self.dim)  # (B, types, H, W, dim)
         return squash(u)  # u_i: (B, types*H*W, dim), ordered by type, row, column
 
 
@@ -70,7 +86,10 @@ class DigitCapsules(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
 
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        u_hat = torch.einsum("ijdk,bik->bijd", self.weight, u)  # (B, in_caps, out_caps, out_dim)
+        in_caps, out_caps, out_dim, in_dim = self.weight.shape
+        weight = self.weight.view(in_caps, out_caps * out_dim, in_dim).transpose(1, 2)
+        u_hat = torch.bmm(u.transpose(0, 1), weight)  # (in_caps, B, out_caps*out_dim)
+        u_hat = u_hat.view(in_caps, -1, out_caps, out_dim).permute(1, 2, 0, 3).contiguous()
         return dynamic_routing(u_hat, self.iterations, self.detach_inner, self.bias)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -71,12 +73,40 @@ def make_criterion(cfg: Any) -> CapsuleLoss:
     return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight)
 
 
-def forward_step(model: CapsNet, criterion: CapsuleLoss) -> Callable[[tuple], tuple[Tensor, Step]]:
-    """The Engine's network function: decoder masked by the labels in training only."""
+Autocast = Callable[[], torch.autocast]
+
+
+def configure_precision(precision: str, device: torch.device) -> Autocast:
+    """Set the float32 matmul mode; return the autocast context for forward passes."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                             enabled=precision == "bf16")
+
+
+def compile_model(model: CapsNet, enabled: bool) -> Callable[..., CapsNetOutput]:
+    """torch.compile the model when asked; where compiling fails, run eager with a warning."""
+    if not enabled:
+        return model
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
+        return torch.compile(model)
+    except Exception as error:  # torch.compile is missing or refuses this platform
+        print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
+        return model
+
+
+def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, autocast: Autocast,
+                 train: bool) -> Callable[[tuple], tuple[Tensor, Step]]:
+    """The Engine's network function: the decoder is masked by the labels in training only."""
     def step(sample: tuple[Tensor, Tensor]) -> tuple[Tensor, Step]:
         images, labels = sample
-        output = model(images, labels if model.training else None)
-        parts = criterion.parts(images, labels, output)
+        with autocast():
+            output = network(images, labels if train else None)
+            parts = criterion.parts(images, labels, output)
         return parts.total, Step(output, parts)
     return step
 
@@ -90,9 +120,10 @@ def add_to_meters(meters: Meters, state: dict) -> None:
 class Evaluator:
     """One pass over a test split through its own Engine (Engine.test), without gradients."""
 
-    def __init__(self, model: CapsNet, criterion: CapsuleLoss, batches: Batches) -> None:
+    def __init__(self, model: CapsNet, criterion: CapsuleLoss, batches: Batches,
+                 autocast: Autocast, network: Callable[..., CapsNetOutput] | None = None) -> None:
         self.model, self.batches = model, batches
-        self.step = forward_step(model, criterion)
+        self.step = forward_step(network or model, criterion, autocast, train=False)
         self.meters = Meters(len(batches.split.classes))
         self.engine = Engine()
         subscribe(self.engine, "on_forward", lambda state: add_to_meters(self.meters, state))
@@ -122,6 +153,8 @@ class Trainer:
         self.classes = train.classes
         self.model_args = model_args(cfg, train)
         self.model = CapsNet(**self.model_args).to(self.device)
+        self.network = compile_model(self.model, cfg.compile)
+        self.autocast = configure_precision(cfg.precision, self.device)
         self.criterion = make_criterion(cfg)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
@@ -129,7 +162,8 @@ class Trainer:
         self.train_batches = Batches(train.to(self.device), cfg.batch_size, shuffle=True,
                                      shift=cfg.shift, generator=self.generator)
         self.evaluator = Evaluator(self.model, self.criterion,
-                                   Batches(test.to(self.device), cfg.batch_size))
+                                   Batches(test.to(self.device), cfg.batch_size), self.autocast,
+                                   self.network)
         self.meters = Meters(len(self.classes))
         self.epoch, self.step, self.best_accuracy = 0, 0, -1.0
         if checkpoint is not None:
@@ -148,8 +182,8 @@ class Trainer:
     def fit(self) -> None:
         """Train up to cfg.epochs; on Ctrl-C save last.pt, then re-raise KeyboardInterrupt."""
         try:
-            self.engine.train(forward_step(self.model, self.criterion), self.train_batches,
-                              self.cfg.epochs, self.optimizer)
+            self.engine.train(forward_step(self.network, self.criterion, self.autocast, train=True),
+                              self.train_batches, self.cfg.epochs, self.optimizer)
         except KeyboardInterrupt:
             if self.bar is not None:
                 self.bar.close()
@@ -234,6 +268,7 @@ def evaluate_checkpoint(cfg: Any, checkpoint: dict) -> tuple[dict[str, float], A
     check_structure(checkpoint["model_args"], args)
     model = CapsNet(**args).to(device)
     model.load_state_dict(checkpoint["model"])
-    evaluator = Evaluator(model, make_criterion(cfg), Batches(test.to(device), cfg.batch_size))
+    evaluator = Evaluator(model, make_criterion(cfg), Batches(test.to(device), cfg.batch_size),
+                          configure_precision(cfg.precision, device))
     summary = evaluator.run()
     return summary, evaluator.meters.confusion.value(), test.classes

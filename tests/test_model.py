@@ -54,26 +54,27 @@ def test_squash_has_a_finite_gradient_at_zero():
 
 
 def test_coupling_sums_to_one_over_output_capsules():
-    u_hat = torch.randn(2, 50, 10, 16)
+    u_hat = torch.randn(2, 10, 50, 16)  # (B, out_caps, in_caps, out_dim)
     _, coupling = dynamic_routing(u_hat, 3)
-    assert coupling.shape == (2, 50, 10)
-    assert torch.allclose(coupling.sum(dim=2), torch.ones(2, 50), atol=1e-6)
+    assert coupling.shape == (2, 10, 50)
+    assert torch.allclose(coupling.sum(dim=1), torch.ones(2, 50), atol=1e-6)
+    assert not torch.allclose(coupling.sum(dim=2), torch.ones(2, 10))
 
 
 def test_agreement_raises_coupling_toward_the_agreeing_class():
     torch.manual_seed(0)
-    u_hat = 0.05 * torch.randn(1, 64, 10, 16)
-    u_hat[:, :, 3] = torch.ones(16) * 0.5  # every input capsule predicts the same pose for class 3
+    u_hat = 0.05 * torch.randn(1, 10, 64, 16)
+    u_hat[:, 3] = torch.ones(16) * 0.5  # every input capsule predicts the same pose for class 3
     _, first = dynamic_routing(u_hat, 1)
     _, routed = dynamic_routing(u_hat, 3)
     assert torch.allclose(first, torch.full_like(first, 0.1))  # b_ij starts at zero
-    assert (routed[0, :, 3] > 0.5).all()
-    assert (routed[0, :, 3] > routed[0, :, torch.arange(10) != 3].max(dim=1).values).all()
+    assert (routed[0, 3] > 0.5).all()
+    assert (routed[0, 3] > routed[0, torch.arange(10) != 3].max(dim=0).values).all()
 
 
 def test_each_example_is_routed_on_its_own():
     torch.manual_seed(0)
-    u_hat = torch.randn(4, 30, 10, 16)
+    u_hat = torch.randn(4, 10, 30, 16)
     v_batch, c_batch = dynamic_routing(u_hat, 3)
     for k in range(4):
         v_one, c_one = dynamic_routing(u_hat[k:k + 1], 3)
@@ -85,8 +86,8 @@ def test_digit_capsules_match_a_loop_over_w_ij():
     torch.manual_seed(0)
     layer = DigitCapsules(in_caps=6, in_dim=8, out_caps=3, out_dim=4, iterations=2)
     u = torch.randn(2, 6, 8)
-    u_hat = torch.stack([torch.stack([torch.stack([layer.weight[i, j] @ u[b, i] for j in range(3)])
-                                      for i in range(6)]) for b in range(2)])
+    u_hat = torch.stack([torch.stack([torch.stack([layer.weight[i, j] @ u[b, i] for i in range(6)])
+                                      for j in range(3)]) for b in range(2)])  # (B, j, i, d)
     expected, _ = dynamic_routing(u_hat, 2)
     got, _ = layer(u)
     assert torch.allclose(got, expected, atol=1e-6)
@@ -118,7 +119,7 @@ def test_decoder_is_masked_by_labels_in_training_and_by_prediction_otherwise():
 
 def test_detach_routing_stops_gradients_through_inner_iterations_only():
     torch.manual_seed(0)
-    u_hat = torch.randn(1, 20, 10, 16, requires_grad=True)
+    u_hat = torch.randn(1, 10, 20, 16, requires_grad=True)
 
     def grad(iterations: int, detach: bool) -> torch.Tensor:
         return torch.autograd.grad(dynamic_routing(u_hat, iterations, detach)[0].sum(), u_hat)[0]

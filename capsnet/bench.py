@@ -1,0 +1,168 @@
+"""Training and evaluation speed of CapsNet on MNIST-shaped data.
+
+python -m capsnet.bench [--device cpu|cuda] [--batch-size N] [--precision fp32|tf32|bf16]
+                        [--compile] [--json PATH]
+
+Training images/s cover the forward pass, backward pass and optimizer step of train.py, fed
+by the same on-device batch pipeline (random order, 2 px shifts). On CUDA a full epoch (60,000
+training + 10,000 test images) is timed; on the CPU it is extrapolated from the measured rates.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from .cli import ArgumentParser
+from .data import CLASS_NAMES, Batches, Split
+from .errors import UserError
+from .model import CapsNet
+from .training import compile_model, configure_precision, forward_step, make_criterion, resolve_device
+
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+
+
+def synthetic_split(count: int, device: torch.device, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (count,), generator=g)
+    return Split(images, labels, CLASS_NAMES["mnist"]).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, work: Callable[[], int]) -> float:
+    """Images per second of work(), which returns how many images it processed."""
+    sync(device)
+    start = time.perf_counter()
+    images = work()
+    sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by PyTorch; on the CPU, the process's peak resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(device_choice: str, batch_size: int, precision: str, compile: bool,
+        steps: int, warmup: int) -> dict[str, Any]:
+    from config import Config
+    cfg = Config(batch_size=batch_size, precision=precision, compile=compile, device=device_choice)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(0)
+    model = CapsNet().to(device)
+    network = compile_model(model, cfg.compile)
+    autocast = configure_precision(cfg.precision, device)
+    criterion = make_criterion(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
+    train_step = forward_step(network, criterion, autocast, train=True)
+    eval_step = forward_step(network, criterion, autocast, train=False)
+    full = device.type == "cuda"
+    generator = torch.Generator().manual_seed(0)
+
+    def batches(count: int, train: bool) -> Batches:
+        return Batches(synthetic_split(count, device, seed=int(train)), batch_size, shuffle=train,
+                       shift=2 if train else 0, generator=generator)
+
+    def train(source: Batches) -> int:
+        model.train()
+        for sample in source:
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = train_step(sample)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        return len(source.split)
+
+    def evaluate(source: Batches) -> int:
+        model.eval()
+        with torch.inference_mode():
+            for sample in source:
+                eval_step(sample)
+        return len(source.split)
+
+    train(batches(warmup * batch_size, True))
+    evaluate(batches(warmup * batch_size, False))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_count = TRAIN_IMAGES if full else steps * batch_size
+    test_count = TEST_IMAGES if full else steps * batch_size
+    train_rate = timed(device, lambda: train(batches(train_count, True)))
+    eval_rate = timed(device, lambda: evaluate(batches(test_count, False)))
+    return {
+        "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
+        "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,
+        "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
+        "device": device_name(device), "batch_size": batch_size, "precision": precision,
+        "compile": compile, "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    how = "measured" if result["epoch_measured"] else "extrapolated"
+    rows = [("device", result["device"]), ("batch size", result["batch_size"]),
+            ("precision", result["precision"] + (" + compile" if result["compile"] else "")),
+            ("train images/s", f"{result['train_images_per_s']:.1f}"),
+            ("eval images/s", f"{result['eval_images_per_s']:.1f}"),
+            (f"epoch seconds ({how})", f"{result['epoch_seconds']:.1f}"),
+            ("peak memory MB", f"{result['peak_memory_mb']:.0f}"),
+            ("vs 2-minute reference epoch", f"{120 / result['epoch_seconds']:.2f}x")]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="measured batches on the CPU (CUDA times a whole epoch)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.steps < 1 or args.warmup < 0:
+            raise UserError("--steps must be >= 1 and --warmup >= 0")
+        result = run(args.device, args.batch_size, args.precision, args.compile,
+                     args.steps, args.warmup)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
