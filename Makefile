@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CAPSNET_DATA_DIR ?= $(abspath ../shared/data)
+# A copy of the dataset in ../shared/data/MNIST/raw is used when present (and CAPSNET_DATA_DIR
+# is unset); otherwise config.py's data_dir, where train.py downloads MNIST.
+ifneq ($(wildcard ../shared/data/MNIST/raw),)
+export CAPSNET_DATA_DIR ?= $(abspath ../shared/data)
+endif
 
-.PHONY: setup train test bench clean
+.PHONY: setup train test bench dashboard clean
 
 setup: $(STAMP)
 
@@ -21,7 +25,10 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
 test: $(STAMP)
-	CAPSNET_DATA_DIR=$(CAPSNET_DATA_DIR) $(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests
+
+dashboard: $(STAMP)
+	$(BIN)/python -m capsnet.dashboard $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m capsnet.bench $(ARGS)

@@ -58,7 +58,15 @@ class Config:
     run_dir: str = setting("", "directory for metrics.csv and checkpoints (empty: runs/<timestamp>)")
     log_every: int = setting(20, "batches between progress-bar updates")
     # Dashboard
-    visdom: bool = setting(True, "stream metrics to a Visdom dashboard")
+    visdom: bool = setting(True, "stream metrics to a live Visdom dashboard")
+    visdom_host: str = setting("127.0.0.1", "dashboard address; any other than loopback is "
+                               "reachable from other machines (VISDOM_USERNAME and "
+                               "VISDOM_PASSWORD enable a login)")
+    visdom_port: int = setting(8097, "dashboard port")
+    visdom_env: str = setting("", "Visdom environment (empty: the run directory's name)")
+    visdom_every: int = setting(10, "batches between live dashboard updates")
+    visdom_autostart: bool = setting(True, "start a Visdom server in the background when none "
+                                     "answers at host:port")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -66,7 +74,9 @@ class Config:
             if f.metadata["choices"] and value not in f.metadata["choices"]:
                 fail(f.name, value, "one of " + ", ".join(f.metadata["choices"]))
         at_least(self, 1, "epochs", "batch_size", "routing_iterations", "lr_decay_steps",
-                 "log_every")
+                 "log_every", "visdom_every", "visdom_port")
+        if self.visdom_port > 65535:
+            fail("visdom_port", self.visdom_port, "a port from 1 to 65535")
         at_least(self, 0, "train_samples", "test_samples", "shift", "threads", "seed",
                  "reconstruction_weight", "lambda_absent")
         if not (math.isfinite(self.lr) and self.lr > 0):

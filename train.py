@@ -50,6 +50,9 @@ def train(given: dict, resume: str | None) -> None:
         cfg.run_dir = str(run.path)
     trainer = Trainer(cfg, run, checkpoint)
     run.write_config(cfg)
+    if cfg.visdom:
+        from capsnet.dashboard import attach
+        attach(cfg, trainer)
     if checkpoint is not None:
         run.keep_epochs(trainer.epoch)
     print(f"capsnet: {len(trainer.train_batches.split)} train / "

@@ -3,7 +3,7 @@
 python -m capsnet.bench [--device cpu|cuda] [--batch-size N] [--precision fp32|tf32|bf16]
                         [--compile] [--json PATH]
 
-Training images/s cover the forward pass, backward pass and optimizer step of train.py, fed
+Rates are the median of --repeats timed passes. Training images/s cover the forward pass, backward pass and optimizer step of train.py, fed
 by the same on-device batch pipeline (random order, 2 px shifts). On CUDA a full epoch (60,000
 training + 10,000 test images) is timed; on the CPU it is extrapolated from the measured rates.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -39,13 +40,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(device: torch.device, work: Callable[[], int]) -> float:
-    """Images per second of work(), which returns how many images it processed."""
-    sync(device)
-    start = time.perf_counter()
-    images = work()
-    sync(device)
-    return images / (time.perf_counter() - start)
+def timed(device: torch.device, work: Callable[[], int], repeats: int) -> float:
+    """Median images per second of `repeats` calls of work(), which returns its image count."""
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        images = work()
+        sync(device)
+        rates.append(images / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def device_name(device: torch.device) -> str:
@@ -68,7 +72,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(device_choice: str, batch_size: int, precision: str, compile: bool,
-        steps: int, warmup: int) -> dict[str, Any]:
+        steps: int, warmup: int, repeats: int) -> dict[str, Any]:
     from config import Config
     cfg = Config(batch_size=batch_size, precision=precision, compile=compile, device=device_choice)
     device = resolve_device(cfg.device)
@@ -112,14 +116,14 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         torch.cuda.reset_peak_memory_stats(device)
     train_count = TRAIN_IMAGES if full else steps * batch_size
     test_count = TEST_IMAGES if full else steps * batch_size
-    train_rate = timed(device, lambda: train(batches(train_count, True)))
-    eval_rate = timed(device, lambda: evaluate(batches(test_count, False)))
+    train_rate = timed(device, lambda: train(batches(train_count, True)), repeats)
+    eval_rate = timed(device, lambda: evaluate(batches(test_count, False)), repeats)
     return {
         "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
         "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device), "batch_size": batch_size, "precision": precision,
-        "compile": compile, "torch": torch.__version__,
+        "compile": compile, "repeats": repeats, "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -128,6 +132,7 @@ def report(result: dict[str, Any]) -> str:
     how = "measured" if result["epoch_measured"] else "extrapolated"
     rows = [("device", result["device"]), ("batch size", result["batch_size"]),
             ("precision", result["precision"] + (" + compile" if result["compile"] else "")),
+            ("timed passes (median)", result["repeats"]),
             ("train images/s", f"{result['train_images_per_s']:.1f}"),
             ("eval images/s", f"{result['eval_images_per_s']:.1f}"),
             (f"epoch seconds ({how})", f"{result['epoch_seconds']:.1f}"),
@@ -146,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10,
                         help="measured batches on the CPU (CUDA times a whole epoch)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed passes; the median rate is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     try:
-        if args.steps < 1 or args.warmup < 0:
-            raise UserError("--steps must be >= 1 and --warmup >= 0")
+        if min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
+            raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
-                     args.steps, args.warmup)
+                     args.steps, args.warmup, args.repeats)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

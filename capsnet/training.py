@@ -15,26 +15,11 @@ from tqdm import tqdm
 from .checkpoint import save_checkpoint
 from .data import Batches, Split, load_split
 from .errors import UserError
+from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
 from .meters import Meters
 from .model import CapsNet, CapsNetOutput
 from .rundir import RunDir
-
-Hook = Callable[[dict], None]
-
-
-class Hooks(list):
-    """Several functions behind one Engine hook, called in the order they subscribed."""
-
-    def __call__(self, state: dict) -> None:
-        for hook in self:
-            hook(state)
-
-
-def subscribe(engine: Engine, event: str, hook: Hook) -> None:
-    """Add `hook` to an Engine event (on_start, on_sample, on_forward, on_end_epoch, ...)."""
-    engine.hooks.setdefault(event, Hooks()).append(hook)
-
 
 class Step(NamedTuple):
     """What one forward pass hands to the on_forward hooks."""

@@ -48,3 +48,12 @@ def quick_args(data_root: Path, tmp_path: Path) -> list[str]:
     """train.py flags for a run of a few seconds on the made data."""
     return ["--data-dir", str(data_root), "--no-download", "--epochs", "1", "--batch-size", "32",
             "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """A Visdom server started through capsnet.dashboard for the whole session."""
+    from visdom_server import Server, free_port
+    running = Server(free_port(), tmp_path_factory.mktemp("visdom")).start()
+    yield running
+    running.stop()

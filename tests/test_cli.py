@@ -101,3 +101,12 @@ def test_help_lists_every_setting_with_its_default(capsys):
     for f in fields(Config):
         assert "--" + f.name.replace("_", "-") in out
     assert "(default: 128)" in out and "--no-visdom" in out and "--train-samples" in out
+
+
+def test_readme_documents_every_setting():
+    from dataclasses import fields
+
+    from config import Config
+    readme = (ROOT / "README.md").read_text()
+    for f in fields(Config):
+        assert f"| `--{f.name.replace('_', '-')}` |" in readme, f.name

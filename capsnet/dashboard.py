@@ -1,0 +1,281 @@
+"""Live Visdom dashboard of a training run, subscribed to the Trainer's engine hooks.
+
+The training thread only records numbers; a sender thread ships them to Visdom, so a slow,
+dead or restarted server never stalls training: one warning when it cannot be reached, and
+every window is sent again in full when it answers again. `python -m capsnet.dashboard` runs
+the server in the foreground.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import UserError
+from .hooks import subscribe
+from .server import DEFAULT_ENV_PATH, answers, credentials, serve, start_background, url
+
+if TYPE_CHECKING:
+    from .training import Trainer
+
+SAMPLES = 32  # test images shown beside their reconstructions
+
+
+@dataclass
+class Lines:
+    """A line plot of named traces that grow point by point."""
+    title: str
+    ylabel: str
+    xlabel: str = "epoch"
+    traces: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)  # points of each trace on the server
+
+    def add(self, trace: str, x: float, y: float) -> None:
+        xs, ys = self.traces.setdefault(trace, ([], []))
+        xs.append(x)
+        ys.append(y)
+
+    def opts(self) -> dict[str, Any]:
+        return {"title": self.title, "xlabel": self.xlabel, "ylabel": self.ylabel,
+                "showlegend": True, "legend": list(self.traces)}
+
+
+@dataclass
+class Snapshot:
+    """A window replaced whole at each update: a heatmap or an image grid."""
+    kind: str  # "heatmap" or "images"
+    data: np.ndarray
+    opts: dict[str, Any]
+    version: int = 0
+    sent: int = 0
+
+
+class Dashboard:
+    """Loss, accuracy, loss parts, learning rate, throughput, confusion and reconstructions."""
+
+    def __init__(self, trainer: Trainer, host: str, port: int, env: str, every: int) -> None:
+        self.trainer, self.host, self.port, self.env, self.every = trainer, host, port, env, every
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.lines = {
+            "loss": Lines("Loss", "loss"),
+            "accuracy": Lines("Accuracy", "accuracy (%)"),
+            "parts": Lines("Loss parts", "loss"),
+            "lr": Lines("Learning rate", "learning rate"),
+            "throughput": Lines("Training throughput", "images/s"),
+        }
+        self.snapshots: dict[str, Snapshot] = {}
+        test = trainer.evaluator.batches.split
+        self.samples = test.images[:SAMPLES].float().div(255.0)  # (<=32, C, H, W) fixed test images
+        self.last = self.interval_sums()
+        self.last_time = time.perf_counter()
+        self.client: Any = None
+        self.reachable = True
+        for event, hook in (("on_start_epoch", self.on_start_epoch),
+                            ("on_forward", self.on_forward), ("on_end_epoch", self.on_end_epoch),
+                            ("on_end", lambda state: self.close())):
+            subscribe(trainer.engine, event, hook)
+        self.thread = threading.Thread(target=self.send_loop, name="dashboard", daemon=True)
+        self.thread.start()
+
+    # Training thread: record numbers, never wait for the server.
+
+    def interval_sums(self) -> tuple[float, ...]:
+        m = self.trainer.meters
+        return (m.loss.sum, m.margin.sum, m.reconstruction.sum, float(m.accuracy.sum[1]),
+                float(m.accuracy.n))
+
+    def on_start_epoch(self, state: dict) -> None:
+        self.last, self.last_time = self.interval_sums(), time.perf_counter()
+
+    def on_forward(self, state: dict) -> None:
+        done = self.trainer.bar.n + 1
+        if done % self.every:
+            return
+        self.trainer.meters.flush()
+        now, sums = time.perf_counter(), self.interval_sums()
+        loss, margin, reconstruction, errors, count = (a - b for a, b in zip(sums, self.last))
+        if count <= 0:
+            return
+        x = state["epoch"] + done / len(self.trainer.train_batches)
+        with self.lock:
+            self.lines["loss"].add("train", x, loss / count)
+            self.lines["accuracy"].add("train (running)", x, 100.0 * (1 - errors / count))
+            self.lines["parts"].add("train margin", x, margin / count)
+            self.lines["parts"].add("train reconstruction", x, reconstruction / count)
+            self.lines["lr"].add("lr", x, self.trainer.optimizer.param_groups[0]["lr"])
+            self.lines["throughput"].add("train", x, count / (now - self.last_time))
+        self.last, self.last_time = sums, now
+        self.wake.set()
+
+    def on_end_epoch(self, state: dict) -> None:
+        row, x = state["metrics"], float(state["epoch"])
+        confusion = self.trainer.evaluator.meters.confusion.value()
+        images, reconstructions = self.reconstruct()
+        classes = list(self.trainer.classes)
+        with self.lock:
+            self.lines["loss"].add("test", x, row["test_loss"])
+            self.lines["accuracy"].add("train", x, row["train_accuracy"])
+            self.lines["accuracy"].add("test", x, row["test_accuracy"])
+            self.lines["parts"].add("test margin", x, row["test_margin"])
+            self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
+            self.put("confusion", "heatmap", confusion.astype(float), {
+                "title": f"Test confusion matrix, epoch {state['epoch']}",
+                "rownames": classes, "columnnames": classes,
+                "xlabel": "predicted class", "ylabel": "true class"})
+            self.put("images", "images", images, {
+                "title": "Test images", "caption": f"first {len(images)} test images"})
+            self.put("reconstructions", "images", reconstructions, {
+                "title": f"Reconstructions, epoch {state['epoch']}",
+                "caption": "decoder output, masked by the predicted class"})
+        self.wake.set()
+
+    def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        model = self.trainer.model
+        model.eval()
+        with torch.inference_mode(), self.trainer.autocast():
+            output = model(self.samples.to(self.trainer.device))
+        model.train()
+        return self.samples.numpy(), output.reconstructions.float().cpu().numpy()
+
+    def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any]) -> None:
+        old = self.snapshots.get(name)
+        self.snapshots[name] = Snapshot(kind, data, opts, (old.version + 1) if old else 1,
+                                        old.sent if old else 0)
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Send what is left, then stop the sender (giving up after `timeout` seconds)."""
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.warn(f"the dashboard at {url(self.host, self.port)} did not take the last "
+                      "updates in time; metrics.csv has them all")
+
+    # Sender thread.
+
+    def send_loop(self) -> None:
+        while True:
+            self.wake.wait(timeout=2.0)
+            self.wake.clear()
+            stopping = self.stopping
+            try:
+                self.send_all()
+                if not self.reachable:
+                    self.reachable = True
+                    self.say(f"dashboard: {url(self.host, self.port)} answers again; plots resumed")
+            except Exception as error:  # any failure of the server or the connection
+                self.client = None
+                if self.reachable:
+                    self.reachable = False
+                    self.warn(f"the dashboard at {url(self.host, self.port)} cannot be reached "
+                              f"({type(error).__name__}); training goes on, metrics.csv and "
+                              "checkpoints are kept, and plots resume when it answers")
+                for window in self.lines.values():
+                    window.sent.clear()
+                for snapshot in self.snapshots.values():
+                    snapshot.sent = 0
+            if stopping:
+                return
+            time.sleep(0.5)  # at most two rounds of updates a second
+
+    def connect(self) -> Any:
+        if self.client is None:
+            import visdom
+            logging.getLogger("visdom").setLevel(logging.CRITICAL)
+            username, password = credentials() or (None, None)
+            self.client = visdom.Visdom(server=f"http://{self.host}", port=self.port, env=self.env,
+                                        raise_exceptions=True, use_incoming_socket=False,
+                                        username=username, password=password)
+        return self.client
+
+    def send_all(self) -> None:
+        vis = self.connect()
+        for name, window in self.lines.items():
+            with self.lock:
+                pending = {t: (xs[window.sent.get(t, 0):], ys[window.sent.get(t, 0):], len(xs))
+                           for t, (xs, ys) in window.traces.items()}
+                opts = window.opts()
+            if not any(xs for xs, _, _ in pending.values()):
+                continue
+            if window.sent and not vis.win_exists(name, env=self.env):
+                window.sent.clear()  # the server restarted without our windows
+            fresh = not window.sent
+            if fresh:  # (re)create the window with every point
+                with self.lock:
+                    pending = {t: (list(xs), list(ys), len(xs))
+                               for t, (xs, ys) in window.traces.items()}
+            for trace, (xs, ys, total) in pending.items():
+                if not xs:
+                    continue
+                update = None if fresh else "append"
+                vis.line(X=np.array(xs), Y=np.array(ys), win=name, env=self.env, name=trace,
+                         update=update, opts=opts)
+                window.sent[trace] = total
+                fresh = False
+        for name, snapshot in list(self.snapshots.items()):
+            if snapshot.sent == snapshot.version:
+                continue
+            if snapshot.kind == "heatmap":
+                vis.heatmap(X=snapshot.data, win=name, env=self.env, opts=snapshot.opts)
+            else:
+                vis.images(snapshot.data, nrow=8, win=name, env=self.env, opts=snapshot.opts)
+            snapshot.sent = snapshot.version
+
+    def say(self, message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        self.say(f"warning: {message}")
+
+
+def attach(cfg: Any, trainer: Trainer) -> Dashboard:
+    """Start a server if asked and none answers, then subscribe a Dashboard to the trainer."""
+    env = cfg.visdom_env or Path(cfg.run_dir).name
+    page = f"{url(cfg.visdom_host, cfg.visdom_port)}/env/{env}"
+    if cfg.visdom_autostart and not answers(cfg.visdom_host, cfg.visdom_port):
+        log = Path(cfg.run_dir) / "visdom.log"
+        try:
+            pid = start_background(cfg.visdom_host, cfg.visdom_port, log)
+            print(f"dashboard: started a Visdom server (pid {pid}, log {log}); it keeps running "
+                  f"after training, stop it with: kill {pid}")
+        except UserError as error:
+            print(f"warning: {error}; training goes on without a dashboard", file=sys.stderr)
+    print(f"dashboard: {page}", flush=True)
+    return Dashboard(trainer, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from config import Config
+    from .cli import ArgumentParser
+    defaults = Config.__dataclass_fields__
+    parser = ArgumentParser(prog="python -m capsnet.dashboard",
+                            description="Run the Visdom server of the capsnet dashboard.")
+    parser.add_argument("--host", default=defaults["visdom_host"].default,
+                        help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=defaults["visdom_port"].default,
+                        help="port to listen on (default: %(default)s)")
+    parser.add_argument("--env-path", default=DEFAULT_ENV_PATH,
+                        help="where Visdom keeps its environments (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.host, args.port, args.env_path)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

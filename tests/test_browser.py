@@ -1,0 +1,38 @@
+"""The dashboard page, rendered by headless Chromium while train.py streams to it."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from browser import Browser, chromium
+from test_dashboard import ROOT, dashboard_args
+
+pytestmark = pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
+                                reason="Chromium is not installed here (.ci/run installs it)")
+
+TITLES = ["Loss", "Accuracy", "Loss parts", "Learning rate", "Training throughput",
+          "Test confusion matrix", "Test images", "Reconstructions"]
+
+
+def test_the_dashboard_renders_every_window_while_training(server, quick_args, tmp_path):
+    args = dashboard_args(quick_args, server.port, "browser", epochs=1000)
+    training = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Browser() as browser:
+            browser.goto(f"http://127.0.0.1:{server.port}/env/browser")
+            state = browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 2
+                                     and len(s.get("titles", [])) >= 8, timeout=180)
+            assert training.poll() is None, "training ended before the page was checked"
+            browser.screenshot(tmp_path / "dashboard.png")
+    finally:
+        training.send_signal(signal.SIGINT)
+        _, err = training.communicate(timeout=120)
+    assert all(any(t.startswith(title) for t in state["titles"]) for title in TITLES), state
+    assert state["plots"] >= 6 and state["images"] >= 2, state  # 5 line plots + the heatmap
+    assert state["traces"] >= 12, state  # every trace of the five line plots drew
+    png = (tmp_path / "dashboard.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    assert training.returncode == 130 and "Traceback" not in err

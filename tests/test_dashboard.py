@@ -1,0 +1,130 @@
+"""The live dashboard against a real Visdom server, and training without one."""
+import json
+import os
+import signal
+
+import pytest
+
+import train
+from capsnet.assets import PACKAGES, missing_files, verify
+from capsnet.dashboard import attach
+from capsnet.errors import UserError
+from capsnet.hooks import subscribe
+from capsnet.rundir import RunDir
+from capsnet.server import answers
+from capsnet.training import Trainer
+from config import Config
+from visdom_server import ROOT, Server, client, free_port
+
+LINES = {"loss": ["train", "test"], "accuracy": ["train (running)", "train", "test"],
+         "parts": ["train margin", "train reconstruction", "test margin", "test reconstruction"],
+         "lr": ["lr"], "throughput": ["train"]}
+
+
+def dashboard_args(quick_args, port: int, env: str, epochs: int = 2,
+                   autostart: bool = False) -> list[str]:
+    return quick_args + ["--visdom", "--visdom-port", str(port), "--visdom-env", env,
+                         "--visdom-every", "1", "--epochs", str(epochs),
+                         "--visdom-autostart" if autostart else "--no-visdom-autostart"]
+
+
+def window(port: int, env: str, name: str) -> dict:
+    data = client(port, env).get_window_data(name, env)
+    assert data, f"window {name} is missing"
+    return json.loads(data)
+
+
+def traces(port: int, env: str, name: str) -> dict[str, list[float]]:
+    return {t["name"]: t["x"] for t in window(port, env, name)["content"]["data"]}
+
+
+def test_page_files_are_installed_and_pinned():
+    assert missing_files() == []
+    assert len(PACKAGES) == 15 and all(p.integrity.startswith("sha512-") for p in PACKAGES)
+
+
+def test_a_tampered_package_is_refused(tmp_path):
+    tarball = tmp_path / "jquery-3.1.1.tgz"
+    tarball.write_bytes(b"not the published tarball")
+    with pytest.raises(UserError, match="does not match its pinned sha512 integrity"):
+        verify(tarball, PACKAGES[0].integrity)
+
+
+def test_training_streams_every_window(server, quick_args, capsys):
+    assert train.main(dashboard_args(quick_args, server.port, "stream")) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err
+    # 96 images in batches of 32, a point per batch: 3 per epoch, 2 epochs.
+    epochs = [1.0, 2.0]
+    for name, names in LINES.items():
+        got = traces(server.port, "stream", name)
+        assert sorted(got) == sorted(names), name
+        for trace, xs in got.items():
+            if trace.startswith("test") or (name == "accuracy" and trace == "train"):
+                assert xs == epochs, (name, trace)
+            else:
+                assert len(xs) == 6 and xs[-1] == pytest.approx(2.0), (name, trace)
+    loss = window(server.port, "stream", "loss")
+    assert loss["title"] == "Loss"
+    assert loss["content"]["layout"]["xaxis"]["title"] in ("epoch", {"text": "epoch"})
+    heatmap = window(server.port, "stream", "confusion")["content"]["data"][0]
+    assert len(heatmap["z"]) == 10 and all(len(row) == 10 for row in heatmap["z"])
+    assert sum(map(sum, heatmap["z"])) == 48 and heatmap["x"] == list("0123456789")
+    for name in ("images", "reconstructions"):
+        image = window(server.port, "stream", name)
+        assert image["type"] == "image"
+        assert image["content"]["src"].startswith("data:image/png;base64,")
+
+
+def test_training_without_a_server_warns_once_and_finishes(quick_args, tmp_path, capsys):
+    port = free_port()  # nothing listens here
+    assert train.main(dashboard_args(quick_args, port, "nobody")) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"127.0.0.1:{port} cannot be reached" in warnings[0]
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
+        data_root, tmp_path, capsys):
+    port = free_port()
+    running = Server(port, tmp_path / "visdom").start()
+    cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=32, threads=2,
+                 visdom_port=port, visdom_env="restart", visdom_every=1, visdom_autostart=False,
+                 run_dir=str(tmp_path / "run"))
+    trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
+    attach(cfg, trainer)
+
+    def kill_then_restart(state: dict) -> None:
+        if state["epoch"] == 1:
+            running.stop()
+        if state["epoch"] == 2:
+            running.start()
+    subscribe(trainer.engine, "on_end_epoch", kill_then_restart)
+    try:
+        trainer.fit()
+        err = capsys.readouterr().err
+        warnings = [line for line in err.splitlines() if "warning" in line]
+        assert len(warnings) == 1 and "cannot be reached" in warnings[0]
+        assert "answers again; plots resumed" in err
+        # The restarted server got every point again, the ones sent before it died included.
+        loss = traces(port, "restart", "loss")
+        assert loss["test"] == [1.0, 2.0, 3.0] and len(loss["train"]) == 9
+    finally:
+        running.stop()
+
+
+def test_train_py_starts_a_server_in_the_background_when_none_answers(quick_args, capsys):
+    port = free_port()
+    assert train.main(dashboard_args(quick_args, port, "auto", epochs=1, autostart=True)) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "started a Visdom server" in l)
+    pid = int(line.split("pid ")[1].split(",")[0])
+    try:
+        assert answers("127.0.0.1", port)  # still up after training, for the user
+        assert f"stop it with: kill {pid}" in line
+        assert f"dashboard: http://127.0.0.1:{port}/env/auto" in out
+        assert traces(port, "auto", "loss")["test"] == [1.0]
+    finally:
+        os.kill(pid, signal.SIGTERM)
