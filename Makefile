@@ -25,7 +25,7 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -W "ignore:The 'warn' method is deprecated:DeprecationWarning" tests
 
 dashboard: $(STAMP)
 	$(BIN)/python -m capsnet.dashboard $(ARGS)

@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .training import Trainer
 
 SAMPLES = 32  # test images shown beside their reconstructions
+warnings.filterwarnings("ignore", message="The 'warn' method is deprecated",
+                        category=DeprecationWarning)  # inside visdom's client
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Dashboard:
                             ("on_end", lambda state: self.close())):
             subscribe(trainer.engine, event, hook)
         self.thread = threading.Thread(target=self.send_loop, name="dashboard", daemon=True)
+        self.wake.set()  # connect at once: a page opened on an environment not yet created stays empty
         self.thread.start()
 
     # Training thread: record numbers, never wait for the server.

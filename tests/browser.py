@@ -24,7 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 # Counts, from the DOM, of what the Visdom page shows of each window.
 PAGE_STATE = """JSON.stringify({
-  titles: [...document.querySelectorAll('.react-grid-item .bar')].map(b => b.innerText.trim()),
+  titles: [...document.querySelectorAll('.react-grid-item .bar > div.pull-right')].map(b => b.innerText.trim()),
   plots: [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('svg.main-svg')).length,
   traces: document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length,
   heatmaps: document.querySelectorAll('.js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm').length,

@@ -3,15 +3,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from browser import Browser, chromium
-from test_dashboard import ROOT, dashboard_args
+from test_dashboard import LINES, ROOT, dashboard_args
+from visdom_server import environments
 
 pytestmark = pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
                                 reason="Chromium is not installed here (.ci/run installs it)")
 
+TRACES = sum(len(names) for names in LINES.values())  # 11 in the five line plots
 TITLES = ["Loss", "Accuracy", "Loss parts", "Learning rate", "Training throughput",
           "Test confusion matrix", "Test images", "Reconstructions"]
 
@@ -21,9 +24,14 @@ def test_the_dashboard_renders_every_window_while_training(server, quick_args, t
     training = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        deadline = time.monotonic() + 120  # the dashboard creates its environment as it starts
+        while "browser" not in environments(server.port) and time.monotonic() < deadline:
+            assert training.poll() is None, training.communicate()
+            time.sleep(0.2)
         with Browser() as browser:
             browser.goto(f"http://127.0.0.1:{server.port}/env/browser")
             state = browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 2
+                                     and s.get("traces", 0) >= TRACES
                                      and len(s.get("titles", [])) >= 8, timeout=180)
             assert training.poll() is None, "training ended before the page was checked"
             browser.screenshot(tmp_path / "dashboard.png")
@@ -32,7 +40,7 @@ def test_the_dashboard_renders_every_window_while_training(server, quick_args, t
         _, err = training.communicate(timeout=120)
     assert all(any(t.startswith(title) for t in state["titles"]) for title in TITLES), state
     assert state["plots"] >= 6 and state["images"] >= 2, state  # 5 line plots + the heatmap
-    assert state["traces"] >= 12, state  # every trace of the five line plots drew
+    assert state["traces"] == TRACES, state  # every trace of the five line plots drew
     png = (tmp_path / "dashboard.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     assert training.returncode == 130 and "Traceback" not in err

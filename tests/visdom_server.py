@@ -1,8 +1,10 @@
 """A real Visdom server started through capsnet.dashboard on a free loopback port."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import urllib.request
 import sys
 import time
 from pathlib import Path
@@ -46,3 +48,9 @@ def client(port: int, env: str):
     import visdom
     logging.getLogger("visdom").setLevel(logging.CRITICAL)
     return visdom.Visdom(port=port, env=env, raise_exceptions=True, use_incoming_socket=False)
+
+
+def environments(port: int) -> list[str]:
+    """The server's environments, asked over HTTP (a Visdom client would create one)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/env_state", data=b"{}")
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
