@@ -47,7 +47,7 @@ class Lines:
 
     def opts(self) -> dict[str, Any]:
         return {"title": self.title, "xlabel": self.xlabel, "ylabel": self.ylabel,
-                "showlegend": True, "legend": list(self.traces)}
+                "showlegend": True}
 
 
 @dataclass
@@ -226,7 +226,9 @@ class Dashboard:
                          update=update, opts=opts)
                 window.sent[trace] = total
                 fresh = False
-        for name, snapshot in list(self.snapshots.items()):
+        with self.lock:
+            snapshots = list(self.snapshots.items())
+        for name, snapshot in snapshots:
             if snapshot.sent == snapshot.version:
                 continue
             if snapshot.kind == "heatmap":

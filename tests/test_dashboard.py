@@ -6,7 +6,7 @@ import signal
 import pytest
 
 import train
-from capsnet.assets import PACKAGES, missing_files, verify
+from capsnet.assets import PACKAGES, ensure_assets, missing_files, verify
 from capsnet.dashboard import attach
 from capsnet.errors import UserError
 from capsnet.hooks import subscribe
@@ -38,8 +38,10 @@ def traces(port: int, env: str, name: str) -> dict[str, list[float]]:
     return {t["name"]: t["x"] for t in window(port, env, name)["content"]["data"]}
 
 
-def test_page_files_are_installed_and_pinned():
+def test_page_files_are_installed_once_from_pinned_packages():
+    ensure_assets()  # fetches with npm if this environment does not have them yet
     assert missing_files() == []
+    assert ensure_assets() is False  # nothing left to fetch: the server needs no network
     assert len(PACKAGES) == 15 and all(p.integrity.startswith("sha512-") for p in PACKAGES)
 
 
