@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .training import Trainer
 
 SAMPLES = 32  # test images shown beside their reconstructions
+IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
 warnings.filterwarnings("ignore", message="The 'warn' method is deprecated",
                         category=DeprecationWarning)  # inside visdom's client
 
@@ -136,10 +137,10 @@ class Dashboard:
                 "rownames": classes, "columnnames": classes,
                 "xlabel": "predicted class", "ylabel": "true class"})
             self.put("images", "images", images, {
-                "title": "Test images", "caption": f"first {len(images)} test images"})
+                "title": f"First {len(images)} test images", **IMAGE_WINDOW})
             self.put("reconstructions", "images", reconstructions, {
-                "title": f"Reconstructions, epoch {state['epoch']}",
-                "caption": "decoder output, masked by the predicted class"})
+                "title": f"Their reconstructions (predicted class), epoch {state['epoch']}",
+                **IMAGE_WINDOW})
         self.wake.set()
 
     def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ import websocket
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1500,1900",
+         "--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1500,1250",
          "--hide-scrollbars"]
 
 # Counts, from the DOM, of what the Visdom page shows of each window.

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
 
 TRACES = sum(len(names) for names in LINES.values())  # 11 in the five line plots
 TITLES = ["Loss", "Accuracy", "Loss parts", "Learning rate", "Training throughput",
-          "Test confusion matrix", "Test images", "Reconstructions"]
+          "Test confusion matrix", "First 32 test images", "Their reconstructions"]
 
 
 def test_the_dashboard_renders_every_window_while_training(server, quick_args, tmp_path):
