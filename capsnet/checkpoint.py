@@ -14,6 +14,7 @@ REQUIRED = ("model", "model_args", "optimizer", "scheduler", "epoch", "step", "c
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

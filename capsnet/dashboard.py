@@ -245,18 +245,22 @@ class Dashboard:
         self.say(f"warning: {message}")
 
 
-def attach(cfg: Any, trainer: Trainer) -> Dashboard:
-    """Start a server if asked and none answers, then subscribe a Dashboard to the trainer."""
+def attach(cfg: Any, trainer: Trainer) -> Dashboard | None:
+    """Start a server if asked and none answers, then subscribe a Dashboard to the trainer.
+
+    Returns None, after one warning, when the server was to be started and could not be.
+    """
     env = cfg.visdom_env or Path(cfg.run_dir).name
     page = f"{url(cfg.visdom_host, cfg.visdom_port)}/env/{env}"
     if cfg.visdom_autostart and not answers(cfg.visdom_host, cfg.visdom_port):
         log = Path(cfg.run_dir) / "visdom.log"
         try:
             pid = start_background(cfg.visdom_host, cfg.visdom_port, log)
-            print(f"dashboard: started a Visdom server (pid {pid}, log {log}); it keeps running "
-                  f"after training, stop it with: kill {pid}")
         except UserError as error:
             print(f"warning: {error}; training goes on without a dashboard", file=sys.stderr)
+            return None
+        print(f"dashboard: started a Visdom server (pid {pid}, log {log}); it keeps running "
+              f"after training, stop it with: kill {pid}")
     print(f"dashboard: {page}", flush=True)
     return Dashboard(trainer, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every)
 

@@ -27,7 +27,10 @@ class RunDir:
 
     @classmethod
     def create(cls, requested: str, root: str = "runs") -> RunDir:
-        """Make `requested`, or runs/<timestamp>[-N] when empty, for a new run."""
+        """Choose `requested`, or runs/<timestamp>[-N] when empty, for a new run.
+
+        The directory is made by the first write, so a run that fails to start leaves nothing.
+        """
         if requested:
             path = Path(requested)
             if path.exists() and any(path.iterdir()):
@@ -38,10 +41,10 @@ class RunDir:
             path, n = Path(root) / stamp, 1
             while path.exists():
                 path, n = Path(root) / f"{stamp}-{n}", n + 1
-        path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
     def write_config(self, cfg: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "config.json", "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
             f.write("\n")
@@ -60,6 +63,7 @@ class RunDir:
         os.replace(tmp, self.metrics)
 
     def append_metrics(self, row: dict[str, float]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         new = not self.metrics.exists()
         with open(self.metrics, "a", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)

@@ -48,6 +48,7 @@ def test_missing_dataset(quick_args, tmp_path, capsys):
     code, err = run_main(quick_args + ["--data-dir", str(tmp_path / "nothing")], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "train-images-idx3-ubyte" in err and str(tmp_path / "nothing" / "MNIST" / "raw") in err
+    assert not (tmp_path / "run").exists()  # a run that could not start leaves no directory
 
 
 @pytest.mark.parametrize("action", ["--resume", "--eval"])

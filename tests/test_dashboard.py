@@ -88,6 +88,21 @@ def test_training_without_a_server_warns_once_and_finishes(quick_args, tmp_path,
     assert (tmp_path / "run" / "last.pt").exists()
 
 
+def test_without_the_page_files_training_runs_with_one_message(quick_args, tmp_path, capsys,
+                                                              monkeypatch):
+    import capsnet.server
+
+    def offline() -> bool:
+        raise UserError("npm could not fetch the dashboard's page files (offline)")
+    monkeypatch.setattr(capsnet.server, "ensure_assets", offline)
+    assert train.main(dashboard_args(quick_args, free_port(), "nofiles", autostart=True)) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "warning" in line or "error" in line] == [
+        "warning: npm could not fetch the dashboard's page files (offline); "
+        "training goes on without a dashboard"]
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
 def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
         data_root, tmp_path, capsys):
     port = free_port()
