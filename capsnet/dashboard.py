@@ -78,7 +78,8 @@ class Dashboard:
         }
         self.snapshots: dict[str, Snapshot] = {}
         test = trainer.evaluator.batches.split
-        self.samples = test.images[:SAMPLES].float().div(255.0)  # (<=32, C, H, W) fixed test images
+        self.samples = test.images[:SAMPLES].float().div(255.0)  # (<=32, C, H, W), on the device
+        self.sample_grid = self.samples.cpu().numpy()
         self.last = self.interval_sums()
         self.last_time = time.perf_counter()
         self.client: Any = None
@@ -148,9 +149,9 @@ class Dashboard:
         model = self.trainer.model
         model.eval()
         with torch.inference_mode(), self.trainer.autocast():
-            output = model(self.samples.to(self.trainer.device))
+            output = model(self.samples)
         model.train()
-        return self.samples.numpy(), output.reconstructions.float().cpu().numpy()
+        return self.sample_grid, output.reconstructions.float().cpu().numpy()
 
     def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any]) -> None:
         old = self.snapshots.get(name)
