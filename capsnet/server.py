@@ -66,6 +66,13 @@ def static_files() -> type:
     return StaticFiles
 
 
+def warn_if_exposed(host: str, port: int) -> None:
+    if not is_loopback(host):
+        print(f"warning: the dashboard listens on {host}:{port}, reachable from other machines"
+              + ("" if credentials() else "; set VISDOM_USERNAME and VISDOM_PASSWORD to require "
+                 "a login"), file=sys.stderr)
+
+
 def serve(host: str, port: int, env_path: str = DEFAULT_ENV_PATH) -> None:
     """Run a Visdom server until interrupted, with its page files installed first."""
     ensure_assets()
@@ -75,10 +82,7 @@ def serve(host: str, port: int, env_path: str = DEFAULT_ENV_PATH) -> None:
     from visdom.server.defaults import DEFAULT_ENV_PATH as COOKIE_DIR
     from visdom.utils.server_utils import hash_password
 
-    if not is_loopback(host):
-        print(f"warning: the dashboard listens on {host}:{port}, reachable from other machines"
-              + ("" if credentials() else "; set VISDOM_USERNAME and VISDOM_PASSWORD to require "
-                 "a login"), file=sys.stderr)
+    warn_if_exposed(host, port)
     user = None
     if credentials():
         username, password = credentials()
@@ -104,6 +108,7 @@ def start_background(host: str, port: int, log: Path, env_path: str = DEFAULT_EN
                      wait: float = 60.0) -> int:
     """Start `serve` in its own session, which outlives this process; return its pid."""
     ensure_assets()  # here, so that its progress and errors reach the user
+    warn_if_exposed(host, port)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "ab") as output:

@@ -145,3 +145,20 @@ def test_train_py_starts_a_server_in_the_background_when_none_answers(quick_args
         assert traces(port, "auto", "loss")["test"] == [1.0]
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_a_server_reachable_from_other_machines_is_announced(capsys, monkeypatch):
+    from capsnet.server import is_loopback, warn_if_exposed
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0")
+    monkeypatch.delenv("VISDOM_USERNAME", raising=False)
+    warn_if_exposed("0.0.0.0", 8097)
+    assert capsys.readouterr().err == (
+        "warning: the dashboard listens on 0.0.0.0:8097, reachable from other machines; "
+        "set VISDOM_USERNAME and VISDOM_PASSWORD to require a login\n")
+    monkeypatch.setenv("VISDOM_USERNAME", "me")
+    monkeypatch.setenv("VISDOM_PASSWORD", "secret")
+    warn_if_exposed("0.0.0.0", 8097)
+    assert capsys.readouterr().err.endswith("reachable from other machines\n")
+    warn_if_exposed("127.0.0.1", 8097)
+    assert capsys.readouterr().err == ""
