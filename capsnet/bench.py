@@ -23,7 +23,8 @@ from .cli import ArgumentParser
 from .data import CLASS_NAMES, Batches, Split
 from .errors import UserError
 from .model import CapsNet
-from .training import compile_model, configure_precision, forward_step, make_criterion, resolve_device
+from .training import (compile_model, configure_precision, forward_step, make_criterion,
+                       make_optimizer, resolve_device)
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
@@ -81,9 +82,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     network = compile_model(model, cfg.compile)
     autocast = configure_precision(cfg.precision, device)
     criterion = make_criterion(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(
-        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
+    optimizer, scheduler = make_optimizer(model, cfg)
     train_step = forward_step(network, criterion, autocast, train=True)
     eval_step = forward_step(network, criterion, autocast, train=False)
     full = device.type == "cuda"

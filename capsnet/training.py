@@ -54,6 +54,15 @@ def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
                         + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
 
 
+def make_optimizer(model: CapsNet, cfg: Any) -> tuple[torch.optim.Adam,
+                                                     torch.optim.lr_scheduler.ExponentialLR]:
+    """Adam with the rate decayed by lr_decay every lr_decay_steps, continuously (step per batch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
+    return optimizer, scheduler
+
+
 def make_criterion(cfg: Any) -> CapsuleLoss:
     return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight)
 
@@ -141,9 +150,7 @@ class Trainer:
         self.network = compile_model(self.model, cfg.compile)
         self.autocast = configure_precision(cfg.precision, self.device)
         self.criterion = make_criterion(cfg)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
-            self.optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))  # per step
+        self.optimizer, self.scheduler = make_optimizer(self.model, cfg)
         self.train_batches = Batches(train.to(self.device), cfg.batch_size, shuffle=True,
                                      shift=cfg.shift, generator=self.generator)
         self.evaluator = Evaluator(self.model, self.criterion,
