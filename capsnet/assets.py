@@ -145,8 +145,9 @@ def ensure_assets(static: Path | None = None) -> bool:
     static = static or static_dir()
     if not missing_files(static):
         return False
-    needed = [p for p in PACKAGES if not is_built(static)
-              or any(not (static / t).exists() for t in targets(p))]
+    built = is_built(static)  # a stale version.built refetches every package
+    needed = [p for p in PACKAGES
+              if not built or any(not (static / t).exists() for t in targets(p))]
     print(f"dashboard: installing {len(needed)} npm packages of Visdom's page into {static}",
           flush=True)
     try:

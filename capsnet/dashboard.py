@@ -186,10 +186,11 @@ class Dashboard:
                     self.warn(f"the dashboard at {url(self.host, self.port)} cannot be reached "
                               f"({type(error).__name__}); training goes on, metrics.csv and "
                               "checkpoints are kept, and plots resume when it answers")
-                for window in self.lines.values():
-                    window.sent.clear()
-                for snapshot in self.snapshots.values():
-                    snapshot.sent = 0
+                with self.lock:  # the training thread adds snapshots meanwhile
+                    for window in self.lines.values():
+                        window.sent.clear()
+                    for snapshot in self.snapshots.values():
+                        snapshot.sent = 0
             if stopping:
                 return
             time.sleep(0.5)  # at most two rounds of updates a second
@@ -204,22 +205,22 @@ class Dashboard:
                                         username=username, password=password)
         return self.client
 
+    def unsent(self, window: Lines) -> dict[str, tuple[list[float], list[float], int]]:
+        """Each trace's points not yet on the server, and its length."""
+        with self.lock:
+            return {t: (xs[window.sent.get(t, 0):], ys[window.sent.get(t, 0):], len(xs))
+                    for t, (xs, ys) in window.traces.items()}
+
     def send_all(self) -> None:
         vis = self.connect()
         for name, window in self.lines.items():
-            with self.lock:
-                pending = {t: (xs[window.sent.get(t, 0):], ys[window.sent.get(t, 0):], len(xs))
-                           for t, (xs, ys) in window.traces.items()}
-                opts = window.opts()
+            pending = self.unsent(window)
             if not any(xs for xs, _, _ in pending.values()):
                 continue
             if window.sent and not vis.win_exists(name, env=self.env):
-                window.sent.clear()  # the server restarted without our windows
-            fresh = not window.sent
-            if fresh:  # (re)create the window with every point
-                with self.lock:
-                    pending = {t: (list(xs), list(ys), len(xs))
-                               for t, (xs, ys) in window.traces.items()}
+                window.sent.clear()  # the server restarted without our windows: send them whole
+                pending = self.unsent(window)
+            fresh, opts = not window.sent, window.opts()
             for trace, (xs, ys, total) in pending.items():
                 if not xs:
                     continue
