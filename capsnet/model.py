@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .patchconv import PatchConv2d
+from . import spectral
 
 EPS = 1e-8
 
@@ -57,20 +57,17 @@ class PrimaryCapsules(nn.Module):
         self.types, self.dim = types, dim
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
-        use_patches = (x.device.type == "cpu" and torch.is_grad_enabled()
-                       and not torch.is_autocast_enabled("cpu"))
-        if use_patches:  # faster backward on the CPU
-            out = PatchConv2d.apply(x.permute(0, 2, 3, 1), self.conv.weight, self.conv.bias,
-                                    self.conv.stride[0])  # (B, H, W, types*dim)
-            batch, height, width, _ = out.shape
-            out = out.view(batch, height, width, self.types, self.dim).permute(0, 3, 1, 2, 4)
-        else:
-            out = self.conv(x)  # (B, types*dim, H, W); channel = type*dim + component
-            batch, _, height, width = out.shape
-            out = out.view(batch, self.types, self.dim, height, width).permute(0, 1, 3, 4, 2)
-        u = out.reshape(batch, self.types * height * width, self.dim)  # (B, types, H, W, dim)
-        return squash(u)  # u_i: (B, types*H*W, dim), ordered by type, row, column
+    def forward(self, features: Tensor) -> Tensor:
+        """Capsules of conv1's features (B, 256, H, W)."""
+        return self.capsules(self.conv(features).permute(0, 2, 3, 1))
+
+    def capsules(self, out: Tensor) -> Tensor:
+        """This layer's conv output, channels-last (B, H, W, types*dim) with channel
+        type*dim + component, as squashed capsules u_i: (B, types*H*W, dim), ordered by type,
+        row, column."""
+        batch, height, width, _ = out.shape
+        u = out.reshape(batch, height, width, self.types, self.dim).permute(0, 3, 1, 2, 4)
+        return squash(u.reshape(batch, self.types * height * width, self.dim))
 
 
 class DigitCapsules(nn.Module):
@@ -133,11 +130,34 @@ class CapsNet(nn.Module):
         self.digits = DigitCapsules(32 * grid * grid, 8, num_classes, 16, routing_iterations,
                                     detach_routing, digit_bias)
         self.decoder = Decoder(num_classes * 16, (in_channels, image_size, image_size))
+        self.grid, self.phase_grid = grid, spectral.grid_size(image_size, 9)
+        self.spectrum: tuple[Tensor, ...] | None = None  # PrimaryCaps weight spectrum, eval only
+
+    def primary_capsules(self, images: Tensor) -> Tensor:
+        """Conv1 -> PrimaryCaps: u_i (B, 32*6*6, 8). On the CPU the two convolutions run through
+        capsnet.spectral (the same convolutions, about 2x faster); elsewhere through nn.Conv2d."""
+        if not spectral.supported(images):
+            return self.primary(F.relu(self.conv1(images)))  # conv1 features (B, 256, 20, 20)
+        phases = spectral.conv1_phases(images, self.conv1, self.phase_grid)  # (n*n, B*4*256)
+        out = spectral.primary_conv(phases, self.primary_spectrum(), self.primary.conv, self.grid)
+        return self.primary.capsules(out)  # out: (B, 6, 6, 256)
+
+    def primary_spectrum(self) -> tuple[Tensor, ...]:
+        """The PrimaryCaps weight's spectrum. Without gradients it is kept for the next batches,
+        until the weight's storage, version or sum changes (the sum catches `.data` writes)."""
+        weight = self.primary.conv.weight
+        if torch.is_grad_enabled():
+            self.spectrum = None
+            return spectral.kernel_spectrum(weight, self.phase_grid)
+        key = (weight.data_ptr(), weight._version, weight.dtype,
+               weight.sum(dtype=torch.float64).item())
+        if self.spectrum is None or self.spectrum[0] != key:
+            self.spectrum = (key, *spectral.kernel_spectrum(weight, self.phase_grid))
+        return self.spectrum[1:]
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
         """Mask the decoder with `labels` (class indices) when given, else the predicted class."""
-        features = F.relu(self.conv1(images))  # (B, 256, 20, 20)
-        u = self.primary(features)  # (B, 1152, 8)
+        u = self.primary_capsules(images)  # (B, 1152, 8)
         poses, _ = self.digits(u)  # (B, classes, 16)
         lengths = torch.linalg.vector_norm(poses, dim=-1)  # (B, classes)
         chosen = labels if labels is not None else lengths.argmax(dim=1)

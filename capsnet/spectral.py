@@ -1,0 +1,116 @@
+"""Conv1 and the PrimaryCaps convolution on the CPU, with the PrimaryCaps layer done over
+discrete Fourier transforms.
+
+The PrimaryCaps layer (9x9 kernel, stride 2, 256 -> 256 channels) does 95% of CapsNet's
+arithmetic. Its stride-2 convolution splits by phase (even or odd rows, even or odd columns) into
+four stride-1 convolutions of 10x10 maps with 5x5 kernels. Over a 10x10 discrete Fourier
+transform, each of those becomes one product per frequency, and one matrix product per frequency
+contracts all four phases and 256 channels at once. That costs a third of the multiply-adds of the
+direct convolution. Every transform here is a small matrix product, so autograd derives the
+backward pass. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up
+to float32 rounding (tests/test_spectral.py).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def supported(images: Tensor) -> bool:
+    """The spectral path runs for float CPU inputs outside autocast (bf16 uses oneDNN)."""
+    return (images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def grid_size(image_size: int, conv1_kernel: int) -> int:
+    """Side n of the phase maps: conv1's output, padded by at most a pixel to 2n x 2n."""
+    return (image_size - conv1_kernel + 2) // 2
+
+
+@functools.lru_cache(maxsize=8)
+def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """DFT matrices over an n x n grid with F = n * (n // 2 + 1) frequencies (f = row, column),
+    for kernels of half x half taps and out <= n - half + 1 outputs per side.
+
+    forward (2F, n*n): real and imaginary rows of each frequency of a real map.
+    kernel_re, kernel_im (F, half*half): the conjugate spectrum of a kernel, so that products of
+        spectra are cross-correlations, as in conv2d.
+    inverse_re, inverse_im (out*out, 2F): the real inverse transform at the valid outputs of a
+        product formed with the kernel's real / imaginary spectrum.
+    """
+    cols = n // 2 + 1
+    fy = torch.arange(n, dtype=torch.float64).repeat_interleave(cols)  # (F,)
+    fx = torch.arange(cols, dtype=torch.float64).repeat(n)  # (F,)
+
+    def angles(size: int) -> Tensor:  # (F, size*size): 2 pi (fy y + fx x) / n
+        y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64),
+                              torch.arange(size, dtype=torch.float64), indexing="ij")
+        return 2 * math.pi * (torch.outer(fy, y.flatten()) + torch.outer(fx, x.flatten())) / n
+
+    grid, taps, outputs = angles(n), angles(half), angles(out).t()
+    forward = torch.stack([grid.cos(), -grid.sin()], dim=1).reshape(-1, n * n)
+    # Hermitian weights: columns 0 and n/2 stand for themselves, the others for their mirror too.
+    weight = torch.where((fx == 0) | (2 * fx == n), 1.0, 2.0) / (n * n)
+    cos, sin = outputs.cos() * weight, outputs.sin() * weight  # (out*out, F)
+    inverse_re = torch.stack([cos, -sin], dim=2).reshape(out * out, -1)
+    inverse_im = torch.stack([-sin, -cos], dim=2).reshape(out * out, -1)
+    return tuple(m.to(dtype) for m in (forward, taps.cos(), taps.sin(), inverse_re, inverse_im))
+
+
+@functools.lru_cache(maxsize=8)
+def tap_order(kernel: int) -> Tensor:
+    """Index of kernel tap (2a+p, 2b+q) for each (a, b, p, q); kernel*kernel marks a zero tap."""
+    half = (kernel + 1) // 2
+    a, b, p, q = torch.meshgrid(*(torch.arange(s) for s in (half, half, 2, 2)), indexing="ij")
+    y, x = 2 * a + p, 2 * b + q
+    return torch.where((y < kernel) & (x < kernel), y * kernel + x, kernel * kernel).flatten()
+
+
+def kernel_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Conjugate spectra of the phase kernels of a stride-2 conv weight (O, C, k, k): re and im,
+    each (F, 4C, O), input channels ordered (row phase, column phase, channel) as in conv1_phases."""
+    out_channels, channels, kernel, _ = weight.shape
+    half = (kernel + 1) // 2
+    taps = weight.reshape(out_channels, channels, kernel * kernel).permute(2, 1, 0)  # (k*k, C, O)
+    taps = torch.cat([taps, taps.new_zeros(1, channels, out_channels)])  # a zero tap last
+    phased = taps.reshape(kernel * kernel + 1, -1).index_select(0, tap_order(kernel))
+    phased = phased.view(half * half, -1)  # (a b, p q C O)
+    _, kernel_re, kernel_im, _, _ = transforms(n, half, n - half + 1, weight.dtype)
+    re, im = (m @ phased for m in (kernel_re, kernel_im))
+    return re.view(-1, 4 * channels, out_channels), im.view(-1, 4 * channels, out_channels)
+
+
+def conv1_phases(images: Tensor, conv1: nn.Conv2d, n: int) -> Tensor:
+    """relu(conv1(images)), (B, C, 2n, 2n), laid out by phase: (n*n, B*4*C), rows (u, v) and
+    columns (b, p, q, c) for the output pixel (2u+p, 2v+q) of channel c."""
+    batch, channels_in, height, width = images.shape
+    kernel = conv1.kernel_size[0]
+    size = 2 * n + kernel - 1  # an odd map gets a zero row and column, met only by zero taps
+    images = F.pad(images, (0, size - width, 0, size - height)).contiguous()
+    sb, sc, sh, sw = images.stride()
+    windows = images.as_strided(  # (u, v, b, p, q, c_in, i, j)
+        (n, n, batch, 2, 2, channels_in, kernel, kernel),
+        (2 * sh, 2 * sw, sb, sh, sw, sc, sh, sw))
+    columns = windows.reshape(-1, channels_in * kernel * kernel)  # (n*n*B*4, c_in*k*k)
+    weight = conv1.weight.view(conv1.out_channels, -1)
+    return torch.addmm(conv1.bias, columns, weight.t()).relu_().view(n * n, -1)
+
+
+def primary_conv(phases: Tensor, spectrum: tuple[Tensor, Tensor], conv: nn.Conv2d,
+                 out: int) -> Tensor:
+    """conv (stride 2, weight spectrum from kernel_spectrum) of conv1_phases' maps:
+    (B, out, out, O), channels-last."""
+    kernel_re, kernel_im = spectrum
+    frequencies, channels4, out_channels = kernel_re.shape
+    n, half = math.isqrt(phases.shape[0]), (conv.kernel_size[0] + 1) // 2
+    batch = phases.shape[1] // channels4
+    forward, _, _, inverse_re, inverse_im = transforms(n, half, out, phases.dtype)
+    x = (forward @ phases).view(frequencies, 2 * batch, channels4)  # (F, re/im B, 4C)
+    by_re = torch.bmm(x, kernel_re).view(2 * frequencies, -1)  # (F re/im, B O)
+    by_im = torch.bmm(x, kernel_im).view(2 * frequencies, -1)
+    maps = torch.addmm(inverse_re @ by_re, inverse_im, by_im)  # (out*out, B O)
+    return maps.view(out, out, batch, out_channels).permute(2, 0, 1, 3) + conv.bias

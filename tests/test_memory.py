@@ -1,0 +1,38 @@
+import ctypes
+
+import pytest
+
+from capsnet import memory
+
+
+class FakeLibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return 1
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 2), ("1", 2), ("0", 0)])
+def test_freed_memory_is_kept_unless_turned_off(monkeypatch: pytest.MonkeyPatch,
+                                                setting: str | None, expected: int):
+    libc = FakeLibc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    if setting is None:
+        monkeypatch.delenv("CAPSNET_KEEP_FREED_MEMORY", raising=False)
+    else:
+        monkeypatch.setenv("CAPSNET_KEEP_FREED_MEMORY", setting)
+    memory.tune_allocator()
+    assert len(libc.calls) == expected
+    assert all(value == memory.KEEP_BELOW for _, value in libc.calls)
+
+
+def test_a_libc_without_mallopt_is_left_alone(monkeypatch: pytest.MonkeyPatch):
+    def missing(name: str) -> None:
+        raise OSError(name)
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    monkeypatch.delenv("CAPSNET_KEEP_FREED_MEMORY", raising=False)
+    memory.tune_allocator()  # no error

@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from capsnet import spectral
+from capsnet.model import CapsNet
+
+
+def direct(images: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> torch.Tensor:
+    return conv2(F.relu(conv1(images))).permute(0, 2, 3, 1)  # (B, H, W, O)
+
+
+def spectral_conv(images: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> torch.Tensor:
+    n = spectral.grid_size(images.shape[-1], conv1.kernel_size[0])
+    out = (images.shape[-1] - 8 - conv2.kernel_size[0]) // 2 + 1
+    phases = spectral.conv1_phases(images, conv1, n)
+    return spectral.primary_conv(phases, spectral.kernel_spectrum(conv2.weight, n), conv2, out)
+
+
+@pytest.mark.parametrize("size, kernel", [(28, 9), (27, 9), (25, 9), (30, 7), (21, 4)])
+def test_spectral_convolutions_equal_conv2d_with_gradients(size: int, kernel: int):
+    torch.manual_seed(0)
+    conv1 = nn.Conv2d(2, 6, 9).double()
+    conv2 = nn.Conv2d(6, 5, kernel, stride=2).double()
+    images = torch.rand(3, 2, size, size, dtype=torch.float64)
+    expected, got = direct(images, conv1, conv2), spectral_conv(images, conv1, conv2)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-10)
+    grad = torch.randn_like(expected)
+    params = list(conv1.parameters()) + list(conv2.parameters())
+    for a, b in zip(torch.autograd.grad(expected, params, grad),
+                    torch.autograd.grad(got, params, grad)):
+        assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_capsnet_on_the_cpu_matches_plain_convolutions_in_float32():
+    torch.manual_seed(0)
+    model = CapsNet()
+    images = torch.rand(4, 1, 28, 28)
+    expected = model.primary(F.relu(model.conv1(images)))
+    got = model.primary_capsules(images)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_the_kept_spectrum_follows_every_weight_change():
+    torch.manual_seed(0)
+    model = CapsNet()
+    images = torch.rand(2, 1, 28, 28)
+    weight = model.primary.conv.weight
+
+    def check() -> None:
+        with torch.no_grad():
+            got = model.primary_capsules(images)
+            assert torch.allclose(got, model.primary(F.relu(model.conv1(images))), atol=1e-5)
+
+    check()
+    model.primary_capsules(images).sum().backward()
+    torch.optim.Adam(model.parameters()).step()  # an in-place update
+    check()
+    model.load_state_dict(CapsNet().state_dict())  # a loaded checkpoint
+    check()
+    weight.data.mul_(0.5)  # a write that autograd does not count
+    check()
