@@ -142,6 +142,7 @@ class CapsNet(nn.Module):
         out = spectral.primary_conv(phases, self.primary_spectrum(), self.primary.conv, self.grid)
         return self.primary.capsules(out)  # out: (B, 6, 6, 256)
 
+    @torch.compiler.disable  # runs eagerly under --compile: a cache, not a graph
     def primary_spectrum(self) -> tuple[Tensor, ...]:
         """The PrimaryCaps weight's spectrum. Without gradients it is kept for the next batches,
         until the weight's storage, version or sum changes (the sum catches `.data` writes)."""

@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import sys
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -87,6 +88,9 @@ def compile_model(model: CapsNet, enabled: bool) -> Callable[..., CapsNetOutput]
     try:
         import torch._dynamo
         torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
+        # capsnet.spectral's lru_cache'd DFT matrices are pure functions of sizes: tracing
+        # through the cache is correct, so Dynamo's warning about it is noise here.
+        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
         return torch.compile(model)
     except Exception as error:  # torch.compile is missing or refuses this platform
         print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
