@@ -130,12 +130,14 @@ class CapsNet(nn.Module):
         self.digits = DigitCapsules(32 * grid * grid, 8, num_classes, 16, routing_iterations,
                                     detach_routing, digit_bias)
         self.decoder = Decoder(num_classes * 16, (in_channels, image_size, image_size))
-        self.grid, self.phase_grid = grid, spectral.grid_size(image_size, 9)
+        self.grid = grid
+        self.phase_grid = spectral.grid_size(image_size, self.conv1.kernel_size[0])
         self.spectrum: tuple[Tensor, ...] | None = None  # PrimaryCaps weight spectrum, eval only
 
     def primary_capsules(self, images: Tensor) -> Tensor:
         """Conv1 -> PrimaryCaps: u_i (B, 32*6*6, 8). On the CPU the two convolutions run through
-        capsnet.spectral (the same convolutions, about 2x faster); elsewhere through nn.Conv2d."""
+        capsnet.spectral (the same convolutions with a third of the multiply-adds); elsewhere
+        through nn.Conv2d."""
         if not spectral.supported(images):
             return self.primary(F.relu(self.conv1(images)))  # conv1 features (B, 256, 20, 20)
         phases = spectral.conv1_phases(images, self.conv1, self.phase_grid)  # (n*n, B*4*256)
