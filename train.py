@@ -1,32 +1,36 @@
 """Train CapsNet: `python train.py [--epochs N ...]`; see `--help` and config.py."""
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from pathlib import Path
 
 from capsnet.checkpoint import load_checkpoint
-from capsnet.cli import ArgumentParser, add_settings, build, overrides
+from capsnet.cli import ArgumentParser, add_settings, overrides, resumed_settings
 from capsnet.errors import UserError
 from config import Config
 
 
-def parse(argv: list[str] | None) -> tuple[dict, str | None, str | None]:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="train.py", description=__doc__)
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--resume", metavar="PATH", help="continue the run of this checkpoint, "
-                         "in its directory; flags given here override its saved settings")
+                         "in its directory; flags given here override its saved settings (see "
+                         "README: Resume, evaluate, interrupt)")
     actions.add_argument("--eval", metavar="PATH", help="evaluate this checkpoint on the test set")
+    parser.add_argument("--allow-other-dataset", action="store_true",
+                        help="let --resume or --eval use a checkpoint on a dataset other than "
+                        "the one it was trained on")
     add_settings(parser, Config)
-    args = parser.parse_args(argv)
-    return overrides(args, Config), args.resume, args.eval
+    return parser.parse_args(argv)
 
 
-def evaluate(path: str, given: dict) -> None:
+def evaluate(path: str, given: dict, allow_other_dataset: bool) -> None:
     from capsnet.training import evaluate_checkpoint
     checkpoint = load_checkpoint(path)
-    cfg = build(Config, {**checkpoint["config"], **given})
-    summary, confusion, classes = evaluate_checkpoint(cfg, checkpoint)
+    cfg = resumed_settings(Config, checkpoint["config"], given)
+    summary, confusion, classes = evaluate_checkpoint(cfg, checkpoint, allow_other_dataset)
     print(f"{path}: epoch {checkpoint['epoch']}, test loss {summary['loss']:.4f}, "
           f"accuracy {summary['accuracy']:.2f}% "
           f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
@@ -37,49 +41,62 @@ def evaluate(path: str, given: dict) -> None:
         print(f"{name:>{width}}" + "".join(f"{n:>{width + 1}}" for n in row))
 
 
-def train(given: dict, resume: str | None) -> None:
+def train(given: dict, resume: str | None, allow_other_dataset: bool) -> None:
     from capsnet.rundir import RunDir
     from capsnet.training import Trainer
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint is not None:
-        cfg = build(Config, {**checkpoint["config"], **given, "run_dir": str(Path(resume).parent)})
+        cfg = resumed_settings(Config, checkpoint["config"],
+                               {**given, "run_dir": str(Path(resume).parent)})
         run = RunDir(Path(cfg.run_dir))
     else:
         cfg = Config(**given)
         run = RunDir.create(cfg.run_dir)
         cfg.run_dir = str(run.path)
-    trainer = Trainer(cfg, run, checkpoint)
-    run.write_config(cfg)
-    if cfg.visdom:
-        from capsnet.dashboard import attach
-        attach(cfg, trainer)
-    if checkpoint is not None:
-        run.keep_epochs(trainer.epoch)
-    print(f"capsnet: {len(trainer.train_batches.split)} train / "
-          f"{len(trainer.evaluator.batches.split)} test images of {cfg.dataset}, "
-          f"{trainer.parameter_count:,} parameters, on {trainer.device}; "
-          f"epochs {trainer.epoch + 1}-{cfg.epochs}; run directory {run.path}", flush=True)
+    run.lock(new=checkpoint is None)
     try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: saved {run.last}; continue with "
-              f"python train.py --resume {run.last}", file=sys.stderr)
-        raise SystemExit(130) from None
+        trainer = Trainer(cfg, run, checkpoint, Path(resume) if resume else None,
+                          allow_other_dataset)
+        run.write_config(cfg)
+        if checkpoint is not None:
+            run.keep_epochs(trainer.epoch)
+        if cfg.visdom:
+            from capsnet.dashboard import attach
+            attach(cfg, trainer)
+        resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
+        print(f"capsnet: {len(trainer.train_batches.split)} train / "
+              f"{len(trainer.evaluator.batches.split)} test images of {cfg.dataset}, "
+              f"{trainer.parameter_count:,} parameters, on {trainer.device}; "
+              f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
+              + "".join(f"; {note}" for note in trainer.notes)
+              + f"; run directory {run.path}", flush=True)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: saved {run.last} ({trainer.where()}); continue with "
+                  f"python train.py --resume {run.last}", file=sys.stderr)
+            raise SystemExit(130) from None
+    finally:
+        run.unlock()
     print(f"done: best test accuracy {trainer.best_accuracy:.2f}%; "
           f"metrics in {run.metrics}, checkpoints {run.last} and {run.best}")
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
-    given, resume, checkpoint = parse(argv)
+    args = parse(argv)
+    given = overrides(args, Config)
     try:
-        if checkpoint:
-            evaluate(checkpoint, given)
+        if args.eval:
+            evaluate(args.eval, given, args.allow_other_dataset)
         else:
-            train(given, resume)
+            train(given, args.resume, args.allow_other_dataset)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0
 
 

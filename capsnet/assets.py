@@ -127,13 +127,18 @@ def unpack(tarball: Path, package: Package, static: Path) -> None:
             destination.write_bytes(archive.extractfile(name).read())
 
 
-def npm_pack(specs: list[str], folder: Path) -> None:
+def npm_pack(specs: list[str], folder: Path, timeout: float = 600.0) -> None:
     npm = shutil.which("npm")
     if npm is None:
         raise UserError("the dashboard's page files are missing and npm (Node.js) is not "
                         "installed to fetch them; install npm, or train with --no-visdom")
-    result = subprocess.run([npm, "pack", "--silent", "--pack-destination", str(folder), *specs],
-                            capture_output=True, text=True, timeout=600)
+    try:
+        result = subprocess.run([npm, "pack", "--silent", "--pack-destination", str(folder),
+                                 *specs], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"npm did not fetch the dashboard's page files within {timeout:.0f} s; "
+                        "check the network or npm's registry settings, or train with "
+                        "--no-visdom") from None
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"npm could not fetch the dashboard's page files ({detail}); "

@@ -1,23 +1,67 @@
-"""Checkpoints written atomically, so an interrupted save never destroys the previous one."""
+"""Checkpoints written durably with a digest of their contents, and loaded only when intact.
+
+torch.load reads a file with flipped bits without complaint, so every checkpoint carries a
+BLAKE2 digest of all its tensors and values; a file that does not match it is refused.
+"""
 from __future__ import annotations
 
-import os
+import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .errors import UserError
+from .storage import write_file
 
-REQUIRED = ("model", "model_args", "optimizer", "scheduler", "epoch", "step", "config")
+REQUIRED = ("model", "model_args", "optimizer", "scheduler", "epoch", "step", "config", "classes",
+            "torch_rng", "data_rng", "digest")
+
+
+def to_cpu(value: Any) -> Any:
+    """The same nested dicts, lists and tuples with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def digest(value: Any) -> str:
+    """A digest of nested dicts, lists, tuples, tensors (dtype, shape and bytes) and scalars."""
+    h = hashlib.blake2b(digest_size=32)
+
+    def visit(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            h.update(f"tensor{item.dtype}{tuple(item.shape)}".encode())
+            h.update(item.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(item, dict):
+            h.update(f"dict{len(item)}".encode())
+            for key, child in item.items():
+                h.update(repr(key).encode())
+                visit(child)
+        elif isinstance(item, (list, tuple)):
+            h.update(f"{type(item).__name__}{len(item)}".encode())
+            for child in item:
+                visit(child)
+        else:
+            h.update(repr(item).encode())
+
+    visit(value)
+    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Write `payload` (on the CPU, with its digest) durably to `path`; WriteError on failure."""
+    payload = to_cpu(payload)
+    payload["digest"] = digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_file(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -31,6 +75,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} is not a readable capsnet checkpoint "
                         f"({type(error).__name__})") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED):
-        raise UserError(f"checkpoint {path} is not a capsnet checkpoint "
-                        f"(needs the keys {', '.join(REQUIRED)})")
+        missing = REQUIRED if not isinstance(payload, dict) else \
+            [key for key in REQUIRED if key not in payload]
+        raise UserError(f"checkpoint {path} is not a capsnet checkpoint of this version "
+                        f"(it lacks {', '.join(missing)})")
+    saved = payload.pop("digest")
+    if digest(payload) != saved:
+        raise UserError(f"checkpoint {path} is damaged: its contents do not match the digest "
+                        "written with them")
     return payload
+
+
+def load_state(target: nn.Module | Any, state: Any, what: str) -> None:
+    """target.load_state_dict(state), with any mismatch reported as one UserError line."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"the checkpoint's {what} does not fit ({detail[:200]})") from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from typing import Any, NoReturn
@@ -44,3 +45,17 @@ def build(settings: type, values: dict[str, Any]) -> Any:
     """Create the settings object from saved values, ignoring names it no longer has."""
     names = {f.name for f in dataclasses.fields(settings)}
     return settings(**{k: v for k, v in values.items() if k in names})
+
+
+# Settings of the machine, not of the run: a resumed or evaluated checkpoint takes them from this
+# invocation (its flags or config.py), never from the checkpoint.
+MACHINE_SETTINGS = ("device", "threads")
+DATA_DIR_ENV = "CAPSNET_DATA_DIR"
+
+
+def resumed_settings(settings: type, saved: dict[str, Any], given: dict[str, Any]) -> Any:
+    """The settings of a checkpoint's run, overridden by this invocation's flags. The dataset
+    root is the flag's, else $CAPSNET_DATA_DIR's, else the checkpoint's."""
+    dropped = MACHINE_SETTINGS + (("data_dir",) if os.environ.get(DATA_DIR_ENV) else ())
+    kept = {k: v for k, v in saved.items() if k not in dropped}
+    return build(settings, {**kept, **given})

@@ -84,6 +84,7 @@ class Dashboard:
         self.last_time = time.perf_counter()
         self.client: Any = None
         self.reachable = True
+        self.add_history(trainer.run.read_metrics())
         for event, hook in (("on_start_epoch", self.on_start_epoch),
                             ("on_forward", self.on_forward), ("on_end_epoch", self.on_end_epoch),
                             ("on_end", lambda state: self.close())):
@@ -103,10 +104,10 @@ class Dashboard:
         self.last, self.last_time = self.interval_sums(), time.perf_counter()
 
     def on_forward(self, state: dict) -> None:
-        done = self.trainer.bar.n + 1
+        done = self.trainer.batch + 1  # batches of this epoch, the current one included
         if done % self.every:
             return
-        self.trainer.meters.flush()
+        self.trainer.flush_meters(in_batch=True)
         now, sums = time.perf_counter(), self.interval_sums()
         loss, margin, reconstruction, errors, count = (a - b for a, b in zip(sums, self.last))
         if count <= 0:
@@ -122,17 +123,43 @@ class Dashboard:
         self.last, self.last_time = sums, now
         self.wake.set()
 
+    def add_epoch(self, row: dict[str, float], x: float) -> None:
+        """The points of one epoch's metrics row (under the lock)."""
+        self.lines["loss"].add("test", x, row["test_loss"])
+        self.lines["accuracy"].add("train", x, row["train_accuracy"])
+        self.lines["accuracy"].add("test", x, row["test_accuracy"])
+        self.lines["parts"].add("test margin", x, row["test_margin"])
+        self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
+
+    def add_history(self, rows: list[dict[str, str]]) -> None:
+        """A resumed run's earlier epochs, from metrics.csv: the epoch points, each epoch's mean
+        training loss, rate and throughput, and a vertical 'resumed' line on the loss and
+        accuracy plots at the epoch where training continues."""
+        epochs = [row for row in rows if int(row["epoch"]) <= self.trainer.epoch]
+        if not epochs:
+            return
+        for row in epochs:
+            values = {k: float(v) for k, v in row.items() if k != "epoch"}
+            x = float(row["epoch"])
+            self.lines["loss"].add("train", x, values["train_loss"])
+            self.lines["parts"].add("train margin", x, values["train_margin"])
+            self.lines["parts"].add("train reconstruction", x, values["train_reconstruction"])
+            self.lines["lr"].add("lr", x, values["lr"])
+            self.lines["throughput"].add("train", x, values["train_images_per_s"])
+            self.add_epoch(values, x)
+        x = self.trainer.epoch + self.trainer.batch / len(self.trainer.train_batches)
+        for name in ("loss", "accuracy"):
+            ys = [y for _, values in self.lines[name].traces.values() for y in values]
+            self.lines[name].add("resumed", x, min(ys))
+            self.lines[name].add("resumed", x, max(ys))
+
     def on_end_epoch(self, state: dict) -> None:
         row, x = state["metrics"], float(state["epoch"])
         confusion = self.trainer.evaluator.meters.confusion.value()
         images, reconstructions = self.reconstruct()
         classes = list(self.trainer.classes)
         with self.lock:
-            self.lines["loss"].add("test", x, row["test_loss"])
-            self.lines["accuracy"].add("train", x, row["train_accuracy"])
-            self.lines["accuracy"].add("test", x, row["test_accuracy"])
-            self.lines["parts"].add("test margin", x, row["test_margin"])
-            self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
+            self.add_epoch(row, x)
             self.put("confusion", "heatmap", confusion.astype(float), {
                 "title": f"Test confusion matrix, epoch {state['epoch']}",
                 "rownames": classes, "columnnames": classes,

@@ -94,6 +94,11 @@ class Batches:
         return -(-len(self.split) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.starting_at(0)
+
+    def starting_at(self, first: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass from batch `first` on: the order and shifts are drawn for the whole pass, as
+        by __iter__, so the batches are those that a whole pass would give from there."""
         count, device = len(self.split), self.split.labels.device
         order = (torch.randperm(count, generator=self.generator) if self.shuffle
                  else torch.arange(count)).to(device)
@@ -101,7 +106,7 @@ class Batches:
             offsets = torch.randint(0, 2 * self.shift + 1, (count, 2),
                                     generator=self.generator).to(device)  # (N, 2)
         size = self.split.images.shape[-1]
-        for start in range(0, count, self.batch_size):
+        for start in range(first * self.batch_size, count, self.batch_size):
             index = order[start:start + self.batch_size]
             if self.shift:
                 images = shift_images(self.padded[index], offsets[start:start + len(index)], size)

@@ -12,10 +12,15 @@ from . import spectral
 EPS = 1e-8
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32, or in float64 when it is float64 (never in a half-precision type)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def squash(s: Tensor, dim: int = -1) -> Tensor:
-    """v = |s|^2 / (1 + |s|^2) * s / |s|  (eq. 1), in float32; the eps keeps the gradient finite
-    at s = 0."""
-    s = s.float()
+    """v = |s|^2 / (1 + |s|^2) * s / |s|  (eq. 1), in float32 or wider; the eps keeps the
+    gradient finite at s = 0."""
+    s = at_least_float32(s)
     squared_norm = (s * s).sum(dim=dim, keepdim=True)
     return squared_norm / (1.0 + squared_norm) * s / torch.sqrt(squared_norm + EPS)
 
@@ -28,8 +33,15 @@ def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
     products are batched matrix products over (example, output capsule) without copies.
     Returns the output capsules v_j (B, out_caps, out_dim) and the coupling coefficients c_ij
     (B, out_caps, in_caps) of the last iteration. With `detach_inner`, gradients flow only
-    through the final iteration.
+    through the final iteration. Routing runs in float32 (or float64) even under autocast: the
+    logits, the coupling coefficients and the sums s_j never round to half precision.
     """
+    with torch.autocast(u_hat.device.type, enabled=False):
+        return route(at_least_float32(u_hat), iterations, detach_inner, bias)
+
+
+def route(u_hat: Tensor, iterations: int, detach_inner: bool,
+          bias: Tensor | None) -> tuple[Tensor, Tensor]:
     batch, out_caps, in_caps, dim = u_hat.shape
     votes = u_hat.reshape(batch * out_caps, in_caps, dim)  # (B*out_caps, in_caps, out_dim)
     votes_inner = votes.detach() if detach_inner else votes

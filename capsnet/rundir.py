@@ -1,19 +1,30 @@
-"""The run directory: config.json, metrics.csv (one row per epoch) and checkpoints."""
+"""The run directory: config.json, metrics.csv (one row per epoch), checkpoints and a lock.
+
+Every file is written through capsnet.storage.write_file (temporary file, fsync, rename). While a
+run trains, it holds an exclusive lock on the directory's `lock` file, so a second process cannot
+train (or resume) into it.
+"""
 from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
+import io
 import json
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .storage import WriteError, cause, make_dir, write_file
 
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_margin", "train_reconstruction",
            "test_loss", "test_accuracy", "test_margin", "test_reconstruction", "lr",
            "train_images_per_s", "seconds")
+LOCK = "lock"
 
 
 class RunDir:
@@ -24,18 +35,18 @@ class RunDir:
         self.metrics = path / "metrics.csv"
         self.last = path / "last.pt"
         self.best = path / "best.pt"
+        self.lock_fd: int | None = None
 
     @classmethod
     def create(cls, requested: str, root: str = "runs") -> RunDir:
         """Choose `requested`, or runs/<timestamp>[-N] when empty, for a new run.
 
-        The directory is made by the first write, so a run that fails to start leaves nothing.
+        The directory is made when the run takes its lock, so a run that fails to start leaves
+        nothing.
         """
         if requested:
             path = Path(requested)
-            if path.exists() and any(path.iterdir()):
-                raise UserError(f"--run-dir {path} already holds files; choose a new directory "
-                                f"or continue that run with --resume {path / 'last.pt'}")
+            cls(path).refuse_if_used()
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             path, n = Path(root) / stamp, 1
@@ -43,30 +54,86 @@ class RunDir:
                 path, n = Path(root) / f"{stamp}-{n}", n + 1
         return cls(path)
 
+    def refuse_if_used(self) -> None:
+        if self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
+            raise UserError(f"--run-dir {self.path} already holds files; choose a new directory "
+                            f"or continue that run with --resume {self.last}")
+
+    def lock(self, new: bool) -> None:
+        """Take the directory's lock for this process (for a `new` run, also check that the
+        directory is still empty). A lock left by a process that is gone is taken over."""
+        make_dir(self.path)
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise WriteError(f"could not create the lock file {lock} ({cause(error)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"the run directory {self.path} is in use by {holder}; wait for it to "
+                            "finish or stop it, or choose another --run-dir") from None
+        stale = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        self.lock_fd = fd
+        if new:
+            try:
+                self.refuse_if_used()
+            except UserError:
+                self.unlock()
+                raise
+        if stale:
+            print(f"warning: taking over the lock of {self.path} from {stale}, which is no longer "
+                  "running", file=sys.stderr)
+        holder = f"process {os.getpid()} on {socket.gethostname()} (lock file {lock})"
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
+            os.fsync(fd)
+        except OSError as error:
+            self.unlock()
+            raise WriteError(f"could not write the lock file {lock} ({cause(error)})") from None
+
+    def unlock(self) -> None:
+        """Release the lock and remove the lock file; remove the directory if nothing else is in it."""
+        if self.lock_fd is None:
+            return
+        try:
+            (self.path / LOCK).unlink(missing_ok=True)
+            if not any(self.path.iterdir()):
+                self.path.rmdir()
+        except OSError:
+            pass  # a lock file that stays behind is taken over by the next run
+        os.close(self.lock_fd)
+        self.lock_fd = None
+
     def write_config(self, cfg: Any) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / "config.json", "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-            f.write("\n")
+        write_file(self.path / "config.json",
+                   (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        if not self.metrics.exists():
+            return []
+        try:
+            with open(self.metrics, newline="") as f:
+                return list(csv.DictReader(f))
+        except OSError as error:
+            raise UserError(f"could not read {self.metrics} ({cause(error)})") from None
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_file(self.metrics, text.getvalue().encode())
 
     def keep_epochs(self, last_epoch: int) -> None:
         """Drop metric rows after `last_epoch` (a resumed run recomputes them)."""
-        if not self.metrics.exists():
-            return
-        with open(self.metrics, newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= last_epoch]
-        tmp = self.metrics.with_name("metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics)
+        if self.metrics.exists():
+            self.write_metrics([r for r in self.read_metrics() if int(r["epoch"]) <= last_epoch])
 
     def append_metrics(self, row: dict[str, float]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        new = not self.metrics.exists()
-        with open(self.metrics, "a", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        """Add one epoch's row: the whole file is rewritten durably (it is small)."""
+        formatted = {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
+        self.write_metrics(self.read_metrics() + [formatted])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -117,8 +118,30 @@ def start_background(host: str, port: int, log: Path, env_path: str = DEFAULT_EN
              "--env-path", env_path], stdin=subprocess.DEVNULL, stdout=output,
             stderr=subprocess.STDOUT, env=environment, start_new_session=True)
     deadline = time.monotonic() + wait
-    while not answers(host, port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise UserError(f"the dashboard server did not start at {url(host, port)}; see {log}")
-        time.sleep(0.2)
+    try:
+        while not answers(host, port):
+            if process.poll() is not None:
+                raise UserError(f"the dashboard server did not start at {url(host, port)}; "
+                                f"see {log}")
+            if time.monotonic() > deadline:
+                raise UserError(f"the dashboard server did not answer at {url(host, port)} "
+                                f"within {wait:.0f} s and was stopped; see {log}")
+            time.sleep(0.2)
+    except BaseException:  # a timeout, or Ctrl-C while waiting: leave no server behind
+        stop(process)
+        raise
     return process.pid
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server started by start_background, with everything in its session."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass

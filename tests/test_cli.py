@@ -73,7 +73,7 @@ def test_foreign_checkpoint(quick_args, tmp_path, capsys):
     path = tmp_path / "weights.pt"
     torch.save({"weights": torch.zeros(2)}, path)
     code, err = run_main(quick_args + ["--eval", str(path)], capsys)
-    assert code == 2 and "is not a capsnet checkpoint (needs the keys model," in err
+    assert code == 2 and "is not a capsnet checkpoint of this version (it lacks model," in err
 
 
 def test_run_dir_of_another_run_is_never_overwritten(quick_args, tmp_path, capsys):
