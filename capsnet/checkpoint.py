@@ -91,5 +91,5 @@ def load_state(target: nn.Module | Any, state: Any, what: str) -> None:
     try:
         target.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"the checkpoint's {what} does not fit ({detail[:200]})") from None
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(f"the checkpoint's {what} does not fit ({detail[:300]})") from None

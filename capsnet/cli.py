@@ -56,6 +56,7 @@ DATA_DIR_ENV = "CAPSNET_DATA_DIR"
 def resumed_settings(settings: type, saved: dict[str, Any], given: dict[str, Any]) -> Any:
     """The settings of a checkpoint's run, overridden by this invocation's flags. The dataset
     root is the flag's, else $CAPSNET_DATA_DIR's, else the checkpoint's."""
-    dropped = MACHINE_SETTINGS + (("data_dir",) if os.environ.get(DATA_DIR_ENV) else ())
-    kept = {k: v for k, v in saved.items() if k not in dropped}
+    kept = {k: v for k, v in saved.items() if k not in MACHINE_SETTINGS}
+    if os.environ.get(DATA_DIR_ENV):
+        kept["data_dir"] = os.environ[DATA_DIR_ENV]
     return build(settings, {**kept, **given})

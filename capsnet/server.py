@@ -112,7 +112,12 @@ def start_background(host: str, port: int, log: Path, env_path: str = DEFAULT_EN
     warn_if_exposed(host, port)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with open(log, "ab") as output:
+    try:
+        output = open(log, "ab")
+    except OSError as error:
+        raise UserError(f"could not write the dashboard server's log {log} "
+                        f"({error.strerror or error})") from None
+    with output:
         process = subprocess.Popen(
             [sys.executable, "-m", "capsnet.dashboard", "--host", host, "--port", str(port),
              "--env-path", env_path], stdin=subprocess.DEVNULL, stdout=output,

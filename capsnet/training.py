@@ -317,8 +317,7 @@ class Trainer:
             "config": dataclasses.asdict(self.cfg), "classes": list(self.classes),
             "torch_rng": torch.get_rng_state(), "data_rng": self.epoch_rng,
         })
-        if path == self.run.last:
-            self.good = (path, self.where())
+        self.good = (path, self.where())
 
     def restore(self, checkpoint: dict, source: Path) -> None:
         saved = checkpoint["config"]

@@ -38,6 +38,23 @@ def write_dataset(root: Path, train: int = 96, test: int = 48, name: str = "MNIS
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_dataset_root_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed or evaluated run takes $CAPSNET_DATA_DIR (which `make test` points at real
+    MNIST) before the checkpoint's dataset root: tests that want it set it themselves."""
+    monkeypatch.delenv("CAPSNET_DATA_DIR", raising=False)
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """train.main's exit status (returned or raised) and its stderr, stripped."""
+    import train
+    try:
+        code = train.main(args)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err.strip()
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data"))
@@ -57,3 +74,17 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     running = Server(free_port(), tmp_path_factory.mktemp("visdom")).start()
     yield running
     running.stop()
+
+
+def fast_network(model):
+    """A stand-in for CapsNet whose batches take about a millisecond (as on a GPU): outputs of
+    the right shapes, differentiable in one of the model's parameters."""
+    from capsnet.model import CapsNetOutput
+    weight = model.decoder.layers[0].bias
+
+    def network(images, labels=None):
+        batch = images.shape[0]
+        lengths = torch.sigmoid(weight[:10]).expand(batch, 10)
+        poses = weight[:16].expand(batch, 10, 16)
+        return CapsNetOutput(lengths, poses, images * torch.sigmoid(weight[0]))
+    return network

@@ -7,17 +7,9 @@ import pytest
 import torch
 
 import train
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    try:
-        code = train.main(args)
-    except SystemExit as exit:
-        code = exit.code
-    err = capsys.readouterr().err.strip()
-    return code, err
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -14,6 +14,7 @@ from capsnet.rundir import RunDir
 from capsnet.server import answers
 from capsnet.training import Trainer
 from config import Config
+from conftest import fast_network
 from visdom_server import ROOT, Server, client, free_port
 
 LINES = {"loss": ["train", "test"], "accuracy": ["train (running)", "train", "test"],
@@ -162,3 +163,28 @@ def test_a_server_reachable_from_other_machines_is_announced(capsys, monkeypatch
     assert capsys.readouterr().err.endswith("reachable from other machines\n")
     warn_if_exposed("127.0.0.1", 8097)
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_run_keeps_the_plotted_history(server, quick_args, tmp_path, capsys):
+    assert train.main(dashboard_args(quick_args, server.port, "resumed", epochs=1)) == 0
+    data = quick_args[quick_args.index("--data-dir") + 1]
+    assert train.main(["--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2",
+                       "--data-dir", data]) == 0
+    assert "warning" not in capsys.readouterr().err
+    loss = traces(server.port, "resumed", "loss")
+    assert loss["test"] == [1.0, 2.0]
+    assert loss["resumed"] == [1.0, 1.0]  # a vertical line where training continued
+    assert loss["train"][0] == 1.0 and len(loss["train"]) == 1 + 3  # epoch 1's mean, then live
+    assert traces(server.port, "resumed", "accuracy")["test"] == [1.0, 2.0]
+
+
+def test_live_points_follow_fast_batches(server, data_root, tmp_path):
+    cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1, threads=2,
+                 shift=0, visdom_port=server.port, visdom_env="fast", visdom_every=8,
+                 visdom_autostart=False, run_dir=str(tmp_path / "run"))
+    trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
+    trainer.network = fast_network(trainer.model)
+    attach(cfg, trainer)
+    trainer.fit()
+    xs = traces(server.port, "fast", "loss")["train"]
+    assert xs == pytest.approx([k * 8 / 96 for k in range(1, 13)])  # one point per 8 batches

@@ -128,3 +128,22 @@ def test_detach_routing_stops_gradients_through_inner_iterations_only():
     assert torch.isfinite(full).all() and torch.isfinite(detached).all()
     assert not torch.allclose(full, detached)
     assert torch.allclose(grad(1, False), grad(1, True))  # one iteration has no inner ones
+
+
+def test_routing_stays_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    u_hat = torch.randn(4, 10, 1152, 16).bfloat16()  # what bf16 matrix products hand to routing
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v, coupling = dynamic_routing(u_hat, 3)
+    assert v.dtype == torch.float32 and coupling.dtype == torch.float32
+    v_ref, coupling_ref = dynamic_routing(u_hat.float(), 3)  # the same votes, no autocast
+    assert torch.allclose(v, v_ref, atol=1e-6) and torch.allclose(coupling, coupling_ref, atol=1e-6)
+
+
+def test_the_model_runs_in_float64():
+    torch.manual_seed(0)
+    model = CapsNet().double()
+    out = model(torch.rand(2, 1, 28, 28, dtype=torch.float64), torch.tensor([3, 4]))
+    assert out.lengths.dtype == out.poses.dtype == out.reconstructions.dtype == torch.float64
+    out.lengths.sum().backward()
+    assert model.digits.weight.grad.dtype == torch.float64

@@ -16,6 +16,7 @@ from capsnet.checkpoint import load_checkpoint
 from capsnet.rundir import COLUMNS, RunDir
 from capsnet.training import Trainer, subscribe
 from config import Config
+from conftest import fast_network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,3 +127,96 @@ def test_interrupt_saves_last_checkpoint_and_exits_cleanly(quick_args, tmp_path)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["epoch"] >= 1 and checkpoint["step"] >= 3
     assert not (tmp_path / "run" / "last.pt.tmp").exists()
+
+
+def final_weights(run: Path) -> dict:
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+def interrupted_then_resumed(quick_args: list[str], run: Path, monkeypatch, when) -> None:
+    """Train 2 epochs into `run`, sending SIGINT at the forward pass where `when(state)` says,
+    then resume to the end."""
+    import capsnet.training as training
+    original = training.add_to_meters
+    fired: list = []
+
+    def add_and_maybe_interrupt(meters, state):
+        original(meters, state)
+        if not fired and when(state):
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(training, "add_to_meters", add_and_maybe_interrupt)
+    args = replace_flag(replace_flag(quick_args, "--epochs", "2"), "--run-dir", str(run))
+    with pytest.raises(SystemExit) as stopped:
+        train.main(args)
+    assert stopped.value.code == 130 and fired
+    monkeypatch.setattr(training, "add_to_meters", original)
+    data = quick_args[quick_args.index("--data-dir") + 1]
+    assert train.main(["--resume", str(run / "last.pt"), "--data-dir", data]) == 0
+
+
+@pytest.mark.parametrize("where, when", [
+    ("mid-epoch", lambda state: state["train"] and state["t"] == 4),  # epoch 2, batch 2
+    ("test pass", lambda state: not state["train"]),  # epoch 1's
+])
+def test_interrupt_and_resume_give_the_uninterrupted_run(where, when, quick_args,
+                                                        tmp_path, monkeypatch, capsys):
+    straight = tmp_path / "straight"
+    assert train.main(replace_flag(replace_flag(quick_args, "--epochs", "2"),
+                                   "--run-dir", str(straight))) == 0
+    run = tmp_path / "interrupted"
+    interrupted_then_resumed(quick_args, run, monkeypatch, when)
+    err = capsys.readouterr()
+    assert without_timing(rows(run)) == without_timing(rows(straight))
+    straight_weights, weights = final_weights(straight), final_weights(run)
+    assert all(torch.equal(straight_weights[k], weights[k]) for k in straight_weights)
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and last["batch"] == 0 and last["step"] == 6
+    assert load_checkpoint(run / "best.pt")["best_accuracy"] == \
+        load_checkpoint(straight / "best.pt")["best_accuracy"]
+    if where == "test pass":
+        assert "interrupted: saved" in err.err and "(epoch 1 before its test pass)" in err.err
+        assert "(epoch 1 before its test pass)" in err.out  # the resumed run's first line
+    else:
+        assert "(epoch 2 after batch 2 of 3)" in err.err
+
+
+def test_last_checkpoint_holds_the_updated_best_accuracy(quick_args, tmp_path):
+    assert train.main(replace_flag(quick_args, "--epochs", "2")) == 0
+    best = max(float(r["test_accuracy"]) for r in rows(tmp_path / "run"))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["best_accuracy"] == pytest.approx(best, abs=1e-3)
+
+
+def test_learning_rate_flags_apply_on_resume(quick_args, tmp_path, capsys):
+    assert train.main(quick_args) == 0
+    run = tmp_path / "run"
+    data = quick_args[quick_args.index("--data-dir") + 1]
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "2", "--data-dir", data,
+                       "--lr", "0.0005", "--lr-decay-steps", "100"]) == 0
+    gamma = 0.96 ** (1 / 100)
+    assert float(rows(run)[1]["lr"]) == pytest.approx(0.0005 * gamma ** 6, rel=1e-4)
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.0005
+    first = [l for l in capsys.readouterr().out.splitlines() if l.startswith("capsnet:")][-1]
+    assert "--lr 0.0005 --lr-decay-steps 100 in effect from step 3" in first
+
+
+def test_a_seed_cannot_change_on_resume(quick_args, tmp_path, capsys):
+    assert train.main(quick_args) == 0
+    code = train.main(["--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2",
+                       "--seed", "7"])
+    assert code == 2
+    assert "--seed 7 cannot apply to a resumed run" in capsys.readouterr().err
+
+
+def test_live_logging_counts_batches_on_fast_hardware(data_root, tmp_path):
+    """Batches of about a millisecond: the progress bar redraws only every 0.1 s, so its count
+    lags; the trainer's own count must trigger every log_every batches."""
+    cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1, log_every=8,
+                 visdom=False, threads=2, shift=0)
+    trainer = Trainer(cfg, RunDir.create(str(tmp_path / "run")))
+    trainer.network = fast_network(trainer.model)
+    postfixes: list = []
+    subscribe(trainer.engine, "on_update",
+              lambda state: postfixes.append(trainer.bar.postfix) if trainer.batch % 8 == 0 else None)
+    trainer.fit()
+    assert len(postfixes) == 12 and all(p and "loss=" in p for p in postfixes), postfixes
