@@ -267,8 +267,8 @@ class Trainer:
         if bad is not None:
             first = int(in_batch) - queued + 1 + bad  # the bad batch, counted from the position
             raise Diverged(f"training diverged: the loss is not finite at epoch {self.epoch + 1}, "
-                           f"batch {self.batch + first} (step {self.step + first}); "
-                           "last.pt and best.pt keep their previous weights")
+                           f"batch {self.batch + first} (step {self.step + first}), and "
+                           "nothing was saved from then on (a lower --lr may help)")
 
     def on_update(self, state: dict) -> None:
         self.scheduler.step()
@@ -307,8 +307,8 @@ class Trainer:
         """Write a checkpoint of the current position; never one with non-finite weights."""
         self.flush_meters()
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            raise Diverged(f"training diverged: the weights are not finite at {self.where()}; "
-                           f"{path.name} keeps its previous weights")
+            raise Diverged(f"training diverged: the weights are not finite at {self.where()}, "
+                           f"so they were not saved to {path.name}")
         save_checkpoint(path, {
             "model": self.model.state_dict(), "model_args": self.model_args,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
