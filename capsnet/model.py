@@ -143,32 +143,12 @@ class CapsNet(nn.Module):
                                     detach_routing, digit_bias)
         self.decoder = Decoder(num_classes * 16, (in_channels, image_size, image_size))
         self.grid = grid
-        self.phase_grid = spectral.grid_size(image_size, self.conv1.kernel_size[0])
-        self.spectrum: tuple[Tensor, ...] | None = None  # PrimaryCaps weight spectrum, eval only
 
     def primary_capsules(self, images: Tensor) -> Tensor:
-        """Conv1 -> PrimaryCaps: u_i (B, 32*6*6, 8). On the CPU the two convolutions run through
-        capsnet.spectral (the same convolutions with a third of the multiply-adds); elsewhere
-        through nn.Conv2d."""
-        if not spectral.supported(images):
-            return self.primary(F.relu(self.conv1(images)))  # conv1 features (B, 256, 20, 20)
-        phases = spectral.conv1_phases(images, self.conv1, self.phase_grid)  # (n*n, B*4*256)
-        out = spectral.primary_conv(phases, self.primary_spectrum(), self.primary.conv, self.grid)
-        return self.primary.capsules(out)  # out: (B, 6, 6, 256)
-
-    @torch.compiler.disable  # runs eagerly under --compile: a cache, not a graph
-    def primary_spectrum(self) -> tuple[Tensor, ...]:
-        """The PrimaryCaps weight's spectrum. Without gradients it is kept for the next batches,
-        until the weight's storage, version or sum changes (the sum catches `.data` writes)."""
-        weight = self.primary.conv.weight
-        if torch.is_grad_enabled():
-            self.spectrum = None
-            return spectral.kernel_spectrum(weight, self.phase_grid)
-        key = (weight.data_ptr(), weight._version, weight.dtype,
-               weight.sum(dtype=torch.float64).item())
-        if self.spectrum is None or self.spectrum[0] != key:
-            self.spectrum = (key, *spectral.kernel_spectrum(weight, self.phase_grid))
-        return self.spectrum[1:]
+        """Conv1 -> ReLU -> PrimaryCaps: u_i (B, 32*6*6, 8). The two convolutions run through
+        capsnet.spectral, which picks the fastest kernels for the device."""
+        out = spectral.conv1_primary(images, self.conv1, self.primary.conv)  # (B, 6, 6, 256)
+        return self.primary.capsules(out)
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
         """Mask the decoder with `labels` (class indices) when given, else the predicted class."""

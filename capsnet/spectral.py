@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +115,35 @@ def primary_conv(phases: Tensor, spectrum: tuple[Tensor, Tensor], conv: nn.Conv2
     by_im = torch.bmm(x, kernel_im).view(2 * frequencies, -1)
     maps = torch.addmm(inverse_re @ by_re, inverse_im, by_im)  # (out*out, B O)
     return maps.view(out, out, batch, out_channels).permute(2, 0, 1, 3) + conv.bias
+
+
+def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tensor:
+    """primary(relu(conv1(images))), channels-last (B, H', W', O): over DFTs where `supported`,
+    through nn.Conv2d (cuDNN, oneDNN) elsewhere."""
+    if not supported(images):
+        return primary(F.relu(conv1(images))).permute(0, 2, 3, 1)
+    n = grid_size(images.shape[-1], conv1.kernel_size[0])
+    out = (images.shape[-1] - conv1.kernel_size[0] + 1 - primary.kernel_size[0]) // 2 + 1
+    phases = conv1_phases(images, conv1, n)  # (n*n, B*4*C)
+    return primary_conv(phases, weight_spectrum(primary.weight, n), primary, out)
+
+
+_kept: dict[int, tuple] = {}  # id(weight) -> (key, spectrum), dropped with the weight
+
+
+@torch.compiler.disable  # runs eagerly under --compile: a cache, not a graph
+def weight_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """kernel_spectrum(weight, n). Without gradients it is kept for the next batches, until the
+    weight's storage, version or sum changes (the sum catches `.data` writes)."""
+    if torch.is_grad_enabled():
+        if id(weight) in _kept:
+            _kept[id(weight)] = (None, None)  # free it while training
+        return kernel_spectrum(weight, n)
+    key = (weight.data_ptr(), weight._version, weight.dtype, n,
+           weight.sum(dtype=torch.float64).item())
+    kept = _kept.get(id(weight))
+    if kept is None or kept[0] != key:
+        if kept is None:
+            weakref.finalize(weight, _kept.pop, id(weight), None)
+        kept = _kept[id(weight)] = (key, kernel_spectrum(weight, n))
+    return kept[1]
