@@ -8,6 +8,7 @@ from pathlib import Path
 
 from capsnet.checkpoint import load_checkpoint
 from capsnet.cli import ArgumentParser, add_settings, overrides, resumed_settings
+from capsnet.distributed import leave
 from capsnet.errors import UserError
 from config import Config
 
@@ -42,44 +43,58 @@ def evaluate(path: str, given: dict, allow_other_dataset: bool) -> None:
 
 
 def train(given: dict, resume: str | None, allow_other_dataset: bool) -> None:
+    from capsnet.distributed import join
     from capsnet.rundir import RunDir
     from capsnet.training import Trainer
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         cfg = resumed_settings(Config, checkpoint["config"],
                                {**given, "run_dir": str(Path(resume).parent)})
-        run = RunDir(Path(cfg.run_dir))
     else:
         cfg = Config(**given)
-        run = RunDir.create(cfg.run_dir)
-        cfg.run_dir = str(run.path)
-    run.lock(new=checkpoint is None)
+    world = join(cfg.device)
+    if checkpoint is None:  # rank 0 names a new run's directory for every process
+        cfg.run_dir = world.broadcast(str(RunDir.create(cfg.run_dir).path) if world.main else "")
+    run = RunDir(Path(cfg.run_dir))
+    if world.main:
+        run.lock(new=checkpoint is None)
     try:
         trainer = Trainer(cfg, run, checkpoint, Path(resume) if resume else None,
                           allow_other_dataset)
-        run.write_config(cfg)
-        if checkpoint is not None:
-            run.keep_epochs(trainer.epoch)
-        if cfg.visdom:
-            from capsnet.dashboard import attach
-            attach(cfg, trainer)
-        resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
-        print(f"capsnet: {len(trainer.train_batches.split)} train / "
-              f"{len(trainer.evaluator.batches.split)} test images of {cfg.dataset}, "
-              f"{trainer.parameter_count:,} parameters, on {trainer.device}; "
-              f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
-              + "".join(f"; {note}" for note in trainer.notes)
-              + f"; run directory {run.path}", flush=True)
+        if world.main:
+            start(cfg, run, trainer, resume)
         try:
             trainer.fit()
         except KeyboardInterrupt:
-            print(f"\ninterrupted: saved {run.last} ({trainer.where()}); continue with "
-                  f"python train.py --resume {run.last}", file=sys.stderr)
+            if world.main:
+                print(f"\ninterrupted: saved {run.last} ({trainer.where()}); continue with "
+                      f"python train.py --resume {run.last}", file=sys.stderr)
             raise SystemExit(130) from None
     finally:
         run.unlock()
-    print(f"done: best test accuracy {trainer.best_accuracy:.2f}%; "
-          f"metrics in {run.metrics}, checkpoints {run.last} and {run.best}")
+    if world.main:
+        print(f"done: best test accuracy {trainer.best_accuracy:.2f}%; "
+              f"metrics in {run.metrics}, checkpoints {run.last} and {run.best}")
+
+
+def start(cfg: Config, run, trainer, resume: str | None) -> None:
+    """Rank 0's part of starting a run: config.json, metrics.csv, the dashboard, a first line."""
+    run.write_config(cfg)
+    if resume:
+        run.keep_epochs(trainer.epoch)
+    if cfg.visdom:
+        from capsnet.dashboard import attach
+        attach(cfg, trainer)
+    world = trainer.world
+    processes = (f"{world.size} processes, global batch {world.size * cfg.batch_size}; "
+                 if world.distributed else "")
+    resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
+    print(f"capsnet: {trainer.train_images} train / "
+          f"{len(trainer.evaluator.batches.split)} test images of {cfg.dataset}, "
+          f"{trainer.parameter_count:,} parameters, on {trainer.device}; {processes}"
+          f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
+          + "".join(f"; {note}" for note in trainer.notes)
+          + f"; run directory {run.path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        leave()
     return 0
 
 

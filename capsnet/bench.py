@@ -7,10 +7,13 @@ Rates are the median of --repeats timed passes. Training images/s cover the forw
 backward pass and optimizer step of train.py, run by the same torchnet Engine and fed by the same
 on-device batch pipeline (random order, 2 px shifts). On CUDA a full epoch (60,000 training +
 10,000 test images) is timed; on the CPU it is extrapolated from the measured rates.
+Under torchrun (`torchrun --nproc_per_node=N -m capsnet.bench ...`) every process trains its
+share of each batch, as train.py does, and the rates are those of all processes together.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -21,37 +24,43 @@ from typing import Any, Callable
 import torch
 from torchnet.engine import Engine
 
+from . import distributed
+from .build import build_run, resolve_device
 from .cli import ArgumentParser
 from .data import CLASS_NAMES, Batches, Split
+from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
-from .model import CapsNet
-from .training import (compile_model, configure_precision, forward_step, make_criterion,
-                       make_optimizer, resolve_device)
+from .storage import write_file
+from .training import forward_step
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 
-def synthetic_split(count: int, device: torch.device, seed: int = 0) -> Split:
+def synthetic_split(count: int, seed: int) -> Split:
+    """MNIST-shaped random images and labels, on the CPU."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (count,), generator=g)
-    return Split(images, labels, CLASS_NAMES["mnist"]).to(device)
+    return Split(images, labels, CLASS_NAMES["mnist"])
 
 
-def sync(device: torch.device) -> None:
+def sync(device: torch.device, world: World) -> None:
+    """Wait for the device's queued work, and for every other process to get here too."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    world.sum(torch.zeros(1))
 
 
-def timed(device: torch.device, work: Callable[[], int], repeats: int) -> float:
-    """Median images per second of `repeats` calls of work(), which returns its image count."""
+def timed(device: torch.device, world: World, work: Callable[[], int], repeats: int) -> float:
+    """Median images per second of `repeats` calls of work(), which returns its image count
+    (over all processes)."""
     rates = []
     for _ in range(repeats):
-        sync(device)
+        sync(device, world)
         start = time.perf_counter()
         images = work()
-        sync(device)
+        sync(device, world)
         rates.append(images / (time.perf_counter() - start))
     return statistics.median(rates)
 
@@ -78,29 +87,23 @@ def peak_memory_mb(device: torch.device) -> float:
 def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         steps: int, warmup: int, repeats: int) -> dict[str, Any]:
     from config import Config
-    cfg = Config(batch_size=batch_size, precision=precision, compile=compile, device=device_choice)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(0)
-    model = CapsNet().to(device)
-    network = compile_model(model, cfg.compile)
-    autocast = configure_precision(cfg.precision, device)
-    criterion = make_criterion(cfg)
-    optimizer, scheduler = make_optimizer(model, cfg)
-    train_step = forward_step(network, criterion, autocast, train=True)
-    eval_step = forward_step(network, criterion, autocast, train=False)
-    full = device.type == "cuda"
-    generator = torch.Generator().manual_seed(0)
-
-    def batches(count: int, train: bool) -> Batches:
-        return Batches(synthetic_split(count, device, seed=int(train)), batch_size, shuffle=train,
-                       shift=2 if train else 0, generator=generator)
-
+    cfg = Config(batch_size=batch_size, precision=precision, compile=compile, device=device_choice,
+                 shift=2)
+    probe = resolve_device(device_choice)
+    full = probe.type == "cuda"
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    train_count = TRAIN_IMAGES if full else steps * batch_size * processes
+    test_count = TEST_IMAGES if full else steps * batch_size * processes
+    parts = build_run(cfg, splits=(synthetic_split(train_count, 1), synthetic_split(test_count, 0)))
+    device, world, model = parts.device, parts.world, parts.model
+    train_step = forward_step(parts.train_network, parts.criterion, parts.autocast, train=True)
+    eval_step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
     trainer, evaluator = Engine(), Engine()  # the loops train.py runs
-    subscribe(trainer, "on_update", lambda state: scheduler.step())
+    subscribe(trainer, "on_update", lambda state: parts.scheduler.step())
 
     def train(source: Batches) -> int:
         model.train()
-        trainer.train(train_step, source, 1, optimizer)
+        trainer.train(train_step, source, 1, parts.optimizer)
         return len(source.split)
 
     def evaluate(source: Batches) -> int:
@@ -109,28 +112,27 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
             evaluator.test(eval_step, source)
         return len(source.split)
 
-    train(batches(warmup * batch_size, True))
-    evaluate(batches(warmup * batch_size, False))
+    warm = warmup * batch_size * processes
+    train(parts.batches(synthetic_split(warm, 1), True))
+    evaluate(parts.batches(synthetic_split(warm, 0), False))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_count = TRAIN_IMAGES if full else steps * batch_size
-    test_count = TEST_IMAGES if full else steps * batch_size
-    train_source, test_source = batches(train_count, True), batches(test_count, False)  # untimed
-    train_rate = timed(device, lambda: train(train_source), repeats)
-    eval_rate = timed(device, lambda: evaluate(test_source), repeats)
+    train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
+    eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
     return {
         "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
         "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
-        "device": device_name(device), "batch_size": batch_size, "precision": precision,
-        "compile": compile, "repeats": repeats, "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
+        "device": device_name(device), "processes": world.size, "batch_size": batch_size,
+        "precision": precision, "compile": compile, "repeats": repeats,
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "main": world.main,
     }
 
 
 def report(result: dict[str, Any]) -> str:
     how = "measured" if result["epoch_measured"] else "extrapolated"
-    rows = [("device", result["device"]), ("batch size", result["batch_size"]),
+    rows = [("device", result["device"]), ("processes", result["processes"]),
+            ("batch size (per process)", result["batch_size"]),
             ("precision", result["precision"] + (" + compile" if result["compile"] else "")),
             ("timed passes (median)", result["repeats"]),
             ("train images/s", f"{result['train_images_per_s']:.1f}"),
@@ -160,14 +162,18 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
                      args.steps, args.warmup, args.repeats)
+        if result.pop("main"):
+            print(report(result))
+            if args.json:
+                write_file(args.json, (json.dumps(result, indent=2) + "\n").encode())
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        distributed.leave()
     return 0
 
 

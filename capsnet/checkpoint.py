@@ -16,8 +16,9 @@ from torch import nn
 from .errors import UserError
 from .storage import write_file
 
-REQUIRED = ("model", "model_args", "optimizer", "scheduler", "epoch", "step", "config", "classes",
-            "torch_rng", "data_rng", "digest")
+REQUIRED = ("model", "model_args", "optimizer", "scheduler", "epoch", "batch", "step",
+            "best_accuracy", "meters", "processes", "config", "classes", "torch_rng", "data_rng",
+            "digest")
 
 
 def to_cpu(value: Any) -> Any:

@@ -96,9 +96,10 @@ class Dashboard:
     # Training thread: record numbers, never wait for the server.
 
     def interval_sums(self) -> tuple[float, ...]:
-        m = self.trainer.meters
-        return (m.loss.sum, m.margin.sum, m.reconstruction.sum, float(m.accuracy.sum[1]),
-                float(m.accuracy.n))
+        """Loss, margin and reconstruction sums, errors and examples of the epoch so far (over
+        all processes), as the trainer last summed them."""
+        loss, margin, reconstruction, _, errors, count = self.trainer.running[:6].tolist()
+        return loss, margin, reconstruction, errors, count
 
     def on_start_epoch(self, state: dict) -> None:
         self.last, self.last_time = self.interval_sums(), time.perf_counter()
@@ -107,7 +108,6 @@ class Dashboard:
         done = self.trainer.batch + 1  # batches of this epoch, the current one included
         if done % self.every:
             return
-        self.trainer.flush_meters(in_batch=True)
         now, sums = time.perf_counter(), self.interval_sums()
         loss, margin, reconstruction, errors, count = (a - b for a, b in zip(sums, self.last))
         if count <= 0:
@@ -155,7 +155,7 @@ class Dashboard:
 
     def on_end_epoch(self, state: dict) -> None:
         row, x = state["metrics"], float(state["epoch"])
-        confusion = self.trainer.evaluator.meters.confusion.value()
+        confusion = self.trainer.evaluator.confusion
         images, reconstructions = self.reconstruct()
         classes = list(self.trainer.classes)
         with self.lock:

@@ -81,17 +81,31 @@ class Batches:
 
     Each pass draws a new order and, with `shift` > 0, a new offset of up to `shift` pixels in
     each direction per image, from `generator` (a CPU generator, so runs are reproducible).
+    Process `rank` of `world` takes every world-th example of that order, from the rank-th on
+    (DistributedSampler's split): with the same generator state in every process, the union of
+    the processes' k-th batches is the k-th batch of one process with world x batch_size. With
+    `even`, the order is first padded by its own first examples to a multiple of `world`, so that
+    every process has the same number of batches (as training in step needs).
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False, shift: int = 0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, rank: int = 0, world: int = 1,
+                 even: bool = False) -> None:
         self.split, self.batch_size, self.shuffle, self.shift = split, batch_size, shuffle, shift
-        self.generator = generator
+        self.generator, self.rank, self.world, self.even = generator, rank, world, even
         self.padded = (torch.nn.functional.pad(split.images, (shift,) * 4) if shift
                        else split.images)  # (N, C, H+2s, W+2s) uint8
 
+    @property
+    def examples(self) -> int:
+        """Examples this process takes in a pass."""
+        count = len(self.split)
+        if self.even:
+            count = -(-count // self.world) * self.world
+        return len(range(self.rank, count, self.world))
+
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return -(-self.examples // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.starting_at(0)
@@ -101,12 +115,16 @@ class Batches:
         by __iter__, so the batches are those that a whole pass would give from there."""
         count, device = len(self.split), self.split.labels.device
         order = (torch.randperm(count, generator=self.generator) if self.shuffle
-                 else torch.arange(count)).to(device)
-        if self.shift:
-            offsets = torch.randint(0, 2 * self.shift + 1, (count, 2),
-                                    generator=self.generator).to(device)  # (N, 2)
+                 else torch.arange(count))  # (N,)
+        offsets = (torch.randint(0, 2 * self.shift + 1, (count, 2), generator=self.generator)
+                   if self.shift else torch.zeros(count, 2, dtype=torch.long))  # (N, 2)
+        if self.even and count % self.world:
+            extra = self.world - count % self.world
+            order, offsets = torch.cat([order, order[:extra]]), torch.cat([offsets, offsets[:extra]])
+        order = order[self.rank::self.world].to(device)  # this process's share
+        offsets = offsets[self.rank::self.world].to(device)
         size = self.split.images.shape[-1]
-        for start in range(first * self.batch_size, count, self.batch_size):
+        for start in range(first * self.batch_size, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             if self.shift:
                 images = shift_images(self.padded[index], offsets[start:start + len(index)], size)

@@ -69,9 +69,28 @@ class Meters:
         self.accuracy.sum[1], self.accuracy.n = state["errors"], state["count"]
         self.confusion.conf[...] = state["confusion"].numpy()
 
-    def summary(self) -> dict[str, float]:
-        """Mean loss, margin and reconstruction parts, and accuracy in percent."""
+    def totals(self) -> Tensor:
+        """What the meters counted, as one float64 vector that sums across processes: loss,
+        margin and reconstruction sums, examples, errors, then the confusion matrix."""
         self.flush()
-        return {"loss": float(self.loss.value()[0]), "margin": float(self.margin.value()[0]),
-                "reconstruction": float(self.reconstruction.value()[0]),
-                "accuracy": float(self.accuracy.value()[0])}
+        counts = [self.loss.sum, self.margin.sum, self.reconstruction.sum, self.loss.n,
+                  float(self.accuracy.sum[1]), float(self.accuracy.n)]
+        confusion = torch.from_numpy(self.confusion.conf).to(torch.float64).flatten()
+        return torch.cat([torch.tensor(counts, dtype=torch.float64), confusion])
+
+    def summary(self) -> dict[str, float]:
+        return summary_of(self.totals())
+
+
+def summary_of(totals: Tensor) -> dict[str, float]:
+    """Mean loss, margin and reconstruction parts, and accuracy in percent, of Meters.totals()."""
+    loss, margin, reconstruction, n, errors, count = totals[:6].tolist()
+    return {"loss": loss / max(n, 1), "margin": margin / max(n, 1),
+            "reconstruction": reconstruction / max(n, 1),
+            "accuracy": 100.0 * (1.0 - errors / max(count, 1))}
+
+
+def confusion_of(totals: Tensor) -> Tensor:
+    """The confusion matrix (rows: true class) of Meters.totals(), as int64."""
+    classes = int(round((totals.numel() - 6) ** 0.5))
+    return totals[6:].view(classes, classes).round().long()

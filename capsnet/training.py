@@ -2,102 +2,33 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchnet.engine import Engine
 from tqdm import tqdm
 
 from . import interrupt
+from .build import Autocast, RunParts, build_run, check_structure
 from .checkpoint import load_state, save_checkpoint
-from .data import Batches, Split, load_split
+from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
-from .meters import Meters
+from .meters import Meters, confusion_of, summary_of
 from .model import CapsNet, CapsNetOutput
 from .rundir import RunDir
 from .storage import WriteError
+
 
 class Step(NamedTuple):
     """What one forward pass hands to the on_forward hooks."""
     output: CapsNetOutput
     parts: LossParts
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def model_args(cfg: Any, split: Split) -> dict[str, Any]:
-    """CapsNet arguments: shapes from the dataset, routing from the config."""
-    _, channels, size, _ = split.images.shape
-    return {"in_channels": channels, "image_size": size, "num_classes": len(split.classes),
-            "routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
-            "digit_bias": cfg.digit_bias}
-
-
-STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias")
-
-
-def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    """A checkpoint's weights fit a model only if these arguments agree."""
-    differ = [k for k in STRUCTURE if saved.get(k) != now[k]]
-    if differ:
-        raise UserError("the checkpoint does not fit this dataset and config ("
-                        + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
-
-
-def make_optimizer(model: CapsNet, cfg: Any) -> tuple[torch.optim.Adam,
-                                                     torch.optim.lr_scheduler.ExponentialLR]:
-    """Adam with the rate decayed by lr_decay every lr_decay_steps, continuously (step per batch)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one pass per step
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(
-        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
-    return optimizer, scheduler
-
-
-def make_criterion(cfg: Any) -> CapsuleLoss:
-    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight)
-
-
-Autocast = Callable[[], torch.autocast]
-
-
-def configure_precision(precision: str, device: torch.device) -> Autocast:
-    """Set the float32 matmul mode; return the autocast context for forward passes."""
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                             enabled=precision == "bf16")
-
-
-def compile_model(model: CapsNet, enabled: bool) -> Callable[..., CapsNetOutput]:
-    """torch.compile the model when asked; where compiling fails, run eager with a warning."""
-    if not enabled:
-        return model
-    try:
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
-        # capsnet.spectral's lru_cache'd DFT matrices are pure functions of sizes: tracing
-        # through the cache is correct, so Dynamo's warning about it is noise here.
-        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
-        return torch.compile(model)
-    except Exception as error:  # torch.compile is missing or refuses this platform
-        print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
-        return model
 
 
 def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, autocast: Autocast,
@@ -119,27 +50,32 @@ def add_to_meters(meters: Meters, state: dict) -> None:
 
 
 class Evaluator:
-    """One pass over a test split through its own Engine (Engine.test), without gradients."""
+    """One pass over a test split through its own Engine (Engine.test), without gradients. Under
+    torchrun each process tests its share and the counts are summed over all processes."""
 
-    def __init__(self, model: CapsNet, criterion: CapsuleLoss, batches: Batches,
-                 autocast: Autocast, network: Callable[..., CapsNetOutput] | None = None) -> None:
-        self.model, self.batches = model, batches
-        self.step = forward_step(network or model, criterion, autocast, train=False)
-        self.meters = Meters(len(batches.split.classes))
+    def __init__(self, parts: RunParts) -> None:
+        self.model, self.batches, self.world = parts.model, parts.test_batches, parts.world
+        self.step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
+        self.meters = Meters(len(parts.classes))
+        self.confusion = np.zeros((len(parts.classes),) * 2, dtype=np.int64)  # rows: true class
         self.engine = Engine()
-        subscribe(self.engine, "on_sample", interrupt.check)
+        if not self.world.distributed:  # processes stop together, at the trainer's checks
+            subscribe(self.engine, "on_sample", interrupt.check)
         subscribe(self.engine, "on_forward", lambda state: add_to_meters(self.meters, state))
 
     def run(self) -> dict[str, float]:
         self.model.eval()
         self.meters.reset()
-        bar = tqdm(self.batches, desc="test", unit="batch", leave=False, dynamic_ncols=True)
+        bar = tqdm(self.batches, desc="test", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not self.world.main)
         try:
             with torch.inference_mode():
                 self.engine.test(self.step, bar)
         finally:
             bar.close()
-        return self.meters.summary()
+        totals = self.world.sum(self.meters.totals())
+        self.confusion = confusion_of(totals).numpy()
+        return summary_of(totals)
 
 
 class Diverged(UserError):
@@ -157,33 +93,28 @@ class Trainer:
     next one are done. A checkpoint holds the position, the data generator's state at the start
     of that epoch and the epoch's meters, so a run resumed from any batch continues exactly as
     the uninterrupted run would have.
+
+    Under torchrun every process runs a Trainer on its share of each batch; the meters are summed
+    over the processes at every logging interval, where the processes also agree on stopping
+    (an interrupt or a divergence), and rank 0 alone writes and prints.
     """
 
     def __init__(self, cfg: Any, run: RunDir, checkpoint: dict | None = None,
                  source: Path | None = None, allow_other_dataset: bool = False) -> None:
         self.cfg, self.run = cfg, run
-        self.device = resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        train = load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples)
-        test = load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples)
-        self.classes = train.classes
-        self.model_args = model_args(cfg, train)
-        self.model = CapsNet(**self.model_args).to(self.device)
-        self.network = compile_model(self.model, cfg.compile)
-        self.autocast = configure_precision(cfg.precision, self.device)
-        self.criterion = make_criterion(cfg)
-        self.optimizer, self.scheduler = make_optimizer(self.model, cfg)
-        self.train_batches = Batches(train.to(self.device), cfg.batch_size, shuffle=True,
-                                     shift=cfg.shift, generator=self.generator)
-        self.evaluator = Evaluator(self.model, self.criterion,
-                                   Batches(test.to(self.device), cfg.batch_size), self.autocast,
-                                   self.network)
+        self.parts = parts = build_run(cfg)
+        self.world: World = parts.world
+        self.device, self.model, self.network = parts.device, parts.model, parts.train_network
+        self.autocast, self.criterion = parts.autocast, parts.criterion
+        self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
+        self.generator, self.classes, self.model_args = parts.generator, parts.classes, parts.model_args
+        self.train_batches = parts.train_batches
+        self.evaluator = Evaluator(parts)
         self.meters = Meters(len(self.classes))
+        self.running = self.meters.totals()  # this epoch's totals over all processes, so far
         self.epoch, self.batch, self.step, self.best_accuracy = 0, 0, 0, -1.0
         self.epoch_rng = self.generator.get_state()  # the data generator at the epoch's start
+        self.stopping = False  # all processes agreed to stop at the next batch
         self.good: tuple[Path, str] | None = None  # the newest checkpoint known to be good
         self.notes: list[str] = []  # what a resume changed, for the run's first line
         if checkpoint is not None:
@@ -192,13 +123,18 @@ class Trainer:
         self.bar: tqdm | None = None
         self.engine = Engine()
         for event, hook in (("on_start", self.on_start), ("on_start_epoch", self.on_start_epoch),
-                            ("on_sample", interrupt.check), ("on_forward", self.on_forward),
+                            ("on_sample", self.on_sample), ("on_forward", self.on_forward),
                             ("on_update", self.on_update), ("on_end_epoch", self.on_end_epoch)):
             subscribe(self.engine, event, hook)
 
     @property
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def train_images(self) -> int:
+        """Training images in an epoch, over all processes."""
+        return len(self.train_batches.split)
 
     def fit(self) -> None:
         """Train up to cfg.epochs. Ctrl-C or SIGTERM stops after the current batch, saves
@@ -220,6 +156,10 @@ class Trainer:
     def close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def say(self, line: str) -> None:
+        if self.world.main:
+            tqdm.write(line)
 
     def where(self) -> str:
         """The run's position in words."""
@@ -244,28 +184,46 @@ class Trainer:
         if self.batch == 0:  # a new epoch; a resumed one keeps its restored meters
             self.epoch_rng = self.generator.get_state()
             self.meters.reset()
+        self.running = self.world.sum(self.meters.totals())
         self.first_batch = self.batch
         self.epoch_started = time.perf_counter()
         # A fresh bar over the base batches each epoch: never a wrapper of last epoch's wrapper.
         self.bar = tqdm(self.train_batches.starting_at(self.batch), total=len(self.train_batches),
                         initial=self.batch, desc=f"epoch {state['epoch'] + 1}/{state['maxepoch']}",
-                        unit="batch", leave=False, dynamic_ncols=True)
+                        unit="batch", leave=False, dynamic_ncols=True, disable=not self.world.main)
         state["iterator"] = self.bar
+
+    def on_sample(self, state: dict) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+        if not self.world.distributed:
+            interrupt.check()
+
+    def logs_after(self, done: int) -> bool:
+        """Whether the meters are brought up to date after `done` batches of an epoch."""
+        return done % self.cfg.log_every == 0 or (self.cfg.visdom
+                                                   and done % self.cfg.visdom_every == 0)
 
     def on_forward(self, state: dict) -> None:
         add_to_meters(self.meters, state)
-        if (self.batch + 1) % self.cfg.log_every == 0:
+        if self.logs_after(self.batch + 1):
             self.flush_meters(in_batch=True)
-            self.bar.set_postfix(loss=f"{self.meters.loss.value()[0]:.4f}",
-                                 acc=f"{self.meters.accuracy.value()[0]:.2f}%", refresh=False)
+            summary = summary_of(self.running)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{summary['loss']:.4f}",
+                                     acc=f"{summary['accuracy']:.2f}%", refresh=False)
 
     def flush_meters(self, in_batch: bool = False) -> None:
-        """Add the queued batches to the meters; raise Diverged if any loss is not finite.
+        """Add the queued batches to the meters and sum them over the processes (which also
+        agree on stopping); raise Diverged if any loss is not finite.
         `in_batch`: called between a batch's forward pass and its update."""
         queued = len(self.meters.pending)
         bad = self.meters.flush()
-        if bad is not None:
-            first = int(in_batch) - queued + 1 + bad  # the bad batch, counted from the position
+        stop = float(bool(interrupt.requested))
+        summed = self.world.sum(torch.cat([self.meters.totals(), torch.tensor([stop])]))
+        self.running, self.stopping = summed[:-1], self.stopping or bool(summed[-1] > 0)
+        if bad is not None or not torch.isfinite(self.running[:3]).all():
+            first = int(in_batch) - queued + 1 + (bad if bad is not None else queued - 1)
             raise Diverged(f"training diverged: the loss is not finite at epoch {self.epoch + 1}, "
                            f"batch {self.batch + first} (step {self.step + first}), and "
                            "nothing was saved from then on (a lower --lr may help)")
@@ -278,45 +236,50 @@ class Trainer:
     def on_end_epoch(self, state: dict) -> None:
         self.bar.close()
         train_seconds = time.perf_counter() - self.epoch_started
-        trained = (self.batch - self.first_batch) * self.cfg.batch_size
+        trained = (self.batch - self.first_batch) * self.cfg.batch_size * self.world.size
         lr = self.optimizer.param_groups[0]["lr"]
         self.flush_meters()
-        train = self.meters.summary()
+        train = summary_of(self.running)
         test = self.evaluator.run()
         self.epoch, self.batch = state["epoch"], 0
         self.epoch_rng = self.generator.get_state()
         row = {"epoch": self.epoch, "lr": lr,
-               "train_images_per_s": min(trained, len(self.train_batches.split)) / train_seconds,
+               "train_images_per_s": min(trained, self.train_images) / train_seconds,
                "seconds": time.perf_counter() - self.epoch_started}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"test_{k}": v for k, v in test.items()})
         best = test["accuracy"] > self.best_accuracy
         if best:
             self.best_accuracy = test["accuracy"]
-        self.run.append_metrics(row)
+        if self.world.main:
+            self.run.append_metrics(row)
         if best:  # best.pt before last.pt: last.pt never points past a best.pt not written
             self.save(self.run.best)
         self.save(self.run.last)
         state["metrics"] = row
-        tqdm.write(f"epoch {self.epoch}/{state['maxepoch']}  "
-                   f"train loss {train['loss']:.4f} acc {train['accuracy']:.2f}%  "
-                   f"test loss {test['loss']:.4f} acc {test['accuracy']:.2f}%{' *' if best else ''}  "
-                   f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
+        self.say(f"epoch {self.epoch}/{state['maxepoch']}  "
+                 f"train loss {train['loss']:.4f} acc {train['accuracy']:.2f}%  "
+                 f"test loss {test['loss']:.4f} acc {test['accuracy']:.2f}%{' *' if best else ''}  "
+                 f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
 
     def save(self, path: Path) -> None:
-        """Write a checkpoint of the current position; never one with non-finite weights."""
+        """Write a checkpoint of the current position (rank 0; every process takes part);
+        never one with non-finite weights."""
         self.flush_meters()
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise Diverged(f"training diverged: the weights are not finite at {self.where()}, "
                            f"so they were not saved to {path.name}")
-        save_checkpoint(path, {
-            "model": self.model.state_dict(), "model_args": self.model_args,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "best_accuracy": self.best_accuracy, "meters": self.meters.state_dict(),
-            "config": dataclasses.asdict(self.cfg), "classes": list(self.classes),
-            "torch_rng": torch.get_rng_state(), "data_rng": self.epoch_rng,
-        })
+        meters = self.world.gather(self.meters.state_dict())  # each process's share of the epoch
+        if self.world.main:
+            save_checkpoint(path, {
+                "model": self.model.state_dict(), "model_args": self.model_args,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                "best_accuracy": self.best_accuracy, "meters": meters,
+                "processes": self.world.size, "config": dataclasses.asdict(self.cfg),
+                "classes": list(self.classes), "torch_rng": torch.get_rng_state(),
+                "data_rng": self.epoch_rng,
+            })
         self.good = (path, self.where())
 
     def restore(self, checkpoint: dict, source: Path) -> None:
@@ -329,12 +292,7 @@ class Trainer:
                             f"state comes from the checkpoint (seed {saved.get('seed')})")
         batch = checkpoint["batch"]
         if batch:
-            for name in MID_EPOCH_FIXED:
-                if saved.get(name) != getattr(self.cfg, name):
-                    raise UserError(
-                        f"the checkpoint stopped inside epoch {checkpoint['epoch'] + 1}, whose "
-                        f"batches depend on --{name.replace('_', '-')} {saved.get(name)}; keep "
-                        "it to finish the epoch, or resume from a checkpoint of an epoch's end")
+            self.check_mid_epoch(checkpoint)
         check_structure(checkpoint["model_args"], self.model_args)
         load_state(self.model, checkpoint["model"], "model")
         load_state(self.optimizer, checkpoint["optimizer"], "optimizer state")
@@ -345,12 +303,26 @@ class Trainer:
             torch.set_rng_state(checkpoint["torch_rng"])
             self.generator.set_state(checkpoint["data_rng"])
             if batch:
-                self.meters.load_state_dict(checkpoint["meters"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as error:
+                self.meters.load_state_dict(checkpoint["meters"][self.world.rank])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as error:
             raise UserError(f"the checkpoint's random or meter state is damaged ({error})") from None
         self.epoch_rng = checkpoint["data_rng"]
         self.good = (source, self.where())
         self.apply_schedule(saved)
+
+    def check_mid_epoch(self, checkpoint: dict) -> None:
+        """A checkpoint from inside an epoch resumes only with the batches it was cut from."""
+        saved, inside = checkpoint["config"], f"inside epoch {checkpoint['epoch'] + 1}"
+        for name in MID_EPOCH_FIXED:
+            if saved.get(name) != getattr(self.cfg, name):
+                raise UserError(
+                    f"the checkpoint stopped {inside}, whose batches depend on "
+                    f"--{name.replace('_', '-')} {saved.get(name)}; keep it to finish the epoch, "
+                    "or resume from a checkpoint of an epoch's end")
+        if checkpoint["processes"] != self.world.size:
+            raise UserError(f"the checkpoint stopped {inside} of a run of "
+                            f"{checkpoint['processes']} processes; resume it with as many, or "
+                            "from a checkpoint of an epoch's end")
 
     def apply_schedule(self, saved: dict) -> None:
         """Flags --lr, --lr-decay and --lr-decay-steps given on resume: the rate becomes what
@@ -382,14 +354,10 @@ def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...], allow: b
 def evaluate_checkpoint(cfg: Any, checkpoint: dict, allow_other_dataset: bool = False
                         ) -> tuple[dict[str, float], Any, tuple[str, ...]]:
     """Test-set loss and accuracy, confusion matrix (rows: true class) and class names."""
-    device = resolve_device(cfg.device)
-    test = load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples)
-    check_dataset(checkpoint, cfg, test.classes, allow_other_dataset)
-    args = model_args(cfg, test)
-    check_structure(checkpoint["model_args"], args)
-    model = CapsNet(**args).to(device)
-    load_state(model, checkpoint["model"], "model")
-    evaluator = Evaluator(model, make_criterion(cfg), Batches(test.to(device), cfg.batch_size),
-                          configure_precision(cfg.precision, device))
+    parts = build_run(cfg, train=False)
+    check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)
+    check_structure(checkpoint["model_args"], parts.model_args)
+    load_state(parts.model, checkpoint["model"], "model")
+    evaluator = Evaluator(parts)
     summary = evaluator.run()
-    return summary, evaluator.meters.confusion.value(), test.classes
+    return summary, evaluator.confusion, parts.classes

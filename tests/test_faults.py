@@ -219,7 +219,7 @@ def test_the_environment_names_the_dataset_root_on_resume_and_eval(quick_args, t
 
 @pytest.mark.parametrize("action", ["train", "--eval"])
 def test_ctrl_c_before_training_is_one_line(action, quick_args, tmp_path, monkeypatch, capsys):
-    import capsnet.training
+    import capsnet.build
     if action == "--eval":
         assert train.main(quick_args) == 0
         args = ["--eval", str(tmp_path / "run" / "last.pt"), "--data-dir", data_dir(quick_args)]
@@ -228,7 +228,7 @@ def test_ctrl_c_before_training_is_one_line(action, quick_args, tmp_path, monkey
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as Ctrl-C during a download or the test pass
-    monkeypatch.setattr(capsnet.training, "load_split", interrupted)
+    monkeypatch.setattr(capsnet.build, "load_split", interrupted)
     capsys.readouterr()
     code, err = run_main(args, capsys)
     assert code == 130 and err == "interrupted"

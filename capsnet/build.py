@@ -1,0 +1,147 @@
+"""One place builds a run: device, process group, data, model, optimiser, schedule, precision,
+compile and the distributed wrapper. train.py, --eval and the benchmark all start here."""
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed
+from .data import Batches, Split, load_split
+from .distributed import World
+from .errors import UserError
+from .loss import CapsuleLoss
+from .model import CapsNet, CapsNetOutput
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_args(cfg: Any, split: Split) -> dict[str, Any]:
+    """CapsNet arguments: shapes from the dataset, routing from the config."""
+    _, channels, size, _ = split.images.shape
+    return {"in_channels": channels, "image_size": size, "num_classes": len(split.classes),
+            "routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
+            "digit_bias": cfg.digit_bias}
+
+
+STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias")
+
+
+def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A checkpoint's weights fit a model only if these arguments agree."""
+    differ = [k for k in STRUCTURE if saved.get(k) != now[k]]
+    if differ:
+        raise UserError("the checkpoint does not fit this dataset and config ("
+                        + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
+
+
+def make_optimizer(model: CapsNet, cfg: Any) -> tuple[torch.optim.Adam,
+                                                     torch.optim.lr_scheduler.ExponentialLR]:
+    """Adam with the rate decayed by lr_decay every lr_decay_steps, continuously (step per batch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one pass per step
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
+    return optimizer, scheduler
+
+
+def make_criterion(cfg: Any) -> CapsuleLoss:
+    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight)
+
+
+Autocast = Callable[[], torch.autocast]
+
+
+def configure_precision(precision: str, device: torch.device) -> Autocast:
+    """Set the float32 matmul mode; return the autocast context for forward passes."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                             enabled=precision == "bf16")
+
+
+def compile_model(model: CapsNet, enabled: bool) -> Callable[..., CapsNetOutput]:
+    """torch.compile the model when asked; where compiling fails, run eager with a warning."""
+    if not enabled:
+        return model
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
+        # capsnet.spectral's lru_cache'd DFT matrices are pure functions of sizes: tracing
+        # through the cache is correct, so Dynamo's warning about it is noise here.
+        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
+        return torch.compile(model)
+    except Exception as error:  # torch.compile is missing or refuses this platform
+        print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
+        return model
+
+
+@dataclass
+class RunParts:
+    """Everything a training run, an evaluation or a benchmark runs with."""
+    cfg: Any
+    world: World
+    device: torch.device
+    model: CapsNet  # the plain model: checkpoints and evaluation
+    train_network: Callable[..., CapsNetOutput]  # the model as trained: compiled, DDP-wrapped
+    eval_network: Callable[..., CapsNetOutput]  # compiled, never wrapped: no collectives
+    criterion: CapsuleLoss
+    autocast: Autocast
+    optimizer: torch.optim.Adam
+    scheduler: torch.optim.lr_scheduler.ExponentialLR
+    generator: torch.Generator  # draws every pass's order and shifts
+    model_args: dict[str, Any]
+    classes: tuple[str, ...]
+    train_batches: Batches | None
+    test_batches: Batches
+
+    def batches(self, split: Split, train: bool) -> Batches:
+        """This process's batches of `split`: shuffled, shifted and even across processes for
+        training; in order and uneven (every example once) for testing."""
+        return Batches(split.to(self.device), self.cfg.batch_size, shuffle=train,
+                       shift=self.cfg.shift if train else 0, generator=self.generator,
+                       rank=self.world.rank, world=self.world.size, even=train)
+
+
+def build_run(cfg: Any, train: bool = True,
+              splits: tuple[Split | None, Split] | None = None) -> RunParts:
+    """The parts of a run of `cfg`: with `train`, the training split too; `splits` (train,
+    test) instead of the dataset's files."""
+    world = distributed.join(cfg.device)
+    device = world.device if world.distributed else resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if splits is None:
+        splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples)
+                  if train else None,
+                  load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples))
+    train_split, test_split = splits
+    args = model_args(cfg, train_split or test_split)
+    model = CapsNet(**args).to(device)
+    eval_network = compile_model(model, cfg.compile)
+    train_network = eval_network
+    if world.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                          else None)
+        train_network = compile_model(wrapped, cfg.compile)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    parts = RunParts(cfg, world, device, model, train_network, eval_network, make_criterion(cfg),
+                     configure_precision(cfg.precision, device), optimizer, scheduler, generator,
+                     args, test_split.classes, None, None)  # type: ignore[arg-type]
+    parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
+    parts.test_batches = parts.batches(test_split, False)
+    return parts
