@@ -106,14 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(args.eval, given, args.allow_other_dataset)
         else:
             train(given, args.resume, args.allow_other_dataset)
+        leave()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    finally:
-        leave()
     return 0
 
 

@@ -166,14 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             print(report(result))
             if args.json:
                 write_file(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        distributed.leave()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    finally:
-        distributed.leave()
     return 0
 
 

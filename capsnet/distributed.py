@@ -81,5 +81,8 @@ def join(device_choice: str) -> World:
 
 
 def leave() -> None:
+    """Leave the process group together with the other processes, after a run that ended well.
+    (After a failure a process just exits, and torchrun ends the others.)"""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
