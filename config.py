@@ -13,6 +13,7 @@ from typing import Any
 from capsnet.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist")
+RECIPES = ("paper", "official")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -33,6 +34,9 @@ class Config:
     test_samples: int = setting(0, "test on the first N test images (0: all)")
     shift: int = setting(2, "random shift of training images, in pixels, with zero padding")
     # Model
+    recipe: str = setting("paper", "paper: as the paper's text says; official: as the authors' "
+                          "released code does (margin loss halved and averaged over classes, "
+                          "PrimaryCaps conv/32, digit-capsule bias, its initial weights)", RECIPES)
     routing_iterations: int = setting(3, "routing-by-agreement iterations")
     detach_routing: bool = setting(False, "stop gradients through all but the last routing iteration")
     digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")

@@ -32,10 +32,10 @@ def model_args(cfg: Any, split: Split) -> dict[str, Any]:
     _, channels, size, _ = split.images.shape
     return {"in_channels": channels, "image_size": size, "num_classes": len(split.classes),
             "routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
-            "digit_bias": cfg.digit_bias}
+            "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe}
 
 
-STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias")
+STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias", "recipe")
 
 
 def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
@@ -56,7 +56,8 @@ def make_optimizer(model: CapsNet, cfg: Any) -> tuple[torch.optim.Adam,
 
 
 def make_criterion(cfg: Any) -> CapsuleLoss:
-    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight)
+    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
+                       class_mean=cfg.recipe == "official")
 
 
 Autocast = Callable[[], torch.autocast]

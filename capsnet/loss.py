@@ -33,16 +33,21 @@ class LossParts(NamedTuple):
 
 
 class CapsuleLoss(nn.Module):
-    """Margin loss + reconstruction_weight x reconstruction SSE, averaged over the batch."""
+    """Margin loss + reconstruction_weight x reconstruction SSE, averaged over the batch.
+
+    With `class_mean` (the official code), the margin loss is halved and averaged over the
+    classes instead of summed: 1/20 of the paper's for ten classes."""
 
     def __init__(self, m_plus: float = 0.9, m_minus: float = 0.1, lambda_: float = 0.5,
-                 reconstruction_weight: float = 0.0005) -> None:
+                 reconstruction_weight: float = 0.0005, class_mean: bool = False) -> None:
         super().__init__()
         self.m_plus, self.m_minus, self.lambda_ = m_plus, m_minus, lambda_
-        self.reconstruction_weight = reconstruction_weight
+        self.reconstruction_weight, self.class_mean = reconstruction_weight, class_mean
 
     def parts(self, images: Tensor, labels: Tensor, output: CapsNetOutput) -> LossParts:
         margin = margin_loss(output.lengths, labels, self.m_plus, self.m_minus, self.lambda_)
+        if self.class_mean:
+            margin = 0.5 * margin / output.lengths.shape[1]
         sse = reconstruction_loss(images, output.reconstructions)
         return LossParts(margin.mean(), self.reconstruction_weight * sse.mean())
 

@@ -61,12 +61,13 @@ def route(u_hat: Tensor, iterations: int, detach_inner: bool,
 
 
 class PrimaryCapsules(nn.Module):
-    """One convolution whose channels form `types` capsule types of `dim` components each."""
+    """One convolution whose channels form `types` capsule types of `dim` components each.
+    With `scale`, the pre-activation is scale * conv(x) + bias (the official code's 1/32)."""
 
     def __init__(self, in_channels: int = 256, types: int = 32, dim: int = 8,
-                 kernel_size: int = 9, stride: int = 2) -> None:
+                 kernel_size: int = 9, stride: int = 2, scale: float = 1.0) -> None:
         super().__init__()
-        self.types, self.dim = types, dim
+        self.types, self.dim, self.scale = types, dim, scale
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -78,6 +79,8 @@ class PrimaryCapsules(nn.Module):
         type*dim + component, as squashed capsules u_i: (B, types*H*W, dim), ordered by type,
         row, column."""
         batch, height, width, _ = out.shape
+        if self.scale != 1.0:
+            out = torch.addcmul(self.conv.bias, out - self.conv.bias, out.new_tensor(self.scale))
         u = out.reshape(batch, height, width, self.types, self.dim).permute(0, 3, 1, 2, 4)
         return squash(u.reshape(batch, self.types * height * width, self.dim))
 
@@ -120,29 +123,53 @@ class Decoder(nn.Module):
         return self.layers(masked).view(-1, *self.image_shape)
 
 
+def official_init(model: nn.Module) -> None:
+    """The released code's initial values: decoder weights from a normal of std 0.1 truncated
+    at two std and biases 0.1; conv1 weights likewise with std 0.05."""
+    with torch.no_grad():
+        for layer in model.decoder.layers:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.1, a=-0.2, b=0.2)
+                nn.init.constant_(layer.bias, 0.1)
+        nn.init.trunc_normal_(model.conv1.weight, std=0.05, a=-0.1, b=0.1)
+
+
 class CapsNetOutput(NamedTuple):
     lengths: Tensor  # (B, classes): capsule lengths, the class probabilities
     poses: Tensor  # (B, classes, 16): the digit capsules v_j
     reconstructions: Tensor  # like the input images, in [0, 1]
 
 
+RECIPES = ("paper", "official")
+
+
 class CapsNet(nn.Module):
-    """Conv1 -> PrimaryCaps -> DigitCaps (dynamic routing) -> decoder; MNIST shapes by default."""
+    """Conv1 -> PrimaryCaps -> DigitCaps (dynamic routing) -> decoder; MNIST shapes by default.
+
+    `recipe` "official" follows the authors' released code where it departs from the paper:
+    PrimaryCaps pre-activation conv(x)/32 + bias, a learned bias on the digit capsules before
+    every squash, and its initial weights (see `official_init`)."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  routing_iterations: int = 3, detach_routing: bool = False,
-                 digit_bias: bool = False) -> None:
+                 digit_bias: bool = False, recipe: str = "paper") -> None:
         super().__init__()
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        official = recipe == "official"
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, 256, kernel_size=9, stride=1)
-        self.primary = PrimaryCapsules(256, types=32, dim=8, kernel_size=9, stride=2)
+        self.primary = PrimaryCapsules(256, types=32, dim=8, kernel_size=9, stride=2,
+                                       scale=1 / 32 if official else 1.0)
         grid = ((image_size - 8) - 9) // 2 + 1  # 6 for 28x28 inputs
         if grid < 1:
             raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet (>= 25)")
         self.digits = DigitCapsules(32 * grid * grid, 8, num_classes, 16, routing_iterations,
-                                    detach_routing, digit_bias)
+                                    detach_routing, digit_bias or official)
         self.decoder = Decoder(num_classes * 16, (in_channels, image_size, image_size))
         self.grid = grid
+        if official:
+            official_init(self)
 
     def primary_capsules(self, images: Tensor) -> Tensor:
         """Conv1 -> ReLU -> PrimaryCaps: u_i (B, 32*6*6, 8). The two convolutions run through

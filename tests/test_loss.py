@@ -36,3 +36,14 @@ def test_capsule_loss_is_the_batch_mean_of_margin_plus_weighted_reconstruction()
         (0.03 + 0.45125) / 2 + 0.0005 * 2.5)
     assert CapsuleLoss(reconstruction_weight=0.0)(images, labels, output).item() == pytest.approx(
         (0.03 + 0.45125) / 2)
+
+
+def test_official_recipe_margin_is_a_twentieth_of_the_papers_for_ten_classes():
+    torch.manual_seed(0)
+    lengths = torch.rand(4, 10)
+    output = CapsNetOutput(lengths, torch.rand(4, 10, 16), torch.rand(4, 1, 28, 28))
+    images, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 5, 9])
+    paper = CapsuleLoss().parts(images, labels, output)
+    official = CapsuleLoss(class_mean=True).parts(images, labels, output)
+    assert torch.allclose(official.margin, paper.margin / 20)
+    assert torch.equal(official.reconstruction, paper.reconstruction)

@@ -147,3 +147,48 @@ def test_the_model_runs_in_float64():
     assert out.lengths.dtype == out.poses.dtype == out.reconstructions.dtype == torch.float64
     out.lengths.sum().backward()
     assert model.digits.weight.grad.dtype == torch.float64
+
+
+def test_official_recipe_primary_pre_activation_is_conv_over_32_plus_bias():
+    torch.manual_seed(0)
+    model = CapsNet(recipe="official")
+    images = torch.rand(2, 1, 28, 28)
+    conv = model.primary.conv
+    features = F.relu(model.conv1(images))
+    pre = (F.conv2d(features, conv.weight, None, stride=2) / 32
+           + conv.bias[:, None, None]).permute(0, 2, 3, 1)  # (B, 6, 6, 256)
+    expected = squash(pre.reshape(2, 6, 6, 32, 8).permute(0, 3, 1, 2, 4).reshape(2, 1152, 8))
+    assert torch.allclose(model.primary_capsules(images), expected, atol=1e-6)
+    paper = CapsNet(digit_bias=True)
+    paper.load_state_dict(model.state_dict())  # the same weights without the 1/32
+    assert not torch.allclose(paper.primary_capsules(images), expected, atol=1e-3)
+
+
+def test_official_recipe_adds_the_digit_bias_before_every_squash():
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 10, 30, 16)
+    bias = torch.randn(10, 16)
+    v, coupling = dynamic_routing(u_hat, 3, bias=bias)
+    logits = torch.zeros(2, 10, 30)  # Procedure 1 by hand, bias added before each squash
+    for iteration in range(3):
+        c = logits.softmax(dim=1)
+        v_ref = squash(torch.einsum("bji,bjid->bjd", c, u_hat) + bias)
+        if iteration < 2:
+            logits = logits + torch.einsum("bjid,bjd->bji", u_hat, v_ref)
+    assert torch.allclose(v, v_ref, atol=1e-6) and torch.allclose(coupling, c, atol=1e-6)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(CapsNet(recipe="official")) == count(CapsNet()) + 160
+    assert CapsNet(recipe="official").digits.bias is not None
+
+
+def test_official_recipe_initial_weights():
+    torch.manual_seed(0)
+    model = CapsNet(recipe="official")
+    for layer in (model.decoder.layers[0], model.decoder.layers[2], model.decoder.layers[4]):
+        w = layer.weight
+        assert w.abs().max() <= 0.2 and 0.07 < w.std() < 0.1  # truncated at 2 std of 0.1
+        assert torch.all(layer.bias == 0.1)
+    w = model.conv1.weight
+    assert w.abs().max() <= 0.1 and 0.035 < w.std() < 0.05
+    paper = CapsNet()
+    assert paper.decoder.layers[0].weight.abs().max() < 0.1  # PyTorch's default, not the recipe

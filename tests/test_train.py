@@ -220,3 +220,14 @@ def test_live_logging_counts_batches_on_fast_hardware(data_root, tmp_path):
               lambda state: postfixes.append(trainer.bar.postfix) if trainer.batch % 8 == 0 else None)
     trainer.fit()
     assert len(postfixes) == 12 and all(p and "loss=" in p for p in postfixes), postfixes
+
+
+def test_the_official_recipe_trains_and_its_checkpoint_keeps_it(quick_args, tmp_path, capsys):
+    assert train.main(quick_args + ["--recipe", "official"]) == 0
+    last = tmp_path / "run" / "last.pt"
+    assert load_checkpoint(last)["model_args"]["recipe"] == "official"
+    data = quick_args[quick_args.index("--data-dir") + 1]
+    assert train.main(["--eval", str(last), "--data-dir", data]) == 0  # the recipe comes along
+    capsys.readouterr()
+    assert train.main(["--eval", str(last), "--data-dir", data, "--recipe", "paper"]) == 2
+    assert "recipe: saved official, now paper" in capsys.readouterr().err
