@@ -69,6 +69,8 @@ class Config:
     visdom_port: int = setting(8097, "dashboard port")
     visdom_env: str = setting("", "Visdom environment (empty: the run directory's name)")
     visdom_every: int = setting(10, "batches between live dashboard updates")
+    visdom_figures_every: int = setting(1, "epochs between the live figures (reconstruction by "
+                                        "mask, capsule dimensions, routing); 0: none")
     visdom_autostart: bool = setting(True, "start a Visdom server in the background when none "
                                      "answers at host:port")
 
@@ -82,6 +84,7 @@ class Config:
         if self.visdom_port > 65535:
             fail("visdom_port", self.visdom_port, "a port from 1 to 65535")
         at_least(self, 0, "train_samples", "test_samples", "shift", "threads", "seed",
+                 "visdom_figures_every",
                  "reconstruction_weight", "lambda_absent")
         if not (math.isfinite(self.lr) and self.lr > 0):
             fail("lr", self.lr, "a number > 0")

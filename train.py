@@ -36,10 +36,11 @@ def evaluate(path: str, given: dict, allow_other_dataset: bool) -> None:
           f"accuracy {summary['accuracy']:.2f}% "
           f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
     width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
-    print("confusion matrix (rows: true class, columns: predicted)")
-    print(" " * width + "".join(f"{c:>{width + 1}}" for c in classes))
-    for name, row in zip(classes, confusion):
-        print(f"{name:>{width}}" + "".join(f"{n:>{width + 1}}" for n in row))
+    print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")
+    print(" " * width + "".join(f"{c:>{width + 1}}" for c in classes) + "  accuracy")
+    for k, (name, row) in enumerate(zip(classes, confusion)):
+        accuracy = f"{100 * row[k] / row.sum():.2f}%" if row.sum() else "-"
+        print(f"{name:>{width}}" + "".join(f"{n:>{width + 1}}" for n in row) + f"  {accuracy:>8}")
 
 
 def train(given: dict, resume: str | None, allow_other_dataset: bool) -> None:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 SAMPLES = 32  # test images shown beside their reconstructions
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
+FIGURE_WINDOW = {"width": 440, "height": 440}
+ROUTED = 4  # test images whose routing maps are shown
 warnings.filterwarnings("ignore", message="The 'warn' method is deprecated",
                         category=DeprecationWarning)  # inside visdom's client
 
@@ -59,13 +61,16 @@ class Snapshot:
     opts: dict[str, Any]
     version: int = 0
     sent: int = 0
+    nrow: int = 8  # images per row of an image grid
 
 
 class Dashboard:
     """Loss, accuracy, loss parts, learning rate, throughput, confusion and reconstructions."""
 
-    def __init__(self, trainer: Trainer, host: str, port: int, env: str, every: int) -> None:
+    def __init__(self, trainer: Trainer, host: str, port: int, env: str, every: int,
+                 figures_every: int = 1) -> None:
         self.trainer, self.host, self.port, self.env, self.every = trainer, host, port, env, every
+        self.figures_every = figures_every
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
@@ -80,6 +85,9 @@ class Dashboard:
         test = trainer.evaluator.batches.split
         self.samples = test.images[:SAMPLES].float().div(255.0)  # (<=32, C, H, W), on the device
         self.sample_grid = self.samples.cpu().numpy()
+        from .analyze import first_per_class
+        shown = first_per_class(test.labels.cpu(), len(test.classes), 1).to(test.labels.device)
+        self.figure_samples = test.images[shown].float().div(255.0)  # one per class
         self.last = self.interval_sums()
         self.last_time = time.perf_counter()
         self.client: Any = None
@@ -169,7 +177,44 @@ class Dashboard:
             self.put("reconstructions", "images", reconstructions, {
                 "title": f"Their reconstructions (predicted class), epoch {state['epoch']}",
                 **IMAGE_WINDOW})
+        if self.figures_every and state["epoch"] % self.figures_every == 0:
+            figures = self.figures(state["epoch"])
+            with self.lock:
+                for name, (grid, title) in figures.items():
+                    self.put(name, "images", grid.reshape(-1, *grid.shape[2:]),
+                             {"title": title, **FIGURE_WINDOW}, nrow=grid.shape[1])
         self.wake.set()
+
+    def figures(self, epoch: int) -> dict[str, tuple[np.ndarray, str]]:
+        """capsnet.analyze's grids for the fixed test images: reconstruction by mask, the first
+        image's capsule dimensions perturbed, and routing maps beside their inputs."""
+        import torch
+        import torch.nn.functional as F
+        from .analyze import by_mask, perturbed, routing_maps
+        model, images = self.trainer.model, self.figure_samples
+        model.eval()
+        with torch.inference_mode(), self.trainer.autocast():
+            masks = by_mask(model, images)  # (classes, 1 + classes, C, H, W)
+            tweaks, predicted = perturbed(model, images[0])  # (16, 11, C, H, W)
+            maps = routing_maps(model, images[:ROUTED]).float()  # (n, classes, grid, grid)
+        model.train()
+        low = maps.flatten(1).min(dim=1).values[:, None, None, None]
+        high = maps.flatten(1).max(dim=1).values[:, None, None, None]
+        scaled = (maps - low) / (high - low).clamp_min(1e-12)  # each input on its own scale
+        maps = F.interpolate(scaled, size=images.shape[-2:], mode="nearest")
+        maps = maps[:, :, None].expand(-1, -1, images.shape[1], -1, -1)
+        routing = torch.cat([images[:ROUTED, None], maps], dim=1)
+        classes = self.trainer.classes
+        return {
+            "by_mask": (masks.float().cpu().numpy(), "Reconstruction from each class's capsule "
+                        f"(rows: one test image per class; columns: input, mask {classes[0]}..."
+                        f"{classes[-1]}), epoch {epoch}"),
+            "perturbation": (tweaks.float().cpu().numpy(), "Capsule dimensions tweaked "
+                             f"-0.25..+0.25 (rows: 16 dimensions of capsule "
+                             f"{classes[predicted]}), epoch {epoch}"),
+            "routing": (routing.float().cpu().numpy(), "Routing: input, then where each class "
+                        f"capsule draws its votes from (c_ij over the grid), epoch {epoch}"),
+        }
 
     def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -180,10 +225,11 @@ class Dashboard:
         model.train()
         return self.sample_grid, output.reconstructions.float().cpu().numpy()
 
-    def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any]) -> None:
+    def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any],
+            nrow: int = 8) -> None:
         old = self.snapshots.get(name)
         self.snapshots[name] = Snapshot(kind, data, opts, (old.version + 1) if old else 1,
-                                        old.sent if old else 0)
+                                        old.sent if old else 0, nrow)
 
     def close(self, timeout: float = 15.0) -> None:
         """Send what is left, then stop the sender (giving up after `timeout` seconds)."""
@@ -264,7 +310,8 @@ class Dashboard:
             if snapshot.kind == "heatmap":
                 vis.heatmap(X=snapshot.data, win=name, env=self.env, opts=snapshot.opts)
             else:
-                vis.images(snapshot.data, nrow=8, win=name, env=self.env, opts=snapshot.opts)
+                vis.images(snapshot.data, nrow=snapshot.nrow, win=name, env=self.env,
+                           opts=snapshot.opts)
             snapshot.sent = snapshot.version
 
     def say(self, message: str) -> None:
@@ -291,7 +338,8 @@ def attach(cfg: Any, trainer: Trainer) -> Dashboard | None:
         print(f"dashboard: started a Visdom server (pid {pid}, log {log}); it keeps running "
               f"after training, stop it with: kill {pid}")
     print(f"dashboard: {page}", flush=True)
-    return Dashboard(trainer, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every)
+    return Dashboard(trainer, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every,
+                     cfg.visdom_figures_every)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,7 @@ class CapsNetOutput(NamedTuple):
     lengths: Tensor  # (B, classes): capsule lengths, the class probabilities
     poses: Tensor  # (B, classes, 16): the digit capsules v_j
     reconstructions: Tensor  # like the input images, in [0, 1]
+    coupling: Tensor | None = None  # (B, classes, in_caps): c_ij of the last routing iteration
 
 
 RECIPES = ("paper", "official")
@@ -180,8 +181,13 @@ class CapsNet(nn.Module):
     def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
         """Mask the decoder with `labels` (class indices) when given, else the predicted class."""
         u = self.primary_capsules(images)  # (B, 1152, 8)
-        poses, _ = self.digits(u)  # (B, classes, 16)
+        poses, coupling = self.digits(u)  # (B, classes, 16), (B, classes, 1152)
         lengths = torch.linalg.vector_norm(poses, dim=-1)  # (B, classes)
         chosen = labels if labels is not None else lengths.argmax(dim=1)
-        mask = F.one_hot(chosen, self.num_classes).to(poses.dtype)  # (B, classes)
-        return CapsNetOutput(lengths, poses, self.decoder(poses, mask))
+        return CapsNetOutput(lengths, poses, self.reconstruct(poses, chosen), coupling)
+
+    def reconstruct(self, poses: Tensor, classes: Tensor) -> Tensor:
+        """The decoder's image from the capsule of class classes[b] of each example: poses
+        (B, classes, 16), classes (B,) -> (B, C, H, W). Any poses will do: perturbed ones too."""
+        mask = F.one_hot(classes, self.num_classes).to(poses.dtype)  # (B, classes)
+        return self.decoder(poses, mask)

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
 
 TRACES = sum(len(names) for names in LINES.values())  # 11 in the five line plots
 TITLES = ["Loss", "Accuracy", "Loss parts", "Learning rate", "Training throughput",
-          "Test confusion matrix", "First 32 test images", "Their reconstructions"]
+          "Test confusion matrix", "First 32 test images", "Their reconstructions",
+          "Reconstruction from each class's capsule", "Capsule dimensions tweaked",
+          "Routing: input, then where each class capsule draws its votes"]
 
 
 def test_the_dashboard_renders_every_window_while_training(server, quick_args, tmp_path):
@@ -30,16 +32,16 @@ def test_the_dashboard_renders_every_window_while_training(server, quick_args, t
             time.sleep(0.2)
         with Browser() as browser:
             browser.goto(f"http://127.0.0.1:{server.port}/env/browser")
-            state = browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 2
+            state = browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 5
                                      and s.get("traces", 0) >= TRACES
-                                     and len(s.get("titles", [])) >= 8, timeout=180)
+                                     and len(s.get("titles", [])) >= 11, timeout=180)
             assert training.poll() is None, "training ended before the page was checked"
             browser.screenshot(tmp_path / "dashboard.png")
     finally:
         training.send_signal(signal.SIGINT)
         _, err = training.communicate(timeout=120)
     assert all(any(t.startswith(title) for t in state["titles"]) for title in TITLES), state
-    assert state["plots"] >= 6 and state["images"] >= 2, state  # 5 line plots + the heatmap
+    assert state["plots"] >= 6 and state["images"] >= 5, state  # 5 line plots + the heatmap
     assert state["traces"] == TRACES, state  # every trace of the five line plots drew
     png = (tmp_path / "dashboard.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000

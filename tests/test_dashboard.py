@@ -73,10 +73,12 @@ def test_training_streams_every_window(server, quick_args, capsys):
     heatmap = window(server.port, "stream", "confusion")["content"]["data"][0]
     assert len(heatmap["z"]) == 10 and all(len(row) == 10 for row in heatmap["z"])
     assert sum(map(sum, heatmap["z"])) == 48 and heatmap["x"] == list("0123456789")
-    for name in ("images", "reconstructions"):
+    for name in ("images", "reconstructions", "by_mask", "perturbation", "routing"):
         image = window(server.port, "stream", name)
-        assert image["type"] == "image"
+        assert image["type"] == "image", name
         assert image["content"]["src"].startswith("data:image/png;base64,")
+    assert window(server.port, "stream", "perturbation")["title"].startswith(
+        "Capsule dimensions tweaked -0.25..+0.25 (rows: 16 dimensions of capsule ")
 
 
 def test_training_without_a_server_warns_once_and_finishes(quick_args, tmp_path, capsys):

@@ -91,9 +91,11 @@ def test_eval_prints_loss_accuracy_and_the_confusion_matrix(quick_args, tmp_path
     accuracy = float(rows(tmp_path / "run")[0]["test_accuracy"])
     assert f"accuracy {accuracy:.2f}%" in out[0]
     assert out[1].startswith("confusion matrix")
-    matrix = [[int(n) for n in line.split()[1:]] for line in out[3:13]]
+    matrix = [[int(n) for n in line.split()[1:11]] for line in out[3:13]]
     assert len(matrix) == 10 and sum(map(sum, matrix)) == 48
     assert sum(matrix[k][k] for k in range(10)) == round(accuracy * 48 / 100)
+    for k, line in enumerate(out[3:13]):  # each class's accuracy, from its row
+        assert line.split()[-1] == f"{100 * matrix[k][k] / sum(matrix[k]):.2f}%"
 
 
 def test_hooks_subscribe_to_the_engine_and_bars_never_nest(data_root, tmp_path):
