@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export CAPSNET_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup train test bench dashboard clean device-bundle device-test
+.PHONY: setup train test bench dashboard analyze clean device-bundle device-test
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ dashboard: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m capsnet.bench $(ARGS)
+
+analyze: $(STAMP)
+	$(BIN)/python -m capsnet.analyze $(ARGS)
 
 clean:
 	rm -rf $(VENV)

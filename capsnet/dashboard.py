@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 SAMPLES = 32  # test images shown beside their reconstructions
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
-FIGURE_WINDOW = {"width": 440, "height": 440}
+FIGURE_WINDOWS = {"by_mask": {"width": 440, "height": 460},  # pixels, fitting each grid's shape
+                  "perturbation": {"width": 340, "height": 500},
+                  "routing": {"width": 480, "height": 230}}
 ROUTED = 4  # test images whose routing maps are shown
 warnings.filterwarnings("ignore", message="The 'warn' method is deprecated",
                         category=DeprecationWarning)  # inside visdom's client
@@ -182,7 +184,7 @@ class Dashboard:
             with self.lock:
                 for name, (grid, title) in figures.items():
                     self.put(name, "images", grid.reshape(-1, *grid.shape[2:]),
-                             {"title": title, **FIGURE_WINDOW}, nrow=grid.shape[1])
+                             {"title": title, **FIGURE_WINDOWS[name]}, nrow=grid.shape[1])
         self.wake.set()
 
     def figures(self, epoch: int) -> dict[str, tuple[np.ndarray, str]]:
@@ -206,14 +208,13 @@ class Dashboard:
         routing = torch.cat([images[:ROUTED, None], maps], dim=1)
         classes = self.trainer.classes
         return {
-            "by_mask": (masks.float().cpu().numpy(), "Reconstruction from each class's capsule "
-                        f"(rows: one test image per class; columns: input, mask {classes[0]}..."
-                        f"{classes[-1]}), epoch {epoch}"),
-            "perturbation": (tweaks.float().cpu().numpy(), "Capsule dimensions tweaked "
-                             f"-0.25..+0.25 (rows: 16 dimensions of capsule "
-                             f"{classes[predicted]}), epoch {epoch}"),
-            "routing": (routing.float().cpu().numpy(), "Routing: input, then where each class "
-                        f"capsule draws its votes from (c_ij over the grid), epoch {epoch}"),
+            "by_mask": (masks.float().cpu().numpy(),
+                        f"Reconstruction from each class's capsule, epoch {epoch}"),
+            "perturbation": (tweaks.float().cpu().numpy(),
+                             f"Capsule dimensions of {classes[predicted]}, -0.25..+0.25, "
+                             f"epoch {epoch}"),
+            "routing": (routing.float().cpu().numpy(),
+                        f"Routing: votes per class (c_ij), epoch {epoch}"),
         }
 
     def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:

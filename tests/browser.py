@@ -19,8 +19,7 @@ import websocket
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1500,1250",
-         "--hide-scrollbars"]
+         "--remote-debugging-port=0", "--remote-allow-origins=*", "--hide-scrollbars"]
 
 # Counts, from the DOM, of what the Visdom page shows of each window.
 PAGE_STATE = """JSON.stringify({
@@ -37,10 +36,10 @@ def chromium() -> str | None:
 
 
 class Browser:
-    def __init__(self) -> None:
+    def __init__(self, width: int = 1500, height: int = 1250) -> None:
         self.profile = tempfile.mkdtemp(prefix="capsnet-chromium-")
-        self.process = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={self.profile}",
-                                         "about:blank"], stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen([chromium(), *FLAGS, f"--window-size={width},{height}",
+                                         f"--user-data-dir={self.profile}", "about:blank"], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         active = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -102,9 +101,9 @@ class Browser:
 
 if __name__ == "__main__":
     url, out = sys.argv[1], Path(sys.argv[2])
-    with Browser() as browser:
+    with Browser(1500, 1900) as browser:
         browser.goto(url)
-        print(browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 2))
+        print(browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 5))
         time.sleep(2)
         browser.screenshot(out)
     print(f"saved {out}")

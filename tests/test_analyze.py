@@ -104,3 +104,18 @@ def test_a_missing_or_damaged_checkpoint_is_one_line(tmp_path):
     result = command(str(damaged), "--out", str(tmp_path / "figures"))
     assert result.returncode == 2 and "not a readable capsnet checkpoint" in result.stderr
     assert not (tmp_path / "figures").exists()
+
+
+def test_a_failure_halfway_leaves_no_figures_behind(checkpoint, data_root, tmp_path, monkeypatch):
+    from capsnet.errors import UserError
+    from capsnet.storage import WriteError
+
+    def full_disk(ctx):
+        raise WriteError("could not write routing.png (No space left on device)")
+    figures = [(name, text, full_disk if name == "routing.png" else draw)
+               for name, text, draw in analyze.FIGURES]
+    monkeypatch.setattr(analyze, "FIGURES", figures)
+    out = tmp_path / "figures"
+    with pytest.raises(UserError, match="No space left on device"):
+        analyze.analyze(str(checkpoint), str(out), 1, {"data_dir": str(data_root)})
+    assert list(out.iterdir()) == []  # the figures before it are gone, and no index.html

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(chromium() is None and not os.environ.get("CI"),
 TRACES = sum(len(names) for names in LINES.values())  # 11 in the five line plots
 TITLES = ["Loss", "Accuracy", "Loss parts", "Learning rate", "Training throughput",
           "Test confusion matrix", "First 32 test images", "Their reconstructions",
-          "Reconstruction from each class's capsule", "Capsule dimensions tweaked",
-          "Routing: input, then where each class capsule draws its votes"]
+          "Reconstruction from each class's capsule", "Capsule dimensions of",
+          "Routing: votes per class"]
 
 
 def test_the_dashboard_renders_every_window_while_training(server, quick_args, tmp_path):

@@ -78,7 +78,7 @@ def test_training_streams_every_window(server, quick_args, capsys):
         assert image["type"] == "image", name
         assert image["content"]["src"].startswith("data:image/png;base64,")
     assert window(server.port, "stream", "perturbation")["title"].startswith(
-        "Capsule dimensions tweaked -0.25..+0.25 (rows: 16 dimensions of capsule ")
+        "Capsule dimensions of ")
 
 
 def test_training_without_a_server_warns_once_and_finishes(quick_args, tmp_path, capsys):
