@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from capsnet.datasets import DATASETS
 from capsnet.errors import UserError
 
-DATASETS = ("mnist", "fashion-mnist")
 RECIPES = ("paper", "official")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -26,9 +26,11 @@ def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> 
 @dataclass
 class Config:
     # Data
-    dataset: str = setting("mnist", "dataset to train on", DATASETS)
+    dataset: str = setting("mnist", "dataset to train on (README: Datasets)", tuple(DATASETS))
     data_dir: str = setting(os.environ.get("CAPSNET_DATA_DIR", "data"),
-                            "dataset root holding MNIST/raw/ (env CAPSNET_DATA_DIR)")
+                            "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
+                            "train/ and test/ for folder (env CAPSNET_DATA_DIR)")
+    image_size: int = setting(28, "side the folder dataset's images are resized to")
     download: bool = setting(True, "download the dataset when its files are missing")
     train_samples: int = setting(0, "train on the first N training images (0: all)")
     test_samples: int = setting(0, "test on the first N test images (0: all)")
@@ -80,6 +82,7 @@ class Config:
             if f.metadata["choices"] and value not in f.metadata["choices"]:
                 fail(f.name, value, "one of " + ", ".join(f.metadata["choices"]))
         at_least(self, 1, "epochs", "batch_size", "routing_iterations", "lr_decay_steps",
+                 "image_size",
                  "log_every", "visdom_every", "visdom_port")
         if self.visdom_port > 65535:
             fail("visdom_port", self.visdom_port, "a port from 1 to 65535")

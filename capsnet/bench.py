@@ -27,7 +27,8 @@ from torchnet.engine import Engine
 from . import distributed
 from .build import build_run, resolve_device
 from .cli import ArgumentParser
-from .data import CLASS_NAMES, Batches, Split
+from .data import Batches, Split
+from .datasets import DATASETS
 from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
@@ -42,7 +43,7 @@ def synthetic_split(count: int, seed: int) -> Split:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (count,), generator=g)
-    return Split(images, labels, CLASS_NAMES["mnist"])
+    return Split(images, labels, DATASETS["mnist"].classes)
 
 
 def sync(device: torch.device, world: World) -> None:

@@ -127,9 +127,10 @@ def build_run(cfg: Any, train: bool = True,
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     if splits is None:
-        splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples)
-                  if train else None,
-                  load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples))
+        splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples,
+                             cfg.image_size) if train else None,
+                  load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples,
+                             cfg.image_size))
     train_split, test_split = splits
     args = model_args(cfg, train_split or test_split)
     model = CapsNet(**args).to(device)

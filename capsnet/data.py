@@ -1,23 +1,17 @@
 """Datasets held as one uint8 tensor on the training device, served in shuffled, shifted batches."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
 from typing import Iterator
 
 import torch
 import torchvision
 from torch import Tensor
 
+from .datasets import DATASETS, Dataset
 from .errors import UserError
-
-SOURCES = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}
-CLASS_NAMES = {
-    "mnist": tuple(str(d) for d in range(10)),
-    "fashion-mnist": ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Boot"),
-}
-
 
 @dataclass(frozen=True)
 class Split:
@@ -33,36 +27,44 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device), self.classes)
 
 
-def raw_files(name: str) -> tuple[str, list[str]]:
-    """The folder under the data root and the uncompressed file names the dataset reads."""
-    source = SOURCES[name]
-    names = [os.path.splitext(os.path.basename(url))[0] for url, _ in source.resources]
-    return os.path.join(source.__name__, "raw"), names
-
-
-def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0) -> Split:
-    """Read a split through torchvision, downloading first when asked and the files are missing.
-
-    `limit` keeps the first N examples (0: all).
-    """
-    folder, names = raw_files(name)
-    raw = os.path.join(root, folder)
-    missing = [n for n in names if not os.path.isfile(os.path.join(raw, n))]
-    expected = f"expected {', '.join(names)} in {os.path.abspath(raw)}"
-    if missing and not download:
-        raise UserError(f"{name} files are missing ({expected}); pass --download or --data-dir")
+def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0,
+               image_size: int = 28) -> Split:
+    """Read a split through the dataset's reader (capsnet.datasets), downloading first when asked
+    and the files are missing. `limit` keeps the first N examples (0: all); `image_size` is the
+    side the folder dataset resizes to."""
+    entry = DATASETS[name]
+    folder = Path(root) / entry.folder
+    files = entry.files(train)
+    expected = f"expected {', '.join(files)} in {folder.resolve()}"
+    if any(not (folder / f).exists() for f in files):
+        if not (download and entry.download):
+            how = "pass --download or --data-dir" if entry.download else "pass --data-dir"
+            raise UserError(f"{name} files are missing ({expected}); {how}")
+        fetch(entry, root, folder, train, expected)
+    reader = import_module(f".datasets.{entry.reader}", __package__)
     try:
-        source = SOURCES[name](root, train=train, download=bool(missing))
-    except (RuntimeError, OSError, AssertionError, ValueError) as error:
-        what = "could not be downloaded" if missing else "could not be read"
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{name} {what} ({expected}; {detail})") from None
-    images, labels = source.data, source.targets
-    if images.dtype != torch.uint8 or images.dim() != 3 or len(images) != len(labels):
-        raise UserError(f"{name} files in {os.path.abspath(raw)} do not hold matching images and labels")
+        images, labels, classes = reader.read(folder, train, entry, image_size)
+    except UserError as error:
+        raise UserError(f"{name} could not be read: {error}") from None
+    except OSError as error:
+        raise UserError(f"{name} could not be read ({expected}; "
+                        f"{error.strerror or type(error).__name__})") from None
     if limit:
         images, labels = images[:limit], labels[:limit]
-    return Split(images.unsqueeze(1).contiguous(), labels.long(), CLASS_NAMES[name])
+    return Split(images.contiguous(), labels, classes)
+
+
+def fetch(entry: Dataset, root: str, folder: Path, train: bool, expected: str) -> None:
+    """Download a split's files with torchvision (which checks them against published checksums)."""
+    source = getattr(torchvision.datasets, entry.download)
+    try:
+        if entry.download == "SVHN":
+            source(str(folder), split="train" if train else "test", download=True)
+        else:
+            source(root, train=train, download=True)
+    except (RuntimeError, OSError, AssertionError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{entry.name} could not be downloaded ({expected}; {detail})") from None
 
 
 def shift_images(padded: Tensor, offsets: Tensor, size: int) -> Tensor:

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 import train
-from capsnet.data import raw_files
+from capsnet.datasets import DATASETS
 
 DATA = os.environ.get("CAPSNET_DATA_DIR", "")
-FOLDER, NAMES = raw_files("mnist")
-HAS_MNIST = bool(DATA) and all((Path(DATA) / FOLDER / name).is_file() for name in NAMES)
+MNIST = DATASETS["mnist"]
+HAS_MNIST = bool(DATA) and all((Path(DATA) / MNIST.folder / name).is_file()
+                               for name in MNIST.train_files + MNIST.test_files)
 
 
 @pytest.mark.skipif(not HAS_MNIST, reason="CAPSNET_DATA_DIR does not hold the MNIST files")
