@@ -39,6 +39,11 @@ class Config:
     recipe: str = setting("paper", "paper: as the paper's text says; official: as the authors' "
                           "released code does (margin loss halved and averaged over classes, "
                           "PrimaryCaps conv/32, digit-capsule bias, its initial weights)", RECIPES)
+    conv1_channels: int = setting(256, "channels of the first convolution")
+    primary_types: int = setting(32, "primary capsule types (channels of PrimaryCaps / their "
+                                 "dimension)")
+    primary_dim: int = setting(8, "dimensions of a primary capsule")
+    class_dim: int = setting(16, "dimensions of a class (digit) capsule")
     routing_iterations: int = setting(3, "routing-by-agreement iterations")
     detach_routing: bool = setting(False, "stop gradients through all but the last routing iteration")
     digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")
@@ -82,7 +87,7 @@ class Config:
             if f.metadata["choices"] and value not in f.metadata["choices"]:
                 fail(f.name, value, "one of " + ", ".join(f.metadata["choices"]))
         at_least(self, 1, "epochs", "batch_size", "routing_iterations", "lr_decay_steps",
-                 "image_size",
+                 "image_size", "conv1_channels", "primary_types", "primary_dim", "class_dim",
                  "log_every", "visdom_every", "visdom_port")
         if self.visdom_port > 65535:
             fail("visdom_port", self.visdom_port, "a port from 1 to 65535")
@@ -95,6 +100,13 @@ class Config:
             fail("lr_decay", self.lr_decay, "a number in (0, 1]")
         if not 0 <= self.m_minus < self.m_plus <= 1:
             fail("m_plus", self.m_plus, f"0 <= m_minus ({self.m_minus}) < m_plus <= 1")
+
+
+# --preset NAME: the paper's settings for a dataset in one flag; flags given beside it win.
+PRESETS: dict[str, dict[str, Any]] = {
+    "svhn": {"dataset": "svhn", "conv1_channels": 64, "primary_types": 16, "primary_dim": 6,
+             "class_dim": 8},  # the paper's smaller SVHN network
+}
 
 
 def flag(name: str) -> str:

@@ -10,7 +10,7 @@ from capsnet.checkpoint import load_checkpoint
 from capsnet.cli import ArgumentParser, add_settings, overrides, resumed_settings
 from capsnet.distributed import leave
 from capsnet.errors import UserError
-from config import Config
+from config import PRESETS, Config, flag
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -20,6 +20,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "in its directory; flags given here override its saved settings (see "
                          "README: Resume, evaluate, interrupt)")
     actions.add_argument("--eval", metavar="PATH", help="evaluate this checkpoint on the test set")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a "
+                        "dataset: " + "; ".join(f"{name}: " + ", ".join(
+                            f"{flag(k)} {v}" for k, v in values.items())
+                            for name, values in PRESETS.items()) + " (flags given win)")
     parser.add_argument("--allow-other-dataset", action="store_true",
                         help="let --resume or --eval use a checkpoint on a dataset other than "
                         "the one it was trained on")
@@ -101,7 +105,7 @@ def start(cfg: Config, run, trainer, resume: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
     args = parse(argv)
-    given = overrides(args, Config)
+    given = {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
     try:
         if args.eval:
             evaluate(args.eval, given, args.allow_other_dataset)

@@ -272,7 +272,7 @@ def figure_lengths(ctx: Context) -> Any:
 FIGURES: list[tuple[str, str, Callable[[Context], Any]]] = [
     ("reconstruction_by_mask.png", "The decoder rebuilds each input from one class capsule at a "
      "time: only the true class's capsule (framed) gives the digit back.", figure_by_mask),
-    ("perturbation.png", "Each of the 16 dimensions of the predicted capsule, tweaked from -0.25 "
+    ("perturbation.png", "Each dimension of the predicted capsule, tweaked from -0.25 "
      "to +0.25: the dimensions encode stroke thickness, skew, width and the like (paper Fig. 4).",
      figure_perturbation),
     ("mistakes.png", "The most confidently wrong test images, rebuilt from the predicted and "

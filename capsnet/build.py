@@ -32,10 +32,12 @@ def model_args(cfg: Any, split: Split) -> dict[str, Any]:
     _, channels, size, _ = split.images.shape
     return {"in_channels": channels, "image_size": size, "num_classes": len(split.classes),
             "routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
-            "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe}
+            "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
+            **{name: getattr(cfg, name) for name in WIDTHS}}
 
 
-STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias", "recipe")
+WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
+STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias", "recipe") + WIDTHS
 
 
 def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:

@@ -106,7 +106,8 @@ class DigitCapsules(nn.Module):
 
 
 class Decoder(nn.Module):
-    """FC 160 -> 512 -> 1024 -> pixels, sigmoid; fed the pose of one capsule only."""
+    """FC classes*class_dim (160) -> 512 -> 1024 -> pixels, sigmoid; fed the pose of one capsule
+    only."""
 
     def __init__(self, in_features: int, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -119,7 +120,7 @@ class Decoder(nn.Module):
         )
 
     def forward(self, poses: Tensor, mask: Tensor) -> Tensor:
-        masked = (poses * mask.unsqueeze(-1)).flatten(1)  # (B, classes*16)
+        masked = (poses * mask.unsqueeze(-1)).flatten(1)  # (B, classes*class_dim)
         return self.layers(masked).view(-1, *self.image_shape)
 
 
@@ -153,21 +154,24 @@ class CapsNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  routing_iterations: int = 3, detach_routing: bool = False,
-                 digit_bias: bool = False, recipe: str = "paper") -> None:
+                 digit_bias: bool = False, recipe: str = "paper", conv1_channels: int = 256,
+                 primary_types: int = 32, primary_dim: int = 8, class_dim: int = 16) -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         official = recipe == "official"
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(in_channels, 256, kernel_size=9, stride=1)
-        self.primary = PrimaryCapsules(256, types=32, dim=8, kernel_size=9, stride=2,
-                                       scale=1 / 32 if official else 1.0)
+        self.conv1 = nn.Conv2d(in_channels, conv1_channels, kernel_size=9, stride=1)
+        self.primary = PrimaryCapsules(conv1_channels, types=primary_types, dim=primary_dim,
+                                       kernel_size=9, stride=2,
+                                       scale=1 / primary_types if official else 1.0)
         grid = ((image_size - 8) - 9) // 2 + 1  # 6 for 28x28 inputs
         if grid < 1:
             raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet (>= 25)")
-        self.digits = DigitCapsules(32 * grid * grid, 8, num_classes, 16, routing_iterations,
-                                    detach_routing, digit_bias or official)
-        self.decoder = Decoder(num_classes * 16, (in_channels, image_size, image_size))
+        self.digits = DigitCapsules(primary_types * grid * grid, primary_dim, num_classes,
+                                    class_dim, routing_iterations, detach_routing,
+                                    digit_bias or official)
+        self.decoder = Decoder(num_classes * class_dim, (in_channels, image_size, image_size))
         self.grid = grid
         if official:
             official_init(self)

@@ -140,3 +140,17 @@ def test_damaged_files_are_one_line(tmp_path):
         load_split("svhn", str(root), False, download=False)
     with pytest.raises(UserError, match="svhn files are missing"):
         load_split("svhn", str(tmp_path / "none"), True, download=False)
+
+
+def test_the_svhn_preset_sets_the_papers_smaller_network(tmp_path, capsys):
+    from capsnet.checkpoint import load_checkpoint
+    root = write_svhn(tmp_path / "data")
+    args = ["--preset", "svhn", "--data-dir", str(root), "--no-download", "--epochs", "1",
+            "--batch-size", "16", "--no-visdom", "--threads", "2"]
+    assert train.main(args + ["--run-dir", str(tmp_path / "a")]) == 0
+    saved = load_checkpoint(tmp_path / "a" / "last.pt")["model_args"]
+    assert (saved["in_channels"], saved["conv1_channels"], saved["primary_types"],
+            saved["primary_dim"], saved["class_dim"]) == (3, 64, 16, 6, 8)
+    assert "4,720,480 parameters" in capsys.readouterr().out
+    assert train.main(args + ["--class-dim", "4", "--run-dir", str(tmp_path / "b")]) == 0
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["model_args"]["class_dim"] == 4

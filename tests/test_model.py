@@ -192,3 +192,16 @@ def test_official_recipe_initial_weights():
     assert w.abs().max() <= 0.1 and 0.035 < w.std() < 0.05
     paper = CapsNet()
     assert paper.decoder.layers[0].weight.abs().max() < 0.1  # PyTorch's default, not the recipe
+
+
+def test_widths_set_every_layer_and_the_parameter_count():
+    model = CapsNet(in_channels=3, image_size=32, conv1_channels=64, primary_types=16,
+                    primary_dim=6, class_dim=8)  # the paper's SVHN network
+    out = model(torch.rand(2, 3, 32, 32), torch.tensor([1, 2]))
+    assert out.poses.shape == (2, 10, 8) and out.coupling.shape == (2, 10, 16 * 8 * 8)
+    assert model.primary_capsules(torch.rand(2, 3, 32, 32)).shape == (2, 16 * 8 * 8, 6)
+    count = sum(p.numel() for p in model.parameters())
+    conv1, primary = 3 * 64 * 81 + 64, 64 * 96 * 81 + 96
+    digits = 1024 * 10 * 8 * 6
+    decoder = (80 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 3072 + 3072)
+    assert count == conv1 + primary + digits + decoder == 4_720_480
