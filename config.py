@@ -35,6 +35,8 @@ class Config:
     train_samples: int = setting(0, "train on the first N training images (0: all)")
     test_samples: int = setting(0, "test on the first N test images (0: all)")
     shift: int = setting(2, "random shift of training images, in pixels, with zero padding")
+    crop: int = setting(0, "random crop x crop crops in training, the centre crop at test "
+                        "(0: none)")
     # Model
     recipe: str = setting("paper", "paper: as the paper's text says; official: as the authors' "
                           "released code does (margin loss halved and averaged over classes, "
@@ -45,6 +47,9 @@ class Config:
     primary_dim: int = setting(8, "dimensions of a primary capsule")
     class_dim: int = setting(16, "dimensions of a class (digit) capsule")
     routing_iterations: int = setting(3, "routing-by-agreement iterations")
+    leaky_routing: bool = setting(False, "a none-of-the-above output in the routing softmax "
+                                  "(its logit fixed at zero), so a primary capsule can route to "
+                                  "no class")
     detach_routing: bool = setting(False, "stop gradients through all but the last routing iteration")
     digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")
     # Loss
@@ -91,7 +96,7 @@ class Config:
                  "log_every", "visdom_every", "visdom_port")
         if self.visdom_port > 65535:
             fail("visdom_port", self.visdom_port, "a port from 1 to 65535")
-        at_least(self, 0, "train_samples", "test_samples", "shift", "threads", "seed",
+        at_least(self, 0, "train_samples", "test_samples", "shift", "crop", "threads", "seed",
                  "visdom_figures_every",
                  "reconstruction_weight", "lambda_absent")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -106,6 +111,8 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     "svhn": {"dataset": "svhn", "conv1_channels": 64, "primary_types": 16, "primary_dim": 6,
              "class_dim": 8},  # the paper's smaller SVHN network
+    "cifar10": {"dataset": "cifar10", "crop": 24, "shift": 0, "primary_types": 64,
+                "leaky_routing": True},  # one model of the paper's ensemble of 7
 }
 
 

@@ -30,8 +30,11 @@ def resolve_device(name: str) -> torch.device:
 def model_args(cfg: Any, split: Split) -> dict[str, Any]:
     """CapsNet arguments: shapes from the dataset, routing from the config."""
     _, channels, size, _ = split.images.shape
-    return {"in_channels": channels, "image_size": size, "num_classes": len(split.classes),
-            "routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
+    if cfg.crop > size:
+        raise UserError(f"--crop {cfg.crop} is not allowed: the images are {size}x{size}")
+    return {"in_channels": channels, "image_size": cfg.crop or size,
+            "num_classes": len(split.classes), "routing_iterations": cfg.routing_iterations,
+            "detach_routing": cfg.detach_routing, "leaky_routing": cfg.leaky_routing,
             "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
             **{name: getattr(cfg, name) for name in WIDTHS}}
 
@@ -115,7 +118,8 @@ class RunParts:
         training; in order and uneven (every example once) for testing."""
         return Batches(split.to(self.device), self.cfg.batch_size, shuffle=train,
                        shift=self.cfg.shift if train else 0, generator=self.generator,
-                       rank=self.world.rank, world=self.world.size, even=train)
+                       rank=self.world.rank, world=self.world.size, even=train,
+                       crop=self.cfg.crop)
 
 
 def build_run(cfg: Any, train: bool = True,

@@ -87,14 +87,18 @@ class Batches:
     (DistributedSampler's split): with the same generator state in every process, the union of
     the processes' k-th batches is the k-th batch of one process with world x batch_size. With
     `even`, the order is first padded by its own first examples to a multiple of `world`, so that
-    every process has the same number of batches (as training in step needs).
+    every process has the same number of batches (as training in step needs). With `crop`, each
+    image is cut to crop x crop (after the shift's padding): at a random place in a shuffled
+    (training) pass, in the centre in an ordered (test) pass.
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False, shift: int = 0,
                  generator: torch.Generator | None = None, rank: int = 0, world: int = 1,
-                 even: bool = False) -> None:
+                 even: bool = False, crop: int = 0) -> None:
         self.split, self.batch_size, self.shuffle, self.shift = split, batch_size, shuffle, shift
         self.generator, self.rank, self.world, self.even = generator, rank, world, even
+        self.size = crop or split.images.shape[-1]  # side of the images served
+        self.span = split.images.shape[-1] + 2 * shift - self.size  # offsets 0..span
         self.padded = (torch.nn.functional.pad(split.images, (shift,) * 4) if shift
                        else split.images)  # (N, C, H+2s, W+2s) uint8
 
@@ -118,18 +122,19 @@ class Batches:
         count, device = len(self.split), self.split.labels.device
         order = (torch.randperm(count, generator=self.generator) if self.shuffle
                  else torch.arange(count))  # (N,)
-        offsets = (torch.randint(0, 2 * self.shift + 1, (count, 2), generator=self.generator)
-                   if self.shift else torch.zeros(count, 2, dtype=torch.long))  # (N, 2)
+        random = self.span and self.shuffle
+        offsets = (torch.randint(0, self.span + 1, (count, 2), generator=self.generator) if random
+                   else torch.full((count, 2), self.span // 2))  # (N, 2)
         if self.even and count % self.world:
             extra = self.world - count % self.world
             order, offsets = torch.cat([order, order[:extra]]), torch.cat([offsets, offsets[:extra]])
         order = order[self.rank::self.world].to(device)  # this process's share
         offsets = offsets[self.rank::self.world].to(device)
-        size = self.split.images.shape[-1]
         for start in range(first * self.batch_size, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
-            if self.shift:
-                images = shift_images(self.padded[index], offsets[start:start + len(index)], size)
+            if self.span:
+                images = shift_images(self.padded[index], offsets[start:start + len(index)],
+                                      self.size)
             else:
                 images = self.padded[index]
             yield images.float().div_(255.0), self.split.labels[index]

@@ -26,28 +26,37 @@ def squash(s: Tensor, dim: int = -1) -> Tensor:
 
 
 def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
-                    bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    bias: Tensor | None = None, leaky: bool = False) -> tuple[Tensor, Tensor]:
     """Routing by agreement (Procedure 1), each example on its own.
 
     u_hat: predictions u_hat_j|i laid out (B, out_caps, in_caps, out_dim), so that both routing
     products are batched matrix products over (example, output capsule) without copies.
     Returns the output capsules v_j (B, out_caps, out_dim) and the coupling coefficients c_ij
     (B, out_caps, in_caps) of the last iteration. With `detach_inner`, gradients flow only
-    through the final iteration. Routing runs in float32 (or float64) even under autocast: the
+    through the final iteration. With `leaky`, the softmax has one more output whose logit stays
+    zero ("none of the above"): a primary capsule can route to no class, and its c_ij over the
+    classes sum to less than 1. Routing runs in float32 (or float64) even under autocast: the
     logits, the coupling coefficients and the sums s_j never round to half precision.
     """
     with torch.autocast(u_hat.device.type, enabled=False):
-        return route(at_least_float32(u_hat), iterations, detach_inner, bias)
+        return route(at_least_float32(u_hat), iterations, detach_inner, bias, leaky)
+
+
+def couple(logits: Tensor, leaky: bool) -> Tensor:
+    """c_ij: the softmax of b_ij (B, out_caps, in_caps) over the output capsules."""
+    if not leaky:
+        return logits.softmax(dim=1)
+    return F.pad(logits, (0, 0, 0, 1)).softmax(dim=1)[:, :-1].contiguous()  # drop the extra one
 
 
 def route(u_hat: Tensor, iterations: int, detach_inner: bool,
-          bias: Tensor | None) -> tuple[Tensor, Tensor]:
+          bias: Tensor | None, leaky: bool) -> tuple[Tensor, Tensor]:
     batch, out_caps, in_caps, dim = u_hat.shape
     votes = u_hat.reshape(batch * out_caps, in_caps, dim)  # (B*out_caps, in_caps, out_dim)
     votes_inner = votes.detach() if detach_inner else votes
     logits = u_hat.new_zeros(batch, out_caps, in_caps)  # b_ij, zero for every example
     for iteration in range(iterations):
-        coupling = logits.softmax(dim=1)  # c_ij: softmax over the output capsules
+        coupling = couple(logits, leaky)  # c_ij: softmax over the output capsules
         last = iteration == iterations - 1
         s = torch.bmm(coupling.view(batch * out_caps, 1, in_caps), votes if last else votes_inner)
         s = s.view(batch, out_caps, dim)  # s_j = sum_i c_ij u_hat_j|i
@@ -89,11 +98,12 @@ class DigitCapsules(nn.Module):
     """One capsule per class, fed by every primary capsule through its own weight W_ij."""
 
     def __init__(self, in_caps: int, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16,
-                 iterations: int = 3, detach_inner: bool = False, bias: bool = False) -> None:
+                 iterations: int = 3, detach_inner: bool = False, bias: bool = False,
+                 leaky: bool = False) -> None:
         super().__init__()
         if iterations < 1:
             raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-        self.iterations, self.detach_inner = iterations, detach_inner
+        self.iterations, self.detach_inner, self.leaky = iterations, detach_inner, leaky
         self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
 
@@ -102,7 +112,7 @@ class DigitCapsules(nn.Module):
         weight = self.weight.view(in_caps, out_caps * out_dim, in_dim).transpose(1, 2)
         u_hat = torch.bmm(u.transpose(0, 1), weight)  # (in_caps, B, out_caps*out_dim)
         u_hat = u_hat.view(in_caps, -1, out_caps, out_dim).permute(1, 2, 0, 3).contiguous()
-        return dynamic_routing(u_hat, self.iterations, self.detach_inner, self.bias)
+        return dynamic_routing(u_hat, self.iterations, self.detach_inner, self.bias, self.leaky)
 
 
 class Decoder(nn.Module):
@@ -155,7 +165,8 @@ class CapsNet(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  routing_iterations: int = 3, detach_routing: bool = False,
                  digit_bias: bool = False, recipe: str = "paper", conv1_channels: int = 256,
-                 primary_types: int = 32, primary_dim: int = 8, class_dim: int = 16) -> None:
+                 primary_types: int = 32, primary_dim: int = 8, class_dim: int = 16,
+                 leaky_routing: bool = False) -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -170,7 +181,7 @@ class CapsNet(nn.Module):
             raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet (>= 25)")
         self.digits = DigitCapsules(primary_types * grid * grid, primary_dim, num_classes,
                                     class_dim, routing_iterations, detach_routing,
-                                    digit_bias or official)
+                                    digit_bias or official, leaky_routing)
         self.decoder = Decoder(num_classes * class_dim, (in_channels, image_size, image_size))
         self.grid = grid
         if official:

@@ -93,3 +93,22 @@ def test_training_shifts_stay_within_two_pixels_and_differ_per_image():
     cols = images[:, 0].sum(dim=1).argmax(dim=1) - 12
     assert rows.min() == -2 and rows.max() == 2 and cols.min() == -2 and cols.max() == 2
     assert torch.allclose(images.sum(dim=(1, 2, 3)), torch.full((200,), 16.0))  # nothing lost
+
+
+def test_crops_are_random_in_training_and_central_at_test():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    split = Split(images, torch.arange(20) % 10, tuple("0123456789"))
+    test_images, _ = next(iter(Batches(split, 20, crop=24)))
+    assert torch.equal(test_images, images[:, :, 4:28, 4:28].float() / 255)
+    train = Batches(split, 20, shuffle=True, crop=24, generator=g)
+    crops, labels = next(iter(train))
+    assert crops.shape == (20, 3, 24, 24)
+    places = set()
+    for crop, label in zip(crops, labels):
+        source = images[int(label)::10]  # the two images of this label
+        found = [(r, c) for image in source for r in range(9) for c in range(9)
+                 if torch.equal(crop, image[:, r:r + 24, c:c + 24].float() / 255)]
+        assert found, "every crop is a 24x24 window of its image"
+        places.update(found)
+    assert len(places) > 5  # at many places, not one

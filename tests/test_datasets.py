@@ -154,3 +154,16 @@ def test_the_svhn_preset_sets_the_papers_smaller_network(tmp_path, capsys):
     assert "4,720,480 parameters" in capsys.readouterr().out
     assert train.main(args + ["--class-dim", "4", "--run-dir", str(tmp_path / "b")]) == 0
     assert load_checkpoint(tmp_path / "b" / "last.pt")["model_args"]["class_dim"] == 4
+
+
+def test_the_cifar10_preset_crops_and_routes_with_none_of_the_above(tmp_path, capsys):
+    from capsnet.checkpoint import load_checkpoint
+    root = write_cifar(tmp_path / "data")
+    assert train.main(["--preset", "cifar10", "--data-dir", str(root), "--no-download",
+                       "--epochs", "1", "--batch-size", "16", "--no-visdom", "--threads", "2",
+                       "--run-dir", str(tmp_path / "run")]) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    saved = checkpoint["model_args"]
+    assert (saved["image_size"], saved["primary_types"], saved["leaky_routing"]) == (24, 64, True)
+    assert checkpoint["config"]["crop"] == 24 and checkpoint["config"]["shift"] == 0
+    assert train.main(["--eval", str(tmp_path / "run" / "last.pt"), "--data-dir", str(root)]) == 0

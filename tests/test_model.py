@@ -205,3 +205,19 @@ def test_widths_set_every_layer_and_the_parameter_count():
     digits = 1024 * 10 * 8 * 6
     decoder = (80 * 512 + 512) + (512 * 1024 + 1024) + (1024 * 3072 + 3072)
     assert count == conv1 + primary + digits + decoder == 4_720_480
+
+
+def test_none_of_the_above_routing_takes_probability_mass():
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 10, 30, 16)
+    _, first = dynamic_routing(u_hat, 1, leaky=True)  # all logits zero: 1/11 each
+    assert torch.allclose(first, torch.full((2, 10, 30), 1 / 11))
+    v, coupling = dynamic_routing(u_hat, 3, leaky=True)
+    logits = torch.zeros(2, 10, 30)  # Procedure 1 by hand, with an 11th logit fixed at 0
+    for iteration in range(3):
+        c = torch.cat([logits, torch.zeros(2, 1, 30)], dim=1).softmax(dim=1)[:, :10]
+        v_ref = squash(torch.einsum("bji,bjid->bjd", c, u_hat))
+        if iteration < 2:
+            logits = logits + torch.einsum("bjid,bjd->bji", u_hat, v_ref)
+    assert torch.allclose(coupling, c, atol=1e-6) and torch.allclose(v, v_ref, atol=1e-6)
+    assert (coupling.sum(dim=1) < 1).all()
