@@ -19,7 +19,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     actions.add_argument("--resume", metavar="PATH", help="continue the run of this checkpoint, "
                          "in its directory; flags given here override its saved settings (see "
                          "README: Resume, evaluate, interrupt)")
-    actions.add_argument("--eval", metavar="PATH", help="evaluate this checkpoint on the test set")
+    actions.add_argument("--eval", metavar="PATH", nargs="+", help="evaluate this checkpoint on "
+                         "the test set; several: their ensemble (mean capsule lengths)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a "
                         "dataset: " + "; ".join(f"{name}: " + ", ".join(
                             f"{flag(k)} {v}" for k, v in values.items())
@@ -31,13 +32,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate(path: str, given: dict, allow_other_dataset: bool) -> None:
-    from capsnet.training import evaluate_checkpoint
-    checkpoint = load_checkpoint(path)
-    cfg = resumed_settings(Config, checkpoint["config"], given)
-    summary, confusion, classes = evaluate_checkpoint(cfg, checkpoint, allow_other_dataset)
-    print(f"{path}: epoch {checkpoint['epoch']}, test loss {summary['loss']:.4f}, "
-          f"accuracy {summary['accuracy']:.2f}% "
+def evaluate(paths: list[str], given: dict, allow_other_dataset: bool) -> None:
+    from capsnet.training import evaluate_checkpoints
+    checkpoints = [load_checkpoint(path) for path in paths]
+    cfg = resumed_settings(Config, checkpoints[0]["config"], given)
+    summary, confusion, classes = evaluate_checkpoints(cfg, checkpoints, allow_other_dataset)
+    what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
+            f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
+    print(f"{what}, test loss {summary['loss']:.4f}, accuracy {summary['accuracy']:.2f}% "
           f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
     width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
     print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")

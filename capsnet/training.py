@@ -8,7 +8,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchnet.engine import Engine
 from tqdm import tqdm
 
@@ -351,13 +351,33 @@ def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...], allow: b
                     f"{', '.join(classes)}); pass --allow-other-dataset to use it anyway")
 
 
-def evaluate_checkpoint(cfg: Any, checkpoint: dict, allow_other_dataset: bool = False
-                        ) -> tuple[dict[str, float], Any, tuple[str, ...]]:
-    """Test-set loss and accuracy, confusion matrix (rows: true class) and class names."""
+class Ensemble(nn.Module):
+    """Several CapsNets of one shape: the prediction is their mean capsule lengths (the loss and
+    reconstructions are the first model's)."""
+
+    def __init__(self, members: list[CapsNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
+        outputs = [member(images, labels) for member in self.members]
+        lengths = torch.stack([output.lengths for output in outputs]).mean(dim=0)
+        return outputs[0]._replace(lengths=lengths)
+
+
+def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset: bool = False
+                         ) -> tuple[dict[str, float], Any, tuple[str, ...]]:
+    """Test-set loss and accuracy, confusion matrix (rows: true class) and class names of one
+    checkpoint, or of several of one shape averaged (an ensemble)."""
     parts = build_run(cfg, train=False)
-    check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)
-    check_structure(checkpoint["model_args"], parts.model_args)
-    load_state(parts.model, checkpoint["model"], "model")
-    evaluator = Evaluator(parts)
+    members = []
+    for checkpoint in checkpoints:
+        check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)
+        check_structure(checkpoint["model_args"], parts.model_args)
+        member = CapsNet(**checkpoint["model_args"]).to(parts.device)
+        load_state(member, checkpoint["model"], "model")
+        members.append(member)
+    model = members[0] if len(members) == 1 else Ensemble(members)
+    evaluator = Evaluator(dataclasses.replace(parts, model=model, eval_network=model))
     summary = evaluator.run()
     return summary, evaluator.confusion, parts.classes

@@ -233,3 +233,26 @@ def test_the_official_recipe_trains_and_its_checkpoint_keeps_it(quick_args, tmp_
     capsys.readouterr()
     assert train.main(["--eval", str(last), "--data-dir", data, "--recipe", "paper"]) == 2
     assert "recipe: saved official, now paper" in capsys.readouterr().err
+
+
+def test_eval_of_several_checkpoints_averages_their_capsule_lengths(quick_args, tmp_path, capsys):
+    from capsnet.data import load_split
+    from capsnet.model import CapsNet
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for seed, run in enumerate(runs):
+        assert train.main(replace_flag(quick_args, "--run-dir", str(run)) + ["--seed", str(seed)]) == 0
+    data = quick_args[quick_args.index("--data-dir") + 1]
+    capsys.readouterr()
+    paths = [str(run / "last.pt") for run in runs]
+    assert train.main(["--eval", *paths, "--data-dir", data]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    test = load_split("mnist", data, False, download=False)
+    lengths = []
+    for path in paths:
+        checkpoint = load_checkpoint(path)
+        model = CapsNet(**checkpoint["model_args"])
+        model.load_state_dict(checkpoint["model"])
+        with torch.no_grad():
+            lengths.append(model.eval()(test.images.float() / 255).lengths)
+    accuracy = 100 * (torch.stack(lengths).mean(0).argmax(1) == test.labels).float().mean()
+    assert first.startswith("ensemble of 2") and f"accuracy {accuracy:.2f}%" in first
