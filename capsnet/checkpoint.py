@@ -6,7 +6,6 @@ BLAKE2 digest of all its tensors and values; a file that does not match it is re
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +59,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` (on the CPU, with its digest) durably to `path`; WriteError on failure."""
     payload = to_cpu(payload)
     payload["digest"] = digest(payload)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_file(path, buffer.getbuffer())
+    write_file(path, lambda sink: torch.save(payload, sink))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
 
@@ -36,17 +37,43 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` durably (temporary file, fsync, rename, fsync of the folder)."""
+class Sink:
+    """A file-like object over a file descriptor for writers such as torch.save: it writes with
+    os.write and keeps the OSError of a failed write, which torch.save reports as a RuntimeError."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.error = fd, None
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as error:
+            self.error = error
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def write_file(path: Path, data: bytes | Callable[[Sink], None]) -> None:
+    """Replace `path` durably (temporary file, fsync, rename, fsync of the folder) with `data`,
+    or with what `data(sink)` writes into the temporary file."""
     path = Path(path)
     make_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            sink = Sink(fd)
+            try:
+                data(sink) if callable(data) else sink.write(data)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -1,11 +1,17 @@
 """Shared fixtures: small IDX datasets written in torchvision's MNIST layout."""
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+
+# The suite trains dozens of models in one process. capsnet keeps freed memory for reuse, which
+# suits one long run (see capsnet/memory.py) but lets this process's resident size grow from run
+# to run; the tests hand it back. (test_memory.py checks the setting itself.)
+os.environ.setdefault("CAPSNET_KEEP_FREED_MEMORY", "0")
 
 TRAIN, TEST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), \
     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
