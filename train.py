@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from capsnet.checkpoint import load_checkpoint
-from capsnet.cli import ArgumentParser, add_settings, overrides, resumed_settings
+from capsnet.cli import (ArgumentParser, add_settings, exit_status, overrides,
+                         resumed_settings)
 from capsnet.distributed import leave
-from capsnet.errors import UserError
 from config import PRESETS, Config, flag
 
 
@@ -108,19 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
     args = parse(argv)
     given = {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
-    try:
+
+    def work() -> None:
         if args.eval:
             evaluate(args.eval, given, args.allow_other_dataset)
         else:
             train(given, args.resume, args.allow_other_dataset)
         leave()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(work)
 
 
 if __name__ == "__main__":

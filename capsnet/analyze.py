@@ -343,7 +343,7 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import ArgumentParser
+    from .cli import ArgumentParser, exit_status
     parser = ArgumentParser(prog="python -m capsnet.analyze", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a last.pt or best.pt")
     parser.add_argument("--out", metavar="DIR", help="where to write (default: figures/ in the "
@@ -359,16 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = {k: v for k, v in (("device", args.device), ("data_dir", args.data_dir),
                                ("test_samples", args.test_samples)) if v is not None}
-    try:
+
+    def work() -> None:
         folder = analyze(args.checkpoint, args.out, args.per_class, given)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    print(f"figures written to {folder} (open {folder / 'index.html'})")
-    return 0
+        print(f"figures written to {folder} (open {folder / 'index.html'})")
+    return exit_status(work)
 
 
 if __name__ == "__main__":

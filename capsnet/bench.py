@@ -26,7 +26,7 @@ from torchnet.engine import Engine
 
 from . import distributed
 from .build import build_run, resolve_device
-from .cli import ArgumentParser
+from .cli import ArgumentParser, exit_status
 from .data import Batches, Split
 from .datasets import DATASETS
 from .distributed import World
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed passes; the median rate is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         if min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
@@ -168,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 write_file(args.json, (json.dumps(result, indent=2) + "\n").encode())
         distributed.leave()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(work)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import dataclasses
 import os
 import sys
 import typing
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
+
+from .errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -15,6 +17,20 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def exit_status(work: Callable[[], None]) -> int:
+    """Run a command's work: 0 when it ends well; for bad input or a failing disk (UserError)
+    one line and 2; for Ctrl-C or SIGTERM one line and 130."""
+    try:
+        work()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
 
 
 def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
