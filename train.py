@@ -33,13 +33,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def evaluate(paths: list[str], given: dict, allow_other_dataset: bool) -> None:
+    from capsnet.meters import accuracy_text
     from capsnet.training import evaluate_checkpoints
     checkpoints = [load_checkpoint(path) for path in paths]
     cfg = resumed_settings(Config, checkpoints[0]["config"], given)
     summary, confusion, classes = evaluate_checkpoints(cfg, checkpoints, allow_other_dataset)
     what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
             f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
-    print(f"{what}, test loss {summary['loss']:.4f}, accuracy {summary['accuracy']:.2f}% "
+    print(f"{what} on {cfg.dataset}, test loss {summary['loss']:.4f}, {accuracy_text(summary)} "
           f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
     width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
     print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")
@@ -80,7 +81,8 @@ def train(given: dict, resume: str | None, allow_other_dataset: bool) -> None:
     finally:
         run.unlock()
     if world.main:
-        print(f"done: best test accuracy {trainer.best_accuracy:.2f}%; "
+        metric = "pair accuracy" if trainer.objects > 1 else "accuracy"
+        print(f"done: best test {metric} {trainer.best_accuracy:.2f}%; "
               f"metrics in {run.metrics}, checkpoints {run.last} and {run.best}")
 
 

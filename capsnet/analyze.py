@@ -20,11 +20,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .errors import UserError
+from .meters import hits
 from .model import CapsNet
 
 STEPS = torch.linspace(-0.25, 0.25, 11)  # the paper's Fig. 4 tweaks, 0 in the middle
 MISTAKES = 32
 ROUTED = 4  # test images whose coupling coefficients are drawn
+PAIRS = 16  # MultiMNIST test images drawn with their two reconstructions
 
 
 # The grids: (rows, columns, C, H, W) images in [0, 1], on the model's device.
@@ -64,25 +66,50 @@ def routing_maps(model: CapsNet, images: Tensor) -> Tensor:
     return coupling.view(batch, classes, -1, model.grid, model.grid).sum(dim=2)
 
 
+@torch.no_grad()
+def overlay(images: Tensor) -> Tensor:
+    """Two grey images per example (B, 2, 1, H, W) drawn on one in two colours, the first red
+    and the second green (yellow where both are), as in the paper's Fig. 5: (B, 3, H, W)."""
+    return torch.cat([images[:, 0], images[:, 1], torch.zeros_like(images[:, 0])], dim=1)
+
+
 @dataclass
 class Predictions:
-    """The test set's images, labels and capsules, on the CPU."""
+    """The test set's images, labels and capsules, on the CPU. Labels are (N,), or (N, K) for
+    K digits per image (MultiMNIST)."""
     images: Tensor  # (N, C, H, W)
-    labels: Tensor  # (N,)
+    labels: Tensor  # (N,) or (N, K)
     lengths: Tensor  # (N, classes)
 
     @property
+    def hits(self) -> tuple[Tensor, Tensor]:
+        """Which labels are predicted, (N, K), and the prediction in each label's slot."""
+        return hits(self.lengths, self.labels)
+
+    @property
     def predicted(self) -> Tensor:
-        return self.lengths.argmax(dim=1)
+        """The predicted class (N,), or classes in the labels' slots (N, K)."""
+        predicted = self.hits[1]
+        return predicted if self.labels.dim() == 2 else predicted[:, 0]
+
+    @property
+    def right(self) -> Tensor:
+        """(N,) whether every label of the example is predicted."""
+        return self.hits[0].all(dim=1)
+
+    @property
+    def first(self) -> Tensor:
+        """(N,) each example's first (for K digits: lowest) label, to pick examples by class."""
+        return self.labels if self.labels.dim() == 1 else self.labels[:, 0]
 
 
 @torch.no_grad()
 def predict(model: CapsNet, batches: Any) -> Predictions:
     images, labels, lengths = [], [], []
-    for x, y in tqdm(batches, desc="test set", unit="batch", leave=False):
-        images.append(x.cpu())
-        labels.append(y.cpu())
-        lengths.append(model(x).lengths.float().cpu())
+    for sample in tqdm(batches, desc="test set", unit="batch", leave=False):
+        images.append(sample.images.cpu())
+        labels.append(sample.labels.cpu())
+        lengths.append(model(sample.images).lengths.float().cpu())
     return Predictions(torch.cat(images), torch.cat(labels), torch.cat(lengths))
 
 
@@ -128,15 +155,17 @@ def image_axes(ax: Any, grid: Tensor, column_names: list[str], row_names: list[s
 def figure_by_mask(ctx: Context) -> Any:
     import matplotlib.pyplot as plt
     model, pred, classes, n, device = ctx.model, ctx.pred, ctx.classes, ctx.per_class, ctx.device
-    index = first_per_class(pred.labels, len(classes), n)
+    index = first_per_class(pred.first, len(classes), n)
     grid = by_mask(model, pred.images[index].to(device))
+    true = pred.labels[index].view(len(index), -1).tolist()  # (rows, K) true classes
     fig, ax = plt.subplots(figsize=(1 + 0.6 * grid.shape[1], 1 + 0.6 * grid.shape[0]))
     image_axes(ax, grid, ["input"] + [f"mask {c}" for c in classes],
-               [f"true {classes[k]}" for k in pred.labels[index].tolist()])
-    for row, label in enumerate(pred.labels[index].tolist()):  # mark the true class's column
-        h, w = grid.shape[-2:]
-        ax.add_patch(plt.Rectangle(((1 + label) * (w + 1) - 1, row * (h + 1) - 1), w + 1, h + 1,
-                                   fill=False, edgecolor="red", linewidth=1))
+               ["true " + "+".join(classes[k] for k in labels) for labels in true])
+    for row, labels in enumerate(true):  # mark the true classes' columns
+        for label in labels:
+            h, w = grid.shape[-2:]
+            ax.add_patch(plt.Rectangle(((1 + label) * (w + 1) - 1, row * (h + 1) - 1), w + 1,
+                                       h + 1, fill=False, edgecolor="red", linewidth=1))
     ax.set_title("Reconstruction from each class's capsule (red: the true class)")
     return fig
 
@@ -144,7 +173,7 @@ def figure_by_mask(ctx: Context) -> Any:
 def figure_perturbation(ctx: Context) -> Any:
     import matplotlib.pyplot as plt
     model, pred, classes, device = ctx.model, ctx.pred, ctx.classes, ctx.device
-    index = first_per_class(pred.labels, len(classes), 1).tolist()
+    index = first_per_class(pred.first, len(classes), 1).tolist()
     columns = min(5, len(index))
     rows = -(-len(index) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.4 * rows), squeeze=False)
@@ -155,7 +184,7 @@ def figure_perturbation(ctx: Context) -> Any:
         ax.axis("on")
         image_axes(ax, grid, [f"{s:+.2f}" if i % 5 == 0 else "" for i, s in enumerate(STEPS.tolist())],
                    [f"dim {d}" for d in range(grid.shape[0])])
-        ax.set_title(f"true {classes[int(pred.labels[k])]}, capsule {classes[predicted]}",
+        ax.set_title(f"true {names_of(pred.labels[k], classes)}, capsule {classes[predicted]}",
                      fontsize=9)
     fig.suptitle("Each dimension of the predicted capsule tweaked by -0.25 ... +0.25 "
                  "(middle column: unchanged)")
@@ -164,7 +193,7 @@ def figure_perturbation(ctx: Context) -> Any:
 
 def mistakes(pred: Predictions) -> Tensor:
     """Indices of the wrong predictions, the most confident (longest capsule) first."""
-    wrong = (pred.predicted != pred.labels).nonzero().flatten()
+    wrong = (~pred.right).nonzero().flatten()
     confidence = pred.lengths[wrong].max(dim=1).values
     return wrong[confidence.argsort(descending=True)][:MISTAKES]
 
@@ -182,11 +211,13 @@ def figure_mistakes(ctx: Context) -> Any:
     predicted, labels = pred.predicted[index], pred.labels[index]
     with torch.no_grad():
         poses = model(images).poses
-        grid = torch.stack([images, model.reconstruct(poses, predicted.to(device)),
-                            model.reconstruct(poses, labels.to(device))], dim=1)
+        rebuilt = [model.reconstruct(poses, classes_.to(device)) for classes_ in (predicted, labels)]
+    if labels.dim() == 2:  # two digits: both reconstructions on one image, in two colours
+        images, rebuilt = images.expand(-1, 3, -1, -1), [overlay(r) for r in rebuilt]
+    grid = torch.stack([images, *rebuilt], dim=1)
     lengths = pred.lengths[index]
-    names = [f"{classes[p]} {lengths[i, p]:.2f} / true {classes[t]} {lengths[i, t]:.2f}"
-             for i, (p, t) in enumerate(zip(predicted.tolist(), labels.tolist()))]
+    names = [f"{names_of(p, classes, lengths[i])} / true {names_of(t, classes, lengths[i])}"
+             for i, (p, t) in enumerate(zip(predicted, labels))]
     fig, ax = plt.subplots(figsize=(4.5, 0.55 * len(index) + 1))
     image_axes(ax, grid, ["input", "as predicted", "as true class"], names)
     ax.set_title("Most confident mistakes\n(predicted class and capsule length / true class)",
@@ -194,9 +225,16 @@ def figure_mistakes(ctx: Context) -> Any:
     return fig
 
 
+def names_of(labels: Tensor, classes: tuple[str, ...], lengths: Tensor | None = None) -> str:
+    """One example's class or classes in words ("7", "3+7"), with their capsule lengths."""
+    return "+".join(classes[k] + ("" if lengths is None else f" {lengths[k]:.2f}")
+                    for k in labels.view(-1).tolist())
+
+
 def confusion(pred: Predictions, classes: int) -> Tensor:
-    """(classes, classes) counts, rows: true class."""
-    flat = pred.labels * classes + pred.predicted
+    """(classes, classes) counts, rows: true class (each digit of an example counted alone,
+    against the prediction in its slot)."""
+    flat = pred.labels.flatten() * classes + pred.predicted.flatten()
     return torch.bincount(flat, minlength=classes * classes).view(classes, classes)
 
 
@@ -229,14 +267,14 @@ def figure_accuracy(ctx: Context) -> Any:
 def figure_routing(ctx: Context) -> Any:
     import matplotlib.pyplot as plt
     model, pred, classes, device = ctx.model, ctx.pred, ctx.classes, ctx.device
-    index = first_per_class(pred.labels, len(classes), 1)[:ROUTED]
+    index = first_per_class(pred.first, len(classes), 1)[:ROUTED]
     maps = routing_maps(model, pred.images[index].to(device)).cpu()
     fig, axes = plt.subplots(len(index), 1 + len(classes),
                              figsize=(1.3 * (1 + len(classes)), 1.5 * len(index)), squeeze=False)
     for row, k in enumerate(index.tolist()):
         image = pred.images[k]
         axes[row, 0].imshow(image.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
-        axes[row, 0].set_title(f"input ({classes[int(pred.labels[k])]})", fontsize=8)
+        axes[row, 0].set_title(f"input ({names_of(pred.labels[k], classes)})", fontsize=8)
         low, high = float(maps[row].min()), float(maps[row].max())  # one scale per input
         for j in range(len(classes)):
             axes[row, 1 + j].imshow(maps[row, j], cmap="viridis", vmin=low, vmax=high)
@@ -254,7 +292,7 @@ def figure_lengths(ctx: Context) -> Any:
     import matplotlib.pyplot as plt
     pred = ctx.pred
     winning = pred.lengths.max(dim=1).values
-    right = pred.predicted == pred.labels
+    right = pred.right
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = torch.linspace(0, 1, 41).numpy()
     ax.hist(winning[right].numpy(), bins=bins, alpha=0.7, label=f"correct ({int(right.sum())})",
@@ -266,6 +304,26 @@ def figure_lengths(ctx: Context) -> Any:
     ax.set_ylabel("density")
     ax.set_title("Capsule lengths of the predictions")
     ax.legend()
+    return fig
+
+
+def figure_pairs(ctx: Context) -> Any:
+    import matplotlib.pyplot as plt
+    model, pred, classes, device = ctx.model, ctx.pred, ctx.classes, ctx.device
+    index = torch.arange(min(PAIRS, len(pred.labels)))
+    images = pred.images[index].to(device)
+    predicted, labels = pred.predicted[index], pred.labels[index]
+    with torch.no_grad():
+        poses = model(images).poses
+        rebuilt = [overlay(model.reconstruct(poses, c.to(device))) for c in (predicted, labels)]
+    grid = torch.stack([images.expand(-1, 3, -1, -1), *rebuilt], dim=1)
+    names = [f"{names_of(t, classes)} as {names_of(p, classes)}"
+             + ("" if bool((p == t).all()) else " (wrong)")
+             for p, t in zip(predicted, labels)]
+    fig, ax = plt.subplots(figsize=(4.5, 0.55 * len(index) + 1))
+    image_axes(ax, grid, ["input", "predicted pair", "true pair"], names)
+    ax.set_title("Two digits at once (paper Fig. 5): each digit rebuilt from its own capsule,\n"
+                 "the lower class red, the higher green (yellow where they overlap)", fontsize=9)
     return fig
 
 
@@ -285,6 +343,12 @@ FIGURES: list[tuple[str, str, Callable[[Context], Any]]] = [
 ]
 
 
+PAIR_FIGURES: list[tuple[str, str, Callable[[Context], Any]]] = [
+    ("pairs.png", "Overlapping digits segmented by their capsules: the input beside the decoder's "
+     "two reconstructions, from the two longest capsules and from the true pair.", figure_pairs),
+]
+
+
 def png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
     buffer = io.BytesIO()
@@ -293,10 +357,10 @@ def png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def index_html(checkpoint: Path, summary: str) -> bytes:
+def index_html(checkpoint: Path, figures: list[tuple[str, str, Any]], summary: str) -> bytes:
     items = "\n".join(f'<h2>{html.escape(name)}</h2>\n<p>{html.escape(text)}</p>\n'
                       f'<img src="{html.escape(name)}" alt="{html.escape(name)}">'
-                      for name, text, _ in FIGURES)
+                      for name, text, _ in figures)
     return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>capsnet figures"
             f"</title></head>\n<body>\n<h1>{html.escape(str(checkpoint))}</h1>\n"
             f"<p>{html.escape(summary)}</p>\n{items}\n</body></html>\n").encode()
@@ -325,15 +389,17 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     model.eval()
     pred = predict(model, parts.test_batches)
     ctx = Context(model, pred, parts.classes, per_class, parts.device)
+    figures = FIGURES + (PAIR_FIGURES if parts.objects > 1 else [])
     written: list[Path] = []
     try:
-        for name, _, draw in tqdm(FIGURES, desc="figures", unit="figure", leave=False):
+        for name, _, draw in tqdm(figures, desc="figures", unit="figure", leave=False):
             path = folder / name
             write_file(path, png(draw(ctx)))
             written.append(path)
-        accuracy = 100 * float((pred.predicted == pred.labels).float().mean())
-        write_file(folder / "index.html", index_html(Path(checkpoint_path), (
-            f"Epoch {checkpoint['epoch']} of a {cfg.dataset} run; test accuracy "
+        accuracy = 100 * float(pred.right.float().mean())
+        what = "pair accuracy" if parts.objects > 1 else "accuracy"
+        write_file(folder / "index.html", index_html(Path(checkpoint_path), figures, (
+            f"Epoch {checkpoint['epoch']} of a {cfg.dataset} run; test {what} "
             f"{accuracy:.2f}% on {len(pred.labels)} test images.")))
     except BaseException:
         for path in written:

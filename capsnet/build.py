@@ -13,6 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .data import Batches, Split, load_split
+from .datasets import DATASETS
+from .datasets.canvas import CanvasBatches
 from .distributed import World
 from .errors import UserError
 from .loss import CapsuleLoss
@@ -30,9 +32,13 @@ def resolve_device(name: str) -> torch.device:
 def model_args(cfg: Any, split: Split) -> dict[str, Any]:
     """CapsNet arguments: shapes from the dataset, routing from the config."""
     _, channels, size, _ = split.images.shape
+    canvas = DATASETS[cfg.dataset].canvas
+    if cfg.crop and canvas:
+        raise UserError(f"--crop is not allowed with {cfg.dataset}: it places its digits on a "
+                        f"{canvas}x{canvas} canvas itself")
     if cfg.crop > size:
         raise UserError(f"--crop {cfg.crop} is not allowed: the images are {size}x{size}")
-    return {"in_channels": channels, "image_size": cfg.crop or size,
+    return {"in_channels": channels, "image_size": canvas or cfg.crop or size,
             "num_classes": len(split.classes), "routing_iterations": cfg.routing_iterations,
             "detach_routing": cfg.detach_routing, "leaky_routing": cfg.leaky_routing,
             "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
@@ -113,9 +119,20 @@ class RunParts:
     train_batches: Batches | None
     test_batches: Batches
 
+    @property
+    def objects(self) -> int:
+        """Digits (labels) per example of the dataset."""
+        return DATASETS[self.cfg.dataset].objects
+
     def batches(self, split: Split, train: bool) -> Batches:
         """This process's batches of `split`: shuffled, shifted and even across processes for
-        training; in order and uneven (every example once) for testing."""
+        training; in order and uneven (every example once) for testing. Datasets made on a
+        canvas place their digits themselves (no --shift or --crop)."""
+        canvas = DATASETS[self.cfg.dataset].canvas
+        if canvas:
+            return CanvasBatches(split.to(self.device), self.cfg.batch_size, canvas, self.objects,
+                                 shuffle=train, generator=self.generator, rank=self.world.rank,
+                                 world=self.world.size, even=train)
         return Batches(split.to(self.device), self.cfg.batch_size, shuffle=train,
                        shift=self.cfg.shift if train else 0, generator=self.generator,
                        rank=self.world.rank, world=self.world.size, even=train,

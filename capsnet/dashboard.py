@@ -27,11 +27,13 @@ if TYPE_CHECKING:
     from .training import Trainer
 
 SAMPLES = 32  # test images shown beside their reconstructions
+POOL = 1000  # first test images searched for one of each class (the live figures)
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
 FIGURE_WINDOWS = {"by_mask": {"width": 440, "height": 460},  # pixels, fitting each grid's shape
                   "perturbation": {"width": 340, "height": 500},
                   "routing": {"width": 480, "height": 230}}
 ROUTED = 4  # test images whose routing maps are shown
+RECONSTRUCTED = ("predicted class", "the two predicted digits in red and green")
 warnings.filterwarnings("ignore", message="The 'warn' method is deprecated",
                         category=DeprecationWarning)  # inside visdom's client
 
@@ -78,18 +80,21 @@ class Dashboard:
         self.stopping = False
         self.lines = {
             "loss": Lines("Loss", "loss"),
-            "accuracy": Lines("Accuracy", "accuracy (%)"),
+            "accuracy": (Lines("Pair accuracy (both digits right)", "pair accuracy (%)")
+                         if trainer.objects > 1 else Lines("Accuracy", "accuracy (%)")),
             "parts": Lines("Loss parts", "loss"),
             "lr": Lines("Learning rate", "learning rate"),
             "throughput": Lines("Training throughput", "images/s"),
         }
         self.snapshots: dict[str, Snapshot] = {}
-        test = trainer.evaluator.batches.split
-        self.samples = test.images[:SAMPLES].float().div(255.0)  # (<=32, C, H, W), on the device
-        self.sample_grid = self.samples.cpu().numpy()
         from .analyze import first_per_class
-        shown = first_per_class(test.labels.cpu(), len(test.classes), 1).to(test.labels.device)
-        self.figure_samples = test.images[shown].float().div(255.0)  # one per class
+        from .data import head
+        pool = head(trainer.evaluator.batches, POOL)  # the test pass's first examples
+        self.samples = pool.images[:SAMPLES]  # (<=32, C, H, W), on the device
+        self.sample_grid = self.samples.cpu().numpy()
+        firsts = pool.labels if pool.labels.dim() == 1 else pool.labels[:, 0]
+        shown = first_per_class(firsts.cpu(), len(trainer.classes), 1).to(firsts.device)
+        self.figure_samples = pool.images[shown]  # one per class, as far as the pool has them
         self.last = self.interval_sums()
         self.last_time = time.perf_counter()
         self.client: Any = None
@@ -138,6 +143,8 @@ class Dashboard:
         self.lines["loss"].add("test", x, row["test_loss"])
         self.lines["accuracy"].add("train", x, row["train_accuracy"])
         self.lines["accuracy"].add("test", x, row["test_accuracy"])
+        if "test_at_least_one" in row:
+            self.lines["accuracy"].add("test, at least one right", x, row["test_at_least_one"])
         self.lines["parts"].add("test margin", x, row["test_margin"])
         self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
 
@@ -177,7 +184,8 @@ class Dashboard:
             self.put("images", "images", images, {
                 "title": f"First {len(images)} test images", **IMAGE_WINDOW})
             self.put("reconstructions", "images", reconstructions, {
-                "title": f"Their reconstructions (predicted class), epoch {state['epoch']}",
+                "title": f"Their reconstructions ({RECONSTRUCTED[self.trainer.objects > 1]}), "
+                         f"epoch {state['epoch']}",
                 **IMAGE_WINDOW})
         if self.figures_every and state["epoch"] % self.figures_every == 0:
             figures = self.figures(state["epoch"])
@@ -222,9 +230,13 @@ class Dashboard:
         model = self.trainer.model
         model.eval()
         with torch.inference_mode(), self.trainer.autocast():
-            output = model(self.samples)
+            output = model(self.samples, None, self.trainer.objects)
         model.train()
-        return self.sample_grid, output.reconstructions.float().cpu().numpy()
+        rebuilt = output.reconstructions
+        if rebuilt.dim() == 5:  # two digits: both on one image, in two colours
+            from .analyze import overlay
+            rebuilt = overlay(rebuilt)
+        return self.sample_grid, rebuilt.float().cpu().numpy()
 
     def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any],
             nrow: int = 8) -> None:

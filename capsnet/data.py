@@ -1,10 +1,11 @@
 """Datasets held as one uint8 tensor on the training device, served in shuffled, shifted batches."""
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torchvision
@@ -12,6 +13,13 @@ from torch import Tensor
 
 from .datasets import DATASETS, Dataset
 from .errors import UserError
+
+class Sample(NamedTuple):
+    """One batch: the inputs, their labels, and what the reconstructions are scored against."""
+    images: Tensor  # (B, C, H, W) float in [0, 1]
+    labels: Tensor  # (B,) class indices; (B, K) for K digits per image, in ascending order
+    targets: Tensor  # the images themselves; (B, K, C, H, W) each digit alone for K digits
+
 
 @dataclass(frozen=True)
 class Split:
@@ -33,6 +41,9 @@ def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0
     and the files are missing. `limit` keeps the first N examples (0: all); `image_size` is the
     side the folder dataset resizes to."""
     entry = DATASETS[name]
+    if train and not entry.train_files:
+        raise UserError(f"{name} is a test set only: train on {' or '.join(entry.tests)} and test "
+                        f"that checkpoint with python train.py --eval CHECKPOINT --dataset {name}")
     folder = Path(root) / entry.folder
     files = entry.files(train)
     expected = f"expected {', '.join(files)} in {folder.resolve()}"
@@ -51,18 +62,26 @@ def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0
                         f"{error.strerror or type(error).__name__})") from None
     if limit:
         images, labels = images[:limit], labels[:limit]
-    return Split(images.contiguous(), labels, classes)
+    split = Split(images.contiguous(), labels, classes)
+    if entry.transform:
+        split = import_module(f".datasets.{entry.transform}", __package__).make(split)
+    return split
 
 
 def fetch(entry: Dataset, root: str, folder: Path, train: bool, expected: str) -> None:
-    """Download a split's files with torchvision (which checks them against published checksums)."""
-    source = getattr(torchvision.datasets, entry.download)
+    """Download a split's files with torchvision (which checks them against published checksums
+    where it knows them), or, for a URL, fetch and unpack that archive into the folder."""
     try:
+        if entry.download.startswith("https://"):
+            torchvision.datasets.utils.download_and_extract_archive(entry.download, str(folder),
+                                                                    remove_finished=True)
+            return
+        source = getattr(torchvision.datasets, entry.download)
         if entry.download == "SVHN":
             source(str(folder), split="train" if train else "test", download=True)
         else:
             source(root, train=train, download=True)
-    except (RuntimeError, OSError, AssertionError, ValueError) as error:
+    except (RuntimeError, OSError, AssertionError, ValueError, zipfile.BadZipFile) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{entry.name} could not be downloaded ({expected}; {detail})") from None
 
@@ -79,7 +98,7 @@ def shift_images(padded: Tensor, offsets: Tensor, size: int) -> Tensor:
 
 
 class Batches:
-    """Iterable of (images float in [0, 1], labels) batches of a Split, already on its device.
+    """Iterable of Sample batches (images float in [0, 1]) of a Split, already on its device.
 
     Each pass draws a new order and, with `shift` > 0, a new offset of up to `shift` pixels in
     each direction per image, from `generator` (a CPU generator, so runs are reproducible).
@@ -113,28 +132,46 @@ class Batches:
     def __len__(self) -> int:
         return -(-self.examples // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[Sample]:
         return self.starting_at(0)
 
-    def starting_at(self, first: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def starting_at(self, first: int) -> Iterator[Sample]:
         """One pass from batch `first` on: the order and shifts are drawn for the whole pass, as
         by __iter__, so the batches are those that a whole pass would give from there."""
         count, device = len(self.split), self.split.labels.device
+        order, drawn = self.draw(count)
+        if self.even and count % self.world:
+            extra = self.world - count % self.world
+            order = torch.cat([order, order[:extra]])
+            drawn = [torch.cat([d, d[:extra]]) for d in drawn]
+        order = order[self.rank::self.world].to(device)  # this process's share
+        drawn = [d[self.rank::self.world].to(device) for d in drawn]
+        for start in range(first * self.batch_size, len(order), self.batch_size):
+            stop = start + self.batch_size
+            yield self.serve(order[start:stop], *(d[start:stop] for d in drawn))
+
+    def draw(self, count: int) -> tuple[Tensor, list[Tensor]]:
+        """A pass's order (N,) and what else each example needs, here its offset (N, 2)."""
         order = (torch.randperm(count, generator=self.generator) if self.shuffle
                  else torch.arange(count))  # (N,)
         random = self.span and self.shuffle
         offsets = (torch.randint(0, self.span + 1, (count, 2), generator=self.generator) if random
                    else torch.full((count, 2), self.span // 2))  # (N, 2)
-        if self.even and count % self.world:
-            extra = self.world - count % self.world
-            order, offsets = torch.cat([order, order[:extra]]), torch.cat([offsets, offsets[:extra]])
-        order = order[self.rank::self.world].to(device)  # this process's share
-        offsets = offsets[self.rank::self.world].to(device)
-        for start in range(first * self.batch_size, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            if self.span:
-                images = shift_images(self.padded[index], offsets[start:start + len(index)],
-                                      self.size)
-            else:
-                images = self.padded[index]
-            yield images.float().div_(255.0), self.split.labels[index]
+        return order, [offsets]
+
+    def serve(self, index: Tensor, offsets: Tensor) -> Sample:
+        images = (shift_images(self.padded[index], offsets, self.size) if self.span
+                  else self.padded[index])
+        images = images.float().div_(255.0)
+        return Sample(images, self.split.labels[index], images)
+
+
+def head(batches: Batches, count: int) -> Sample:
+    """The first `count` examples of a pass (fewer if the pass is shorter), as one Sample."""
+    samples, taken = [], 0
+    for sample in batches:
+        samples.append(sample)
+        taken += len(sample.labels)
+        if taken >= count:
+            break
+    return Sample(*(torch.cat(parts)[:count] for parts in zip(*samples)))

@@ -11,15 +11,19 @@ from .model import CapsNetOutput
 
 def margin_loss(lengths: Tensor, labels: Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
                 lambda_: float = 0.5) -> Tensor:
-    """Per-example margin loss summed over classes: (B, classes) lengths -> (B,)."""
-    present = F.one_hot(labels, lengths.shape[1]).to(lengths.dtype)  # T_k: (B, classes)
+    """Per-example margin loss summed over classes: (B, classes) lengths and (B,) labels, or
+    (B, K) labels of K different classes present together -> (B,)."""
+    present = F.one_hot(labels, lengths.shape[1]).to(lengths.dtype)  # T_k: (B, [K,] classes)
+    if labels.dim() == 2:
+        present = present.amax(dim=1)  # (B, classes): 1 for each class present
     loss = (present * F.relu(m_plus - lengths).pow(2)
             + lambda_ * (1.0 - present) * F.relu(lengths - m_minus).pow(2))
     return loss.sum(dim=1)
 
 
 def reconstruction_loss(images: Tensor, reconstructions: Tensor) -> Tensor:
-    """Per-image sum of squared errors: (B, C, H, W) -> (B,)."""
+    """Per-example sum of squared errors: (B, C, H, W) -> (B,); for K digits per example, each
+    reconstruction against its own digit's image, (B, K, C, H, W) -> (B,), the K terms added."""
     return (reconstructions - images).pow(2).flatten(1).sum(dim=1)
 
 
@@ -44,12 +48,13 @@ class CapsuleLoss(nn.Module):
         self.m_plus, self.m_minus, self.lambda_ = m_plus, m_minus, lambda_
         self.reconstruction_weight, self.class_mean = reconstruction_weight, class_mean
 
-    def parts(self, images: Tensor, labels: Tensor, output: CapsNetOutput) -> LossParts:
+    def parts(self, targets: Tensor, labels: Tensor, output: CapsNetOutput) -> LossParts:
+        """`targets`: what the reconstructions are scored against (Sample.targets)."""
         margin = margin_loss(output.lengths, labels, self.m_plus, self.m_minus, self.lambda_)
         if self.class_mean:
             margin = 0.5 * margin / output.lengths.shape[1]
-        sse = reconstruction_loss(images, output.reconstructions)
+        sse = reconstruction_loss(targets, output.reconstructions)
         return LossParts(margin.mean(), self.reconstruction_weight * sse.mean())
 
-    def forward(self, images: Tensor, labels: Tensor, output: CapsNetOutput) -> Tensor:
-        return self.parts(images, labels, output).total
+    def forward(self, targets: Tensor, labels: Tensor, output: CapsNetOutput) -> Tensor:
+        return self.parts(targets, labels, output).total

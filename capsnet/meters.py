@@ -6,20 +6,49 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchnet.meter import AverageValueMeter, ClassErrorMeter, ConfusionMeter
+from torchnet.meter import AverageValueMeter, ConfusionMeter
+
+from .model import predict
 
 
-AVERAGES = ("loss", "margin", "reconstruction")
+AVERAGES = ("loss", "margin", "reconstruction", "correct", "partly")
+
+
+def align(predicted: Tensor, labels: Tensor) -> Tensor:
+    """Two predicted classes per example (B, 2), reordered so that a right one sits in the slot
+    of the label it matches; both in ascending order per example, as predict() and the canvas
+    datasets give them."""
+    swap = (predicted[:, 0] == labels[:, 1]) | (predicted[:, 1] == labels[:, 0])
+    return torch.where(swap[:, None], predicted.flip(1), predicted)
+
+
+def hits(lengths: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Which predictions are right, (B, K), and the predicted class of each label's slot,
+    (B, K): the longest capsule for one label per example (B,); the two longest for two labels
+    (B, 2), MultiMNIST's metric: an example is right when both of its digits are."""
+    if labels.dim() == 1:
+        predicted = predict(lengths)[:, None]
+        labels = labels[:, None]
+    elif labels.shape[1] == 2:
+        predicted = align(predict(lengths, 2), labels)
+    else:
+        raise ValueError(f"meters count one or two labels per example, not {labels.shape[1]}")
+    return predicted == labels, predicted
 
 
 class Meters:
-    """Loss parts, accuracy and confusion of one pass over a dataset."""
+    """Loss parts, accuracy and confusion of one pass over a dataset.
+
+    With two labels per example (MultiMNIST), `correct` counts the examples whose two longest
+    capsules are exactly their two digits, `partly` those with at least one of them right, and
+    the confusion matrix counts each digit against the prediction in its slot."""
 
     def __init__(self, num_classes: int) -> None:
         self.loss = AverageValueMeter()
         self.margin = AverageValueMeter()
         self.reconstruction = AverageValueMeter()
-        self.accuracy = ClassErrorMeter(accuracy=True)
+        self.correct = AverageValueMeter()  # sum: examples all right; n: examples
+        self.partly = AverageValueMeter()  # sum: examples with at least one label right
         self.confusion = ConfusionMeter(num_classes)
         self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
@@ -44,13 +73,16 @@ class Meters:
             self.margin.add(margin * n, n)
             self.reconstruction.add(reconstruction * n, n)
             self.loss.add((margin + reconstruction) * n, n)
-        self.accuracy.add(lengths, labels)
-        self.confusion.add(lengths, labels)
+        right, predicted = hits(lengths, labels)
+        self.correct.add(float(right.all(dim=1).sum()), len(right))
+        self.partly.add(float(right.any(dim=1).sum()), len(right))
+        self.confusion.add(predicted.flatten(), labels.flatten())
         self.pending.clear()
         return bad
 
     def reset(self) -> None:
-        for meter in (self.loss, self.margin, self.reconstruction, self.accuracy, self.confusion):
+        for meter in (self.loss, self.margin, self.reconstruction, self.correct, self.partly,
+                      self.confusion):
             meter.reset()
         self.pending.clear()
 
@@ -59,38 +91,52 @@ class Meters:
         self.flush()
         averages = {name: {k: float(v) for k, v in vars(getattr(self, name)).items()}
                     for name in AVERAGES}
-        return {**averages, "errors": int(self.accuracy.sum[1]), "count": int(self.accuracy.n),
-                "confusion": torch.from_numpy(self.confusion.conf.copy())}
+        return {**averages, "confusion": torch.from_numpy(self.confusion.conf.copy())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
         for name in AVERAGES:
             vars(getattr(self, name)).update(state[name])
-        self.accuracy.sum[1], self.accuracy.n = state["errors"], state["count"]
         self.confusion.conf[...] = state["confusion"].numpy()
 
     def totals(self) -> Tensor:
         """What the meters counted, as one float64 vector that sums across processes: loss,
-        margin and reconstruction sums, examples, errors, then the confusion matrix."""
+        margin and reconstruction sums, examples, errors, examples counted, examples with at
+        least one label right, then the confusion matrix."""
         self.flush()
         counts = [self.loss.sum, self.margin.sum, self.reconstruction.sum, self.loss.n,
-                  float(self.accuracy.sum[1]), float(self.accuracy.n)]
+                  self.correct.n - self.correct.sum, self.correct.n, self.partly.sum]
         confusion = torch.from_numpy(self.confusion.conf).to(torch.float64).flatten()
         return torch.cat([torch.tensor(counts, dtype=torch.float64), confusion])
 
-    def summary(self) -> dict[str, float]:
-        return summary_of(self.totals())
 
 
-def summary_of(totals: Tensor) -> dict[str, float]:
-    """Mean loss, margin and reconstruction parts, and accuracy in percent, of Meters.totals()."""
-    loss, margin, reconstruction, n, errors, count = totals[:6].tolist()
-    return {"loss": loss / max(n, 1), "margin": margin / max(n, 1),
-            "reconstruction": reconstruction / max(n, 1),
-            "accuracy": 100.0 * (1.0 - errors / max(count, 1))}
+COUNTS = 7  # the numbers before the confusion matrix in Meters.totals()
+
+
+def summary_of(totals: Tensor, objects: int = 1) -> dict[str, float]:
+    """Mean loss, margin and reconstruction parts, and accuracy in percent, of Meters.totals();
+    for `objects` > 1 labels per example, accuracy is of whole examples (all labels right) and
+    at_least_one the percentage with at least one right."""
+    loss, margin, reconstruction, n, errors, count, partly = totals[:COUNTS].tolist()
+    summary = {"loss": loss / max(n, 1), "margin": margin / max(n, 1),
+               "reconstruction": reconstruction / max(n, 1),
+               "accuracy": 100.0 * (1.0 - errors / max(count, 1))}
+    if objects > 1:
+        summary["at_least_one"] = 100.0 * partly / max(count, 1)
+    return summary
 
 
 def confusion_of(totals: Tensor) -> Tensor:
     """The confusion matrix (rows: true class) of Meters.totals(), as int64."""
-    classes = int(round((totals.numel() - 6) ** 0.5))
-    return totals[6:].view(classes, classes).round().long()
+    classes = int(round((totals.numel() - COUNTS) ** 0.5))
+    return totals[COUNTS:].view(classes, classes).round().long()
+
+
+def accuracy_text(summary: dict[str, float]) -> str:
+    """The accuracy of a summary_of() in words: "accuracy 99.10%", or for two labels per
+    example "pair accuracy 94.80% (at least one right 99.90%)"."""
+    if "at_least_one" in summary:
+        return (f"pair accuracy {summary['accuracy']:.2f}% "
+                f"(at least one right {summary['at_least_one']:.2f}%)")
+    return f"accuracy {summary['accuracy']:.2f}%"

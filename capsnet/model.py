@@ -130,8 +130,9 @@ class Decoder(nn.Module):
         )
 
     def forward(self, poses: Tensor, mask: Tensor) -> Tensor:
-        masked = (poses * mask.unsqueeze(-1)).flatten(1)  # (B, classes*class_dim)
-        return self.layers(masked).view(-1, *self.image_shape)
+        """poses (..., classes, class_dim) and mask (..., classes) -> images (..., C, H, W)."""
+        masked = (poses * mask.unsqueeze(-1)).flatten(-2)  # (..., classes*class_dim)
+        return self.layers(masked).view(*masked.shape[:-1], *self.image_shape)
 
 
 def official_init(model: nn.Module) -> None:
@@ -148,7 +149,7 @@ def official_init(model: nn.Module) -> None:
 class CapsNetOutput(NamedTuple):
     lengths: Tensor  # (B, classes): capsule lengths, the class probabilities
     poses: Tensor  # (B, classes, 16): the digit capsules v_j
-    reconstructions: Tensor  # like the input images, in [0, 1]
+    reconstructions: Tensor  # like the input images, in [0, 1]; (B, K, C, H, W) for K digits
     coupling: Tensor | None = None  # (B, classes, in_caps): c_ij of the last routing iteration
 
 
@@ -193,16 +194,30 @@ class CapsNet(nn.Module):
         out = spectral.conv1_primary(images, self.conv1, self.primary.conv)  # (B, 6, 6, 256)
         return self.primary.capsules(out)
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
-        """Mask the decoder with `labels` (class indices) when given, else the predicted class."""
+    def forward(self, images: Tensor, labels: Tensor | None = None,
+                objects: int = 1) -> CapsNetOutput:
+        """Mask the decoder with `labels` when given: (B,) class indices, or (B, K) for one
+        reconstruction per digit (MultiMNIST). Without labels: the predicted class, or with
+        `objects` K > 1 the K longest capsules, in ascending class order."""
         u = self.primary_capsules(images)  # (B, 1152, 8)
         poses, coupling = self.digits(u)  # (B, classes, 16), (B, classes, 1152)
         lengths = torch.linalg.vector_norm(poses, dim=-1)  # (B, classes)
-        chosen = labels if labels is not None else lengths.argmax(dim=1)
+        chosen = labels if labels is not None else predict(lengths, objects)
         return CapsNetOutput(lengths, poses, self.reconstruct(poses, chosen), coupling)
 
     def reconstruct(self, poses: Tensor, classes: Tensor) -> Tensor:
         """The decoder's image from the capsule of class classes[b] of each example: poses
-        (B, classes, 16), classes (B,) -> (B, C, H, W). Any poses will do: perturbed ones too."""
-        mask = F.one_hot(classes, self.num_classes).to(poses.dtype)  # (B, classes)
+        (B, classes, 16), classes (B,) -> (B, C, H, W), or classes (B, K) -> (B, K, C, H, W).
+        Any poses will do: perturbed ones too."""
+        mask = F.one_hot(classes, self.num_classes).to(poses.dtype)  # (B, [K,] classes)
+        if classes.dim() == 2:
+            poses = poses.unsqueeze(1)  # (B, 1, classes, 16): the same capsules for each digit
         return self.decoder(poses, mask)
+
+
+def predict(lengths: Tensor, objects: int = 1) -> Tensor:
+    """The predicted class of each example, (B,); for `objects` > 1 the classes of the longest
+    `objects` capsules in ascending order, (B, objects)."""
+    if objects == 1:
+        return lengths.argmax(dim=1)
+    return lengths.topk(objects, dim=1).indices.sort(dim=1).values

@@ -123,7 +123,8 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS)
+        extra = [k for k in (rows[0] if rows else {}) if k not in COLUMNS]  # e.g. MultiMNIST's
+        writer = csv.DictWriter(text, COLUMNS + tuple(extra))
         writer.writeheader()
         writer.writerows(rows)
         write_file(self.metrics, text.getvalue().encode())

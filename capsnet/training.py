@@ -19,7 +19,9 @@ from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
-from .meters import Meters, confusion_of, summary_of
+from .data import Sample
+from .datasets import DATASETS
+from .meters import Meters, accuracy_text, confusion_of, summary_of
 from .model import CapsNet, CapsNetOutput
 from .rundir import RunDir
 from .storage import WriteError
@@ -32,19 +34,21 @@ class Step(NamedTuple):
 
 
 def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, autocast: Autocast,
-                 train: bool) -> Callable[[tuple], tuple[Tensor, Step]]:
-    """The Engine's network function: the decoder is masked by the labels in training only."""
-    def step(sample: tuple[Tensor, Tensor]) -> tuple[Tensor, Step]:
-        images, labels = sample
+                 train: bool) -> Callable[[Sample], tuple[Tensor, Step]]:
+    """The Engine's network function: the decoder is masked by the labels in training, by the
+    predicted classes (as many as the labels) at test."""
+    def step(sample: Sample) -> tuple[Tensor, Step]:
+        images, labels, targets = sample
+        objects = labels.shape[1] if labels.dim() == 2 else 1
         with autocast():
-            output = network(images, labels if train else None)
-            parts = criterion.parts(images, labels, output)
+            output = network(images, labels if train else None, objects)
+            parts = criterion.parts(targets, labels, output)
         return parts.total, Step(output, parts)
     return step
 
 
 def add_to_meters(meters: Meters, state: dict) -> None:
-    _, labels = state["sample"]
+    labels = state["sample"].labels
     step: Step = state["output"]
     meters.add(step.output.lengths, labels, step.parts.margin, step.parts.reconstruction)
 
@@ -55,6 +59,7 @@ class Evaluator:
 
     def __init__(self, parts: RunParts) -> None:
         self.model, self.batches, self.world = parts.model, parts.test_batches, parts.world
+        self.objects = parts.objects
         self.step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
         self.meters = Meters(len(parts.classes))
         self.confusion = np.zeros((len(parts.classes),) * 2, dtype=np.int64)  # rows: true class
@@ -75,7 +80,7 @@ class Evaluator:
             bar.close()
         totals = self.world.sum(self.meters.totals())
         self.confusion = confusion_of(totals).numpy()
-        return summary_of(totals)
+        return summary_of(totals, self.objects)
 
 
 class Diverged(UserError):
@@ -108,7 +113,7 @@ class Trainer:
         self.autocast, self.criterion = parts.autocast, parts.criterion
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
         self.generator, self.classes, self.model_args = parts.generator, parts.classes, parts.model_args
-        self.train_batches = parts.train_batches
+        self.train_batches, self.objects = parts.train_batches, parts.objects
         self.evaluator = Evaluator(parts)
         self.meters = Meters(len(self.classes))
         self.running = self.meters.totals()  # this epoch's totals over all processes, so far
@@ -208,7 +213,7 @@ class Trainer:
         add_to_meters(self.meters, state)
         if self.logs_after(self.batch + 1):
             self.flush_meters(in_batch=True)
-            summary = summary_of(self.running)
+            summary = summary_of(self.running, self.objects)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{summary['loss']:.4f}",
                                      acc=f"{summary['accuracy']:.2f}%", refresh=False)
@@ -239,7 +244,7 @@ class Trainer:
         trained = (self.batch - self.first_batch) * self.cfg.batch_size * self.world.size
         lr = self.optimizer.param_groups[0]["lr"]
         self.flush_meters()
-        train = summary_of(self.running)
+        train = summary_of(self.running, self.objects)
         test = self.evaluator.run()
         self.epoch, self.batch = state["epoch"], 0
         self.epoch_rng = self.generator.get_state()
@@ -258,8 +263,8 @@ class Trainer:
         self.save(self.run.last)
         state["metrics"] = row
         self.say(f"epoch {self.epoch}/{state['maxepoch']}  "
-                 f"train loss {train['loss']:.4f} acc {train['accuracy']:.2f}%  "
-                 f"test loss {test['loss']:.4f} acc {test['accuracy']:.2f}%{' *' if best else ''}  "
+                 f"train loss {train['loss']:.4f} {accuracy_text(train)}  "
+                 f"test loss {test['loss']:.4f} {accuracy_text(test)}{' *' if best else ''}  "
                  f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
 
     def save(self, path: Path) -> None:
@@ -342,9 +347,11 @@ class Trainer:
 
 
 def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...], allow: bool) -> None:
-    """A checkpoint is used on the dataset it was trained on, unless `allow` says otherwise."""
+    """A checkpoint is used on the dataset it was trained on, or on one that declares it tests
+    that dataset's checkpoints (affNIST: mnist40), unless `allow` says otherwise."""
     saved = checkpoint["config"].get("dataset")
-    if allow or (saved == cfg.dataset and tuple(checkpoint["classes"]) == tuple(classes)):
+    fits = saved == cfg.dataset or saved in DATASETS[cfg.dataset].tests
+    if allow or (fits and tuple(checkpoint["classes"]) == tuple(classes)):
         return
     raise UserError(f"the checkpoint was trained on {saved} (classes "
                     f"{', '.join(checkpoint['classes'])}), not on {cfg.dataset} (classes "
@@ -359,8 +366,9 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> CapsNetOutput:
-        outputs = [member(images, labels) for member in self.members]
+    def forward(self, images: Tensor, labels: Tensor | None = None,
+                objects: int = 1) -> CapsNetOutput:
+        outputs = [member(images, labels, objects) for member in self.members]
         lengths = torch.stack([output.lengths for output in outputs]).mean(dim=0)
         return outputs[0]._replace(lengths=lengths)
 

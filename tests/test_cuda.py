@@ -88,7 +88,7 @@ def test_the_batches_on_the_gpu_are_those_on_the_cpu(data_root):
 
     def batches(device: str) -> list:
         g = torch.Generator().manual_seed(3)
-        return [(x.cpu(), y.cpu()) for x, y in Batches(split.to(torch.device(device)), 32,
+        return [(x.cpu(), y.cpu()) for x, y, _ in Batches(split.to(torch.device(device)), 32,
                                                        shuffle=True, shift=2, generator=g)]
     for (x_gpu, y_gpu), (x_cpu, y_cpu) in zip(batches("cuda"), batches("cpu"), strict=True):
         assert torch.equal(x_gpu, x_cpu) and torch.equal(y_gpu, y_cpu)

@@ -56,16 +56,16 @@ def split_of(count: int) -> Split:
 def test_shuffled_batches_cover_every_example_once_per_pass():
     batches = Batches(split_of(50), 16, shuffle=True, generator=torch.Generator().manual_seed(0))
     assert len(batches) == 4
-    seen = torch.cat([labels for _, labels in batches])
+    seen = torch.cat([sample.labels for sample in batches])
     assert sorted(seen.tolist()) == list(range(50)) and seen.tolist() != list(range(50))
-    images, labels = next(iter(batches))
+    images, labels, _ = next(iter(batches))
     assert images.dtype == torch.float32 and images.max() <= 1
     assert torch.allclose(images[:, 0, 5, 5] * 255, labels.float())
 
 
 def test_unshuffled_unshifted_batches_are_the_images_in_order():
     batches = Batches(split_of(10), 4)
-    labels = torch.cat([labels for _, labels in batches])
+    labels = torch.cat([sample.labels for sample in batches])
     assert labels.tolist() == list(range(10)) and len(batches) == 3
 
 
@@ -88,7 +88,7 @@ def test_training_shifts_stay_within_two_pixels_and_differ_per_image():
     split = Split(image.expand(200, 1, 28, 28).contiguous(), torch.zeros(200, dtype=torch.long),
                   tuple("0123456789"))
     batches = Batches(split, 200, shuffle=True, shift=2, generator=torch.Generator().manual_seed(0))
-    images, _ = next(iter(batches))
+    images = next(iter(batches)).images
     rows = images[:, 0].sum(dim=2).argmax(dim=1) - 12  # top row of the block moved by dy
     cols = images[:, 0].sum(dim=1).argmax(dim=1) - 12
     assert rows.min() == -2 and rows.max() == 2 and cols.min() == -2 and cols.max() == 2
@@ -99,10 +99,10 @@ def test_crops_are_random_in_training_and_central_at_test():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     split = Split(images, torch.arange(20) % 10, tuple("0123456789"))
-    test_images, _ = next(iter(Batches(split, 20, crop=24)))
+    test_images, _, _ = next(iter(Batches(split, 20, crop=24)))
     assert torch.equal(test_images, images[:, :, 4:28, 4:28].float() / 255)
     train = Batches(split, 20, shuffle=True, crop=24, generator=g)
-    crops, labels = next(iter(train))
+    crops, labels, _ = next(iter(train))
     assert crops.shape == (20, 3, 24, 24)
     places = set()
     for crop, label in zip(crops, labels):

@@ -4,6 +4,11 @@ Adding a dataset is an entry here plus a module with
 `read(folder: Path, train: bool, entry: Dataset, image_size: int) -> (images, labels, classes)`:
 images (N, C, H, W) uint8, labels (N,) int64, classes a tuple of names. This module imports no
 torch, so the settings can list the names cheaply.
+
+Datasets made from another's files say how: `canvas` places `objects` digits at random on a
+black canvas, afresh in every training pass and from a fixed seed for the test set
+(capsnet.datasets.canvas: mnist40, MultiMNIST); `transform` names a module whose
+`make(split) -> Split` turns the files' split into this dataset once (the affine stand-in).
 """
 from __future__ import annotations
 
@@ -22,15 +27,35 @@ class Dataset:
     classes: tuple[str, ...] = ()  # () : named by the files (the folder dataset)
     download: str = ""  # the torchvision dataset class that downloads the files, if any
     about: str = ""  # one line for the README and --help
+    canvas: int = 0  # > 0: examples made by placing digits on a canvas of this side
+    objects: int = 1  # digits (labels) per example
+    transform: str = ""  # module of capsnet.datasets whose make(split) gives this dataset
+    tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
 
     def files(self, train: bool) -> tuple[str, ...]:
         return self.train_files if train else self.test_files
 
 
+MNIST_FILES = ("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+AFFNIST_URL = "https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip"
+
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("mnist", "idx", "MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-            ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), DIGITS, "MNIST",
+    Dataset("mnist", "idx", *MNIST_FILES, DIGITS, "MNIST",
             "handwritten digits, 1x28x28, 60,000 + 10,000"),
+    Dataset("mnist40", "idx", *MNIST_FILES, DIGITS, "MNIST",
+            "MNIST digits each at a uniformly random place on a black 1x40x40 canvas (the paper's "
+            "expanded MNIST, for affNIST)", canvas=40),
+    Dataset("multimnist", "idx", *MNIST_FILES, DIGITS, "MNIST",
+            "two MNIST digits of different classes, each shifted up to 4 px, overlaid on 1x36x36; "
+            "made on the fly", canvas=36, objects=2),
+    Dataset("affnist", "affnist", "affNIST", (), ("test.mat",), DIGITS, AFFNIST_URL,
+            "affNIST's test set: the 10,000 MNIST test digits under random affine transforms, "
+            "1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",)),
+    Dataset("mnist-affine-standin", "idx", "MNIST/raw", (), MNIST_FILES[2], DIGITS, "MNIST",
+            "NOT affNIST: MNIST test digits under seeded random affine transforms in affNIST's "
+            "ranges, 1x40x40, for use offline (test only)", transform="affine",
+            tests=("mnist40",)),
     Dataset("fashion-mnist", "idx", "FashionMNIST/raw",
             ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
             ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
