@@ -273,11 +273,12 @@ def figure_routing(ctx: Context) -> Any:
                              figsize=(1.3 * (1 + len(classes)), 1.5 * len(index)), squeeze=False)
     for row, k in enumerate(index.tolist()):
         image = pred.images[k]
-        axes[row, 0].imshow(image.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0,
+                            vmax=1)
         axes[row, 0].set_title(f"input ({names_of(pred.labels[k], classes)})", fontsize=8)
         low, high = float(maps[row].min()), float(maps[row].max())  # one scale per input
         for j in range(len(classes)):
-            axes[row, 1 + j].imshow(maps[row, j], cmap="viridis", vmin=low, vmax=high)
+            axes[row, 1 + j].imshow(maps[row, j].numpy(), cmap="viridis", vmin=low, vmax=high)
             axes[row, 1 + j].set_title(classes[j], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -295,8 +296,9 @@ def figure_lengths(ctx: Context) -> Any:
     right = pred.right
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = torch.linspace(0, 1, 41).numpy()
-    ax.hist(winning[right].numpy(), bins=bins, alpha=0.7, label=f"correct ({int(right.sum())})",
-            density=True)
+    if right.any():
+        ax.hist(winning[right].numpy(), bins=bins, alpha=0.7,
+                label=f"correct ({int(right.sum())})", density=True)
     if (~right).any():
         ax.hist(winning[~right].numpy(), bins=bins, alpha=0.7,
                 label=f"wrong ({int((~right).sum())})", density=True)

@@ -217,7 +217,8 @@ class CapsNet(nn.Module):
 
 def predict(lengths: Tensor, objects: int = 1) -> Tensor:
     """The predicted class of each example, (B,); for `objects` > 1 the classes of the longest
-    `objects` capsules in ascending order, (B, objects)."""
+    `objects` capsules in ascending order, (B, objects). Equal lengths go to the lower class."""
     if objects == 1:
-        return lengths.argmax(dim=1)
-    return lengths.topk(objects, dim=1).indices.sort(dim=1).values
+        return lengths.argmax(dim=1)  # the first of equal maxima
+    longest = lengths.argsort(dim=1, descending=True, stable=True)[:, :objects]
+    return longest.sort(dim=1).values

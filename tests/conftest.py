@@ -88,7 +88,7 @@ def fast_network(model):
     from capsnet.model import CapsNetOutput
     weight = model.decoder.layers[0].bias
 
-    def network(images, labels=None):
+    def network(images, labels=None, objects=1):
         batch = images.shape[0]
         lengths = torch.sigmoid(weight[:10]).expand(batch, 10)
         poses = weight[:16].expand(batch, 10, 16)
