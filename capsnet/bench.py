@@ -1,7 +1,8 @@
-"""Training and evaluation speed of CapsNet on MNIST-shaped data.
+"""Training and evaluation speed of CapsNet on random data shaped like a dataset's.
 
 python -m capsnet.bench [--device cpu|cuda] [--batch-size N] [--precision fp32|tf32|bf16]
-                        [--compile] [--json PATH]
+                        [--compile] [--dataset NAME] [--preset NAME] [--conv1-channels N ...]
+                        [--json PATH]
 
 Rates are the median of --repeats timed passes. Training images/s cover the forward pass,
 backward pass and optimizer step of train.py, run by the same torchnet Engine and fed by the same
@@ -12,6 +13,7 @@ share of each batch, as train.py does, and the rates are those of all processes 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -36,14 +38,18 @@ from .storage import write_file
 from .training import forward_step
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+NETWORK = ("dataset", "image_size", "crop", "conv1_channels", "primary_types", "primary_dim",
+           "class_dim", "leaky_routing", "routing_iterations")  # settings the bench takes
 
 
-def synthetic_split(count: int, seed: int) -> Split:
-    """MNIST-shaped random images and labels, on the CPU."""
+def synthetic_split(count: int, seed: int, dataset: str = "mnist", image_size: int = 28) -> Split:
+    """Random images and labels shaped like the dataset's files (the folder dataset: 3 channels
+    of image_size), ten classes, on the CPU."""
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=g)
+    shape = DATASETS[dataset].shape or (3, image_size, image_size)
+    images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (count,), generator=g)
-    return Split(images, labels, DATASETS["mnist"].classes)
+    return Split(images, labels, DATASETS[dataset].classes or DATASETS["mnist"].classes)
 
 
 def sync(device: torch.device, world: World) -> None:
@@ -86,16 +92,23 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(device_choice: str, batch_size: int, precision: str, compile: bool,
-        steps: int, warmup: int, repeats: int) -> dict[str, Any]:
+        steps: int, warmup: int, repeats: int, network: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+    """`network`: Config settings of the dataset and network (dataset, widths, crop, ...)."""
     from config import Config
-    cfg = Config(batch_size=batch_size, precision=precision, compile=compile, device=device_choice,
-                 shift=2)
+    cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
+                 compile=compile, device=device_choice)
+    if not DATASETS[cfg.dataset].train_files:
+        raise UserError(f"--dataset {cfg.dataset} is a test set only: nothing to train on")
+
+    def split(count: int, seed: int) -> Split:
+        return synthetic_split(count, seed, cfg.dataset, cfg.image_size)
     probe = resolve_device(device_choice)
     full = probe.type == "cuda"
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     train_count = TRAIN_IMAGES if full else steps * batch_size * processes
     test_count = TEST_IMAGES if full else steps * batch_size * processes
-    parts = build_run(cfg, splits=(synthetic_split(train_count, 1), synthetic_split(test_count, 0)))
+    parts = build_run(cfg, splits=(split(train_count, 1), split(test_count, 0)))
     device, world, model = parts.device, parts.world, parts.model
     train_step = forward_step(parts.train_network, parts.criterion, parts.autocast, train=True)
     eval_step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
@@ -114,8 +127,8 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         return len(source.split)
 
     warm = warmup * batch_size * processes
-    train(parts.batches(synthetic_split(warm, 1), True))
-    evaluate(parts.batches(synthetic_split(warm, 0), False))
+    train(parts.batches(split(warm, 1), True))
+    evaluate(parts.batches(split(warm, 0), False))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
@@ -126,13 +139,20 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device), "processes": world.size, "batch_size": batch_size,
         "precision": precision, "compile": compile, "repeats": repeats,
+        "dataset": cfg.dataset, "parameters": sum(p.numel() for p in model.parameters()),
+        "network": {k: getattr(cfg, k) for k in NETWORK},
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "main": world.main,
     }
 
 
 def report(result: dict[str, Any]) -> str:
     how = "measured" if result["epoch_measured"] else "extrapolated"
+    shown = {k: v for k, v in result["network"].items()  # the image size: the folder's only
+             if k != "dataset" and (k != "image_size" or result["dataset"] == "folder")}
+    network = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items())
     rows = [("device", result["device"]), ("processes", result["processes"]),
+            ("data", f"{result['dataset']}-shaped, random"),
+            ("network", f"{network}; {result['parameters']:,} parameters"),
             ("batch size (per process)", result["batch_size"]),
             ("precision", result["precision"] + (" + compile" if result["compile"] else "")),
             ("timed passes (median)", result["repeats"]),
@@ -146,6 +166,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from config import PRESETS, Config, flag
     parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -157,13 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed passes; the median rate is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a dataset's network, as "
+                        "train.py's --preset (flags given win)")
+    for name in NETWORK:
+        default = getattr(Config, name)
+        kind = ({"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else
+                {"type": type(default), "choices": tuple(DATASETS) if name == "dataset" else None})
+        parser.add_argument(flag(name), dest=name, help=f"as train.py's (default: {default!r})",
+                            **kind)
     args = parser.parse_args(argv)
+    network = {**PRESETS.get(args.preset, {}),
+               **{k: v for k in NETWORK if (v := getattr(args, k)) is not None}}
 
     def work() -> None:
         if min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
-                     args.steps, args.warmup, args.repeats)
+                     args.steps, args.warmup, args.repeats, network)
         if result.pop("main"):
             print(report(result))
             if args.json:

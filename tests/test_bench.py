@@ -21,3 +21,19 @@ def test_bench_measures_and_writes_json(tmp_path, capsys):
 def test_bench_rejects_bad_counts(capsys):
     assert bench.main(["--device", "cpu", "--steps", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --steps, --repeats and --batch-size must be")
+
+
+def test_bench_takes_a_dataset_shape_and_a_preset_network(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                       "--repeats", "1", "--preset", "svhn", "--class-dim", "4",
+                       "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "svhn"
+    assert result["network"]["conv1_channels"] == 64 and result["network"]["class_dim"] == 4
+    # conv1 3*64*81+64, primary 64*96*81+96, W (16*8*8 capsules)*10*4*6,
+    # decoder 40*512+512, 512*1024+1024, 1024*3072+3072
+    assert result["parameters"] == 15616 + 497760 + 245760 + 20992 + 525312 + 3148800
+    assert "svhn-shaped" in capsys.readouterr().out
+    assert bench.main(["--device", "cpu", "--dataset", "affnist"]) == 2
+    assert "test set only" in capsys.readouterr().err

@@ -31,6 +31,7 @@ class Dataset:
     objects: int = 1  # digits (labels) per example
     transform: str = ""  # module of capsnet.datasets whose make(split) gives this dataset
     tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
+    shape: tuple[int, int, int] = (1, 28, 28)  # of the files' images; () : as they come (folder)
 
     def files(self, train: bool) -> tuple[str, ...]:
         return self.train_files if train else self.test_files
@@ -51,7 +52,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             "made on the fly", canvas=36, objects=2),
     Dataset("affnist", "affnist", "affNIST", (), ("test.mat",), DIGITS, AFFNIST_URL,
             "affNIST's test set: the 10,000 MNIST test digits under random affine transforms, "
-            "1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",)),
+            "1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",),
+            shape=(1, 40, 40)),
     Dataset("mnist-affine-standin", "idx", "MNIST/raw", (), MNIST_FILES[2], DIGITS, "MNIST",
             "NOT affNIST: MNIST test digits under seeded random affine transforms in affNIST's "
             "ranges, 1x40x40, for use offline (test only)", transform="affine",
@@ -64,10 +66,10 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("cifar10", "cifar", "cifar-10-batches-py",
             tuple(f"data_batch_{k}" for k in range(1, 6)) + ("batches.meta",),
             ("test_batch", "batches.meta"), (), "CIFAR10",
-            "photos of 10 classes, 3x32x32, 50,000 + 10,000"),
+            "photos of 10 classes, 3x32x32, 50,000 + 10,000", shape=(3, 32, 32)),
     Dataset("svhn", "svhn", "SVHN", ("train_32x32.mat",), ("test_32x32.mat",), DIGITS, "SVHN",
-            "house-number digits from Street View, 3x32x32, 73,257 + 26,032"),
+            "house-number digits from Street View, 3x32x32, 73,257 + 26,032", shape=(3, 32, 32)),
     Dataset("folder", "folder", "", ("train",), ("test",), (), "",
             "your own images: DIR/train/<class>/* and DIR/test/<class>/*, resized to "
-            "--image-size"),
+            "--image-size", shape=()),
 )}

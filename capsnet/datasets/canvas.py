@@ -55,7 +55,7 @@ class CanvasBatches(Batches):
         """For each first digit, K-1 more of classes not yet in its example: (N, K-1)."""
         labels = self.split.labels.cpu()
         chosen = [order]
-        for _ in range(self.objects - 1):
+        for _ in range(self.objects - 1 if len(order) else 0):
             pick = torch.randint(0, len(order), (len(order),), generator=generator)
             clash = torch.zeros(len(order), dtype=torch.bool)
             for earlier in chosen:
