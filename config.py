@@ -70,6 +70,10 @@ class Config:
                              PRECISIONS)
     compile: bool = setting(False, "torch.compile the model (falls back to eager with a warning)")
     threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    memory_check: bool = setting(os.environ.get("CAPSNET_MEMORY_CHECK", "1") != "0",
+                                 "before training, measure a step's memory in a separate process "
+                                 "and stop if the batch does not fit (env CAPSNET_MEMORY_CHECK=0: "
+                                 "off)")
     seed: int = setting(0, "random seed for weights, shuffling and shifts")
     run_dir: str = setting("", "directory for metrics.csv and checkpoints (empty: runs/<timestamp>)")
     log_every: int = setting(20, "batches between progress-bar updates")

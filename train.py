@@ -98,9 +98,12 @@ def start(cfg: Config, run, trainer, resume: str | None) -> None:
     processes = (f"{world.size} processes, global batch {world.size * cfg.batch_size}; "
                  if world.distributed else "")
     resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
+    footprint = trainer.parts.footprint
+    memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB; "
+              if footprint else "")
     print(f"capsnet: {trainer.train_images} train / "
           f"{len(trainer.evaluator.batches.split)} test images of {cfg.dataset}, "
-          f"{trainer.parameter_count:,} parameters, on {trainer.device}; {processes}"
+          f"{trainer.parameter_count:,} parameters, on {trainer.device}; {processes}{memory}"
           f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in trainer.notes)
           + f"; run directory {run.path}", flush=True)

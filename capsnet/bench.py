@@ -33,6 +33,7 @@ from .data import Batches, Split
 from .datasets import DATASETS
 from .distributed import World
 from .errors import UserError
+from .footprint import measure, spec_of
 from .hooks import subscribe
 from .storage import write_file
 from .training import forward_step
@@ -92,8 +93,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(device_choice: str, batch_size: int, precision: str, compile: bool,
-        steps: int, warmup: int, repeats: int, network: dict[str, Any] | None = None
-        ) -> dict[str, Any]:
+        steps: int, warmup: int, repeats: int, network: dict[str, Any] | None = None,
+        footprint: bool = False) -> dict[str, Any]:
     """`network`: Config settings of the dataset and network (dataset, widths, crop, ...)."""
     from config import Config
     cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
@@ -133,8 +134,10 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         torch.cuda.reset_peak_memory_stats(device)
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
     eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
+    estimate = (measure(spec_of(cfg, parts.model_args, parts.objects, device)).of(batch_size)
+                / 2 ** 20 if footprint else None)
     return {
-        "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
+        "train_images_per_s": train_rate, "estimated_memory_mb": estimate, "eval_images_per_s": eval_rate,
         "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device), "processes": world.size, "batch_size": batch_size,
@@ -160,6 +163,8 @@ def report(result: dict[str, Any]) -> str:
             ("eval images/s", f"{result['eval_images_per_s']:.1f}"),
             (f"epoch seconds ({how})", f"{result['epoch_seconds']:.1f}"),
             ("peak memory MB", f"{result['peak_memory_mb']:.0f}"),
+            *([("memory check's estimate MB", f"{result['estimated_memory_mb']:.0f}")]
+              if result["estimated_memory_mb"] is not None else []),
             ("vs 2-minute reference epoch", f"{120 / result['epoch_seconds']:.2f}x")]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed passes; the median rate is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--footprint", action="store_true", help="also run train.py's memory "
+                        "check for this batch, to compare its estimate with the measured peak")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a dataset's network, as "
                         "train.py's --preset (flags given win)")
     for name in NETWORK:
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
-                     args.steps, args.warmup, args.repeats, network)
+                     args.steps, args.warmup, args.repeats, network, args.footprint)
         if result.pop("main"):
             print(report(result))
             if args.json:

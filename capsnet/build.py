@@ -17,6 +17,8 @@ from .datasets import DATASETS
 from .datasets.canvas import CanvasBatches
 from .distributed import World
 from .errors import UserError
+from .footprint import Footprint, spec_of
+from .footprint import check as check_footprint
 from .loss import CapsuleLoss
 from .model import CapsNet, CapsNetOutput
 
@@ -118,6 +120,7 @@ class RunParts:
     classes: tuple[str, ...]
     train_batches: Batches | None
     test_batches: Batches
+    footprint: Footprint | None = None  # a training step's measured memory, when checked
 
     @property
     def objects(self) -> int:
@@ -156,6 +159,9 @@ def build_run(cfg: Any, train: bool = True,
                              cfg.image_size))
     train_split, test_split = splits
     args = model_args(cfg, train_split or test_split)
+    objects = DATASETS[cfg.dataset].objects
+    footprint = (check_footprint(spec_of(cfg, args, objects, device), cfg.batch_size, device)
+                 if train and cfg.memory_check else None)
     model = CapsNet(**args).to(device)
     eval_network = compile_model(model, cfg.compile)
     train_network = eval_network
@@ -166,7 +172,7 @@ def build_run(cfg: Any, train: bool = True,
     optimizer, scheduler = make_optimizer(model, cfg)
     parts = RunParts(cfg, world, device, model, train_network, eval_network, make_criterion(cfg),
                      configure_precision(cfg.precision, device), optimizer, scheduler, generator,
-                     args, test_split.classes, None, None)  # type: ignore[arg-type]
+                     args, test_split.classes, None, None, footprint)  # type: ignore[arg-type]
     parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
     parts.test_batches = parts.batches(test_split, False)
     return parts

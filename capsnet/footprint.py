@@ -1,0 +1,162 @@
+"""The memory a training step needs, measured before training so that a batch too large for the
+device stops at once with a batch size that fits, not with an out-of-memory crash hours in.
+
+A fresh Python process (`python -m capsnet.footprint SPEC`) builds the run's model and optimiser
+on the run's device: it takes one training step (forward, backward, Adam) on random data of the
+run's shape at the run's batch size or, above PROBE_MAX, at PROBE_MAX/2 and PROBE_MAX, and reports
+the peak memory after each: PyTorch's peak allocation on CUDA, the process's peak resident size on
+the CPU (which includes PyTorch itself, so the estimate errs on the high side). Beyond the probed
+sizes the peak is taken to grow linearly with the batch. On this project's 2-core CPU the estimate
+came within -7% to +12% of the peak that capsnet.bench measures for four shapes (BENCHMARKS.md).
+A separate process keeps the probe's memory out of the run's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+PROBE_MAX = 64  # the largest batch the probe runs
+HEADROOM = 0.9  # the estimate may use this share of what the device has free
+GiB = 2 ** 30
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Peak memory of a training step: `fixed` + `per_example` x batch, in bytes."""
+    fixed: float
+    per_example: float
+
+    def of(self, batch: int) -> float:
+        return self.fixed + self.per_example * batch
+
+    def largest_batch(self, available: float) -> int:
+        """The largest batch whose estimate fits in `available` bytes (0: none does)."""
+        if self.per_example <= 0:
+            return 0 if self.fixed > available else sys.maxsize
+        return max(0, int((available - self.fixed) // self.per_example))
+
+
+LOSS = ("m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe")
+
+
+def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device
+            ) -> dict[str, Any]:
+    """What the probe process needs to rebuild the run's training step."""
+    size = model_args["image_size"]
+    top = min(cfg.batch_size, PROBE_MAX)
+    return {"model_args": model_args, "shape": [model_args["in_channels"], size, size],
+            "batches": [max(1, top // 2), max(2, top)],
+            "objects": objects, "device": str(device), "precision": cfg.precision,
+            "threads": torch.get_num_threads(), "loss": {k: getattr(cfg, k) for k in LOSS}}
+
+
+def measure(spec: dict[str, Any]) -> Footprint:
+    """Run the probe in a fresh process; its peaks at PROBE_BATCHES give the line."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "capsnet.footprint", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    except subprocess.TimeoutExpired:
+        raise UserError("the memory check before training took over 10 minutes; pass "
+                        "--no-memory-check to skip it") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        if "out of memory" in last.lower() or done.returncode in (-9, 137):
+            raise UserError(f"a training step of batch {spec['batches'][0]} already runs out of "
+                            f"memory on {spec['device']} ({last}); use a smaller --batch-size, "
+                            "network or image size")
+        raise UserError(f"the memory check before training failed ({last}); pass "
+                        "--no-memory-check to skip it")
+    small, large = json.loads(lines[-1])
+    b1, b2 = spec["batches"]
+    per_example = max(0.0, (large - small) / (b2 - b1))
+    return Footprint(small - per_example * b1, per_example)
+
+
+def available(device: torch.device) -> float | None:
+    """Bytes free for a run on the device (None where it cannot be told): the GPU's free memory,
+    or the machine's MemAvailable shared by the processes of this machine."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return kib * 1024.0 / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def check(spec: dict[str, Any], batch_size: int, device: torch.device) -> Footprint | None:
+    """Stop with one line when a step of `batch_size` will not fit on the device, naming a batch
+    size that does. Returns the measured footprint (None where the free memory is unknown)."""
+    free = available(device)
+    if free is None:
+        return None
+    footprint = measure(spec)
+    need = footprint.of(batch_size)
+    if need <= HEADROOM * free:
+        return footprint
+    fits = footprint.largest_batch(HEADROOM * free)
+    shape = "x".join(map(str, spec["shape"]))
+    hint = (f"--batch-size {fits} or less fits" if fits >= 1
+            else "no batch fits: use a smaller network or image size")
+    raise UserError(f"a training step of batch {batch_size} on {shape} images needs about "
+                    f"{need / GiB:.1f} GiB, but {device} has {free / GiB:.1f} GiB free; {hint} "
+                    "(or pass --no-memory-check to try anyway)")
+
+
+def probe(spec: dict[str, Any]) -> list[float]:
+    """In the probe process: the peak memory after a training step at each of spec's batches."""
+    from .build import configure_precision, make_criterion
+    from .model import CapsNet
+    device = torch.device(spec["device"])
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = CapsNet(**spec["model_args"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    criterion = make_criterion(SimpleNamespace(**spec["loss"]))
+    autocast = configure_precision(spec["precision"], device)
+    classes, objects = spec["model_args"]["num_classes"], spec["objects"]
+    peaks = []
+    for batch in spec["batches"]:
+        images = torch.rand(batch, *spec["shape"], device=device)
+        labels = torch.stack([torch.randperm(classes, device=device)[:objects]
+                              for _ in range(batch)]).sort(dim=1).values
+        labels = labels[:, 0] if objects == 1 else labels
+        targets = images if objects == 1 else images[:, None].expand(-1, objects, -1, -1, -1)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with autocast():
+            loss = criterion(targets, labels, model(images, labels))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        peaks.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                     else peak_resident())
+    return peaks
+
+
+def peak_resident() -> float:
+    """This process's peak resident size in bytes: VmHWM on Linux, which a new program starts
+    afresh (ru_maxrss instead keeps the parent's peak across fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return 1024.0 * next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(json.loads(sys.argv[1]))))

@@ -1,0 +1,51 @@
+"""The memory check before training: a step measured in a separate process, and one line with a
+batch size that fits when the run's does not."""
+import pytest
+import torch
+
+from capsnet import footprint
+from capsnet.build import model_args
+from capsnet.errors import UserError
+from capsnet.footprint import Footprint
+from config import Config
+from conftest import run_main
+from test_experiments import noise_digits
+
+
+def test_the_line_through_two_measured_steps():
+    line = Footprint(fixed=100.0, per_example=10.0)
+    assert line.of(8) == 180.0
+    assert line.largest_batch(180.0) == 8 and line.largest_batch(189.9) == 8
+    assert line.largest_batch(99.0) == 0
+    assert Footprint(50.0, 0.0).largest_batch(60.0) > 10 ** 6
+
+
+def test_a_real_probe_grows_with_the_batch_and_names_a_batch_that_fits(monkeypatch):
+    cfg = Config(batch_size=8)
+    args = model_args(cfg, noise_digits(4))
+    spec = footprint.spec_of(cfg, args, 1, torch.device("cpu"))
+    assert spec["batches"] == [4, 8]
+    measured = footprint.measure(spec)
+    assert measured.fixed > 100 * 2 ** 20 and measured.per_example > 0  # PyTorch, then activations
+    free = measured.of(6) / footprint.HEADROOM  # room for a batch of 6, not of 8
+    monkeypatch.setattr(footprint, "available", lambda device: free)
+    with pytest.raises(UserError) as error:
+        footprint.check(spec, 8, torch.device("cpu"))
+    message = str(error.value)
+    assert "batch 8 on 1x28x28" in message and "\n" not in message
+    suggested = int(message.split("--batch-size ")[1].split()[0])
+    # the probe runs again in the check: its peaks vary by a few MB from run to run
+    assert suggested in (5, 6, 7)
+
+
+def test_train_py_stops_before_training_when_the_batch_does_not_fit(quick_args, monkeypatch,
+                                                                   capsys, tmp_path):
+    monkeypatch.setattr(footprint, "available", lambda device: 2.0 ** 20)  # 1 MiB free
+    code, err = run_main(quick_args + ["--memory-check", "--train-samples", "32",
+                                       "--test-samples", "16"], capsys)
+    assert code == 2 and "needs about" in err and "no batch fits" in err and "\n" not in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+    monkeypatch.setattr(footprint, "available", lambda device: 2.0 ** 40)
+    code, err = run_main(quick_args + ["--memory-check", "--train-samples", "32",
+                                       "--test-samples", "16"], capsys)
+    assert code == 0, err
