@@ -10,20 +10,15 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import Dataset
+from . import Dataset, matfile
 
 SIDE = 40
 
 
 def read(folder: Path, train: bool, entry: Dataset, image_size: int
          ) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    import scipy.io
-    from scipy.io.matlab import MatReadError
     path = folder / entry.files(train)[0]
-    try:
-        mat = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError, MatReadError) as error:
-        raise UserError(f"{path} is not a readable .mat file ({type(error).__name__})") from None
+    mat = matfile.load(path)
     data = mat.get("affNISTdata")
     names = (data.dtype.names or ()) if isinstance(data, np.ndarray) else ()
     if data is None or "image" not in names or "label_int" not in names or data.size != 1:

@@ -8,18 +8,13 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import Dataset
+from . import Dataset, matfile
 
 
 def read(folder: Path, train: bool, entry: Dataset, image_size: int
          ) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    import scipy.io
-    from scipy.io.matlab import MatReadError
     path = folder / entry.files(train)[0]
-    try:
-        mat = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError, MatReadError) as error:
-        raise UserError(f"{path} is not a readable .mat file ({type(error).__name__})") from None
+    mat = matfile.load(path)
     images, labels = mat.get("X"), mat.get("y")
     if (images is None or labels is None or images.ndim != 4 or images.shape[:3] != (32, 32, 3)
             or labels.size != images.shape[3]):
