@@ -197,10 +197,14 @@ def test_the_stand_in_is_seeded_affine_mnist_on_40x40(tmp_path):
     centred = torch.nn.functional.pad(plain.images, (6,) * 4)
     moved = [not torch.equal(a, b) for a, b in zip(first.images, centred)]
     assert all(moved)
-    # the linear parts stay in the documented ranges
-    linear = affine.transforms(torch.Generator().manual_seed(0), 2000)
+    fewer = load_split("mnist-affine-standin", str(root), False, False, limit=10)
+    assert torch.equal(fewer.images, first.images[:10])  # --test-samples: the same first images
+    # the linear parts stay in the documented ranges and reach their ends
+    linear = affine.transforms(affine.draws(5000))
     scale_x = linear[:, :, 0].norm(dim=1)  # |A e_x| = sx (rotation keeps lengths)
-    assert scale_x.min() >= 0.8 - 1e-9 and scale_x.max() <= 1.2 + 1e-9
+    assert 0.8 <= scale_x.min() < 0.81 and 1.19 < scale_x.max() <= 1.2
+    angle = torch.atan2(linear[:, 1, 0], linear[:, 0, 0]).rad2deg()  # A e_x = sx (cos, sin)
+    assert -20 <= angle.min() < -19.9 and 19.9 < angle.max() <= 20
 
 
 def test_multimnist_trains_evaluates_and_analyzes_through_train_py(tmp_path, capsys):

@@ -26,10 +26,6 @@ SCALE = (0.8, 1.2)
 CHUNK = 1000
 
 
-def uniform(generator: torch.Generator, count: int, low: float, high: float) -> Tensor:
-    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
-
-
 def ink_box(images: Tensor) -> Tensor:
     """The corners (x, y) of each image's ink (its non-zero pixels) bounding box, in pixels about
     the canvas centre: (N, 4, 2)."""
@@ -48,11 +44,19 @@ def ink_box(images: Tensor) -> Tensor:
     return corners - side / 2  # (N, 4, 2), about the centre
 
 
-def transforms(generator: torch.Generator, count: int) -> Tensor:
-    """Random linear parts A = rotation . shear . scale, (N, 2, 2) acting on (x, y)."""
-    angle = uniform(generator, count, -ROTATION, ROTATION)
-    shear = uniform(generator, count, -SHEAR, SHEAR)
-    sx, sy = uniform(generator, count, *SCALE), uniform(generator, count, *SCALE)
+def draws(count: int) -> Tensor:
+    """Six uniform numbers in [0, 1) per image, (N, 6), from the fixed seed: image i gets the same
+    six whatever N is, so the first images of a shorter set (--test-samples) are the same."""
+    return torch.rand(count, 6, generator=torch.Generator().manual_seed(SEED),
+                      dtype=torch.float64)
+
+
+def transforms(u: Tensor) -> Tensor:
+    """Linear parts A = rotation . shear . scale, (N, 2, 2) acting on (x, y), from draws()."""
+    angle = ROTATION * (2 * u[:, 0] - 1)
+    shear = SHEAR * (2 * u[:, 1] - 1)
+    sx, sy = (SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, k] for k in (2, 3))
+    count = len(u)
     cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros(count, dtype=torch.float64), \
         torch.ones(count, dtype=torch.float64)
     rotation = torch.stack([cos, -sin, sin, cos], dim=1).view(-1, 2, 2)
@@ -66,12 +70,12 @@ def make(split: Split) -> Split:
     pad = (SIDE - split.images.shape[-1]) // 2
     canvas = F.pad(split.images, (pad,) * 4)  # (N, 1, 40, 40) uint8
     count = len(split)
-    generator = torch.Generator().manual_seed(SEED)
-    linear = transforms(generator, count)  # (N, 2, 2)
+    u = draws(count)
+    linear = transforms(u)  # (N, 2, 2)
     moved = ink_box(canvas) @ linear.transpose(1, 2)  # (N, 4, 2): the ink box transformed
     low = -SIDE / 2 - moved.min(dim=1).values  # translations that keep the ink inside
     high = SIDE / 2 - moved.max(dim=1).values
-    fraction = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    fraction = u[:, 4:]  # (N, 2): where in the allowed range
     shift = torch.where(low <= high, low + fraction * (high - low), 0.0)  # (N, 2) pixels
     inverse = torch.linalg.inv(linear)  # the sampling grid maps output to input pixels
     theta = torch.cat([inverse, -(inverse @ (shift * 2 / SIDE)[..., None])], dim=2)
