@@ -190,3 +190,28 @@ def test_live_points_follow_fast_batches(server, data_root, tmp_path):
     trainer.fit()
     xs = traces(server.port, "fast", "loss")["train"]
     assert xs == pytest.approx([k * 8 / 96 for k in range(1, 13)])  # one point per 8 batches
+
+
+def test_multimnist_dashboard_shows_pair_accuracy_and_two_colour_reconstructions(server, tmp_path,
+                                                                                 capsys):
+    import base64
+    import io
+    from PIL import Image
+    from conftest import write_dataset
+    root = write_dataset(tmp_path / "data", train=32, test=16)
+    args = ["--dataset", "multimnist", "--data-dir", str(root), "--no-download", "--batch-size",
+            "16", "--threads", "2", "--run-dir", str(tmp_path / "run")]
+    assert train.main(dashboard_args(args, server.port, "pairs", epochs=1)) == 0
+    accuracy = window(server.port, "pairs", "accuracy")
+    assert accuracy["title"] == "Pair accuracy (both digits right)"
+    names = {t["name"] for t in accuracy["content"]["data"]}
+    assert "test, at least one right" in names
+    heatmap = window(server.port, "pairs", "confusion")["content"]["data"][0]
+    assert sum(map(sum, heatmap["z"])) == 2 * 16  # each digit of the 16 test pairs
+    rebuilt = window(server.port, "pairs", "reconstructions")
+    assert "red and green" in rebuilt["title"]
+    png = base64.b64decode(rebuilt["content"]["src"].split(",", 1)[1])
+    pixels = Image.open(io.BytesIO(png)).convert("RGB")
+    red, green, blue = (channel.getextrema()[1] for channel in pixels.split())
+    assert red > 0 and green > 0  # the two digits in their own colours
+    assert "warning" not in capsys.readouterr().err
