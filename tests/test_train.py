@@ -157,12 +157,14 @@ def interrupted_then_resumed(quick_args: list[str], run: Path, monkeypatch, when
     assert train.main(["--resume", str(run / "last.pt"), "--data-dir", data]) == 0
 
 
-@pytest.mark.parametrize("where, when", [
-    ("mid-epoch", lambda state: state["train"] and state["t"] == 4),  # epoch 2, batch 2
-    ("test pass", lambda state: not state["train"]),  # epoch 1's
+@pytest.mark.parametrize("where, when, dataset", [
+    ("mid-epoch", lambda state: state["train"] and state["t"] == 4, "mnist"),  # epoch 2, batch 2
+    ("test pass", lambda state: not state["train"], "mnist"),  # epoch 1's
+    ("mid-epoch", lambda state: state["train"] and state["t"] == 4, "multimnist"),  # pairs made
 ])
-def test_interrupt_and_resume_give_the_uninterrupted_run(where, when, quick_args,
+def test_interrupt_and_resume_give_the_uninterrupted_run(where, when, dataset, quick_args,
                                                         tmp_path, monkeypatch, capsys):
+    quick_args = quick_args + ["--dataset", dataset]
     straight = tmp_path / "straight"
     assert train.main(replace_flag(replace_flag(quick_args, "--epochs", "2"),
                                    "--run-dir", str(straight))) == 0
