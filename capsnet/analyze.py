@@ -323,7 +323,7 @@ def figure_pairs(ctx: Context) -> Any:
              + ("" if bool((p == t).all()) else " (wrong)")
              for p, t in zip(predicted, labels)]
     fig, ax = plt.subplots(figsize=(4.5, 0.55 * len(index) + 1))
-    image_axes(ax, grid, ["input", "predicted pair", "true pair"], names)
+    image_axes(ax, grid, ["input", "predicted", "true"], names)
     ax.set_title("Two digits at once (paper Fig. 5): each digit rebuilt from its own capsule,\n"
                  "the lower class red, the higher green (yellow where they overlap)", fontsize=9)
     return fig
