@@ -5,9 +5,9 @@ A training pass draws new places (and, for two digits, new partners) from the ru
 a test pass draws them from a fixed seed, so every run and every epoch tests the same examples.
 Each example takes its first digit from the split in the pass's order; the others are drawn
 uniformly from the digits of classes not yet in the example. Overlapping digits are added and
-clipped at 255, as in the authors' MultiMNIST generator: where strokes cross, both stay at full
-ink, as they would in one drawing (a pixel-wise max would do the same except where the two
-strokes are faint, and it would lose the sum's brighter crossing that shows two strokes meet).
+clipped at 255, as in the authors' MultiMNIST generator, so that our numbers compare with theirs.
+A pixel-wise max would differ only where two strokes overlap: there the sum is brighter, up to
+full ink, where the max keeps the brighter stroke alone.
 """
 from __future__ import annotations
 
