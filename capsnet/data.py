@@ -70,7 +70,9 @@ def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0
 
 def fetch(entry: Dataset, root: str, folder: Path, train: bool, expected: str) -> None:
     """Download a split's files with torchvision (which checks them against published checksums
-    where it knows them), or, for a URL, fetch and unpack that archive into the folder."""
+    where it knows them), or, for a URL, fetch and unpack that archive into the folder. A failed
+    download leaves no empty folders behind."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
     try:
         if entry.download.startswith("https://"):
             torchvision.datasets.utils.download_and_extract_archive(entry.download, str(folder),
@@ -83,6 +85,11 @@ def fetch(entry: Dataset, root: str, folder: Path, train: bool, expected: str) -
             source(root, train=train, download=True)
     except (RuntimeError, OSError, AssertionError, ValueError, zipfile.BadZipFile) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        for made in missing:
+            try:
+                made.rmdir()  # only if empty
+            except OSError:
+                break
         raise UserError(f"{entry.name} could not be downloaded ({expected}; {detail})") from None
 
 

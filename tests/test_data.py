@@ -112,3 +112,17 @@ def test_crops_are_random_in_training_and_central_at_test():
         assert found, "every crop is a 24x24 window of its image"
         places.update(found)
     assert len(places) > 5  # at many places, not one
+
+
+def test_a_failed_archive_download_leaves_no_empty_folders(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    import urllib.error
+
+    def offline(url, download_root, **kwargs):
+        Path(download_root).mkdir(parents=True)  # as torchvision does before fetching
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match="affnist could not be downloaded.*test.mat.*not known"):
+        load_split("affnist", str(root), False, download=True)
+    assert not root.exists() and tmp_path.exists()
