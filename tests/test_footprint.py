@@ -27,15 +27,14 @@ def test_a_real_probe_grows_with_the_batch_and_names_a_batch_that_fits(monkeypat
     assert spec["batches"] == [4, 8]
     measured = footprint.measure(spec)
     assert measured.fixed > 100 * 2 ** 20 and measured.per_example > 0  # PyTorch, then activations
-    free = measured.of(6) / footprint.HEADROOM  # room for a batch of 6, not of 8
+    free = measured.of(6.5) / footprint.HEADROOM  # room for a batch of 6, not of 7 or 8
     monkeypatch.setattr(footprint, "available", lambda device: free)
+    monkeypatch.setattr(footprint, "measure", lambda spec: measured)  # the same probe again
     with pytest.raises(UserError) as error:
         footprint.check(spec, 8, torch.device("cpu"))
     message = str(error.value)
     assert "batch 8 on 1x28x28" in message and "\n" not in message
-    suggested = int(message.split("--batch-size ")[1].split()[0])
-    # the probe runs again in the check: its peaks vary by a few MB from run to run
-    assert suggested in (5, 6, 7)
+    assert "--batch-size 6 or less fits" in message
 
 
 def test_train_py_stops_before_training_when_the_batch_does_not_fit(quick_args, monkeypatch,
