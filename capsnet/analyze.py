@@ -8,6 +8,7 @@ are also what the dashboard shows live.
 """
 from __future__ import annotations
 
+import functools
 import html
 import io
 import sys
@@ -81,7 +82,7 @@ class Predictions:
     labels: Tensor  # (N,) or (N, K)
     lengths: Tensor  # (N, classes)
 
-    @property
+    @functools.cached_property
     def hits(self) -> tuple[Tensor, Tensor]:
         """Which labels are predicted, (N, K), and the prediction in each label's slot."""
         return hits(self.lengths, self.labels)

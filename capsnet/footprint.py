@@ -46,7 +46,8 @@ class Footprint:
         return max(0, int((available - self.fixed) // self.per_example))
 
 
-LOSS = ("m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe")
+SETTINGS = ("m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe", "lr",
+            "lr_decay", "lr_decay_steps")  # what the run's loss and optimiser are made from
 
 
 def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device
@@ -57,11 +58,11 @@ def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.de
     return {"model_args": model_args, "shape": [model_args["in_channels"], size, size],
             "batches": [max(1, top // 2), max(2, top)],
             "objects": objects, "device": str(device), "precision": cfg.precision,
-            "threads": torch.get_num_threads(), "loss": {k: getattr(cfg, k) for k in LOSS}}
+            "threads": torch.get_num_threads(), "settings": {k: getattr(cfg, k) for k in SETTINGS}}
 
 
 def measure(spec: dict[str, Any]) -> Footprint:
-    """Run the probe in a fresh process; its peaks at PROBE_BATCHES give the line."""
+    """Run the probe in a fresh process; its peaks at spec's two batches give the line."""
     try:
         done = subprocess.run([sys.executable, "-m", "capsnet.footprint", json.dumps(spec)],
                               capture_output=True, text=True, timeout=600,
@@ -119,14 +120,15 @@ def check(spec: dict[str, Any], batch_size: int, device: torch.device) -> Footpr
 
 def probe(spec: dict[str, Any]) -> list[float]:
     """In the probe process: the peak memory after a training step at each of spec's batches."""
-    from .build import configure_precision, make_criterion
+    from .build import configure_precision, make_criterion, make_optimizer
     from .model import CapsNet
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     model = CapsNet(**spec["model_args"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), fused=True)
-    criterion = make_criterion(SimpleNamespace(**spec["loss"]))
+    settings = SimpleNamespace(**spec["settings"])
+    optimizer, _ = make_optimizer(model, settings)
+    criterion = make_criterion(settings)
     autocast = configure_precision(spec["precision"], device)
     classes, objects = spec["model_args"]["num_classes"], spec["objects"]
     peaks = []

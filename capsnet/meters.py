@@ -110,7 +110,6 @@ class Meters:
         return torch.cat([torch.tensor(counts, dtype=torch.float64), confusion])
 
 
-
 COUNTS = 7  # the numbers before the confusion matrix in Meters.totals()
 
 

@@ -38,9 +38,7 @@ class CanvasBatches(Batches):
             raise UserError(f"{objects} digits of different classes per example need at least "
                             f"{objects} classes among the {len(split)} images used")
         super().__init__(split, batch_size, shuffle, 0, generator, rank, world, even)
-        self.canvas, self.objects, self.span = canvas, objects, canvas - side
-        self.size = canvas
-        self.margin = self.span  # zero padding on every side, so a crop can put a digit anywhere
+        self.objects, self.size, self.span = objects, canvas, canvas - side  # offsets 0..span
 
     def draw(self, count: int) -> tuple[Tensor, list[Tensor]]:
         """Order (N,), offsets (N, K, 2) and partners (N, K-1) of a pass."""
@@ -73,8 +71,8 @@ class CanvasBatches(Batches):
         batch = len(index)
         every = torch.cat([index[:, None], partners], dim=1)  # (B, K) example indices
         digits = self.split.images[every.flatten()]  # (B*K, C, side, side) uint8
-        padded = F.pad(digits, (self.margin,) * 4)
-        placed = shift_images(padded, offsets.reshape(-1, 2), self.canvas)  # (B*K, C, S, S)
+        padded = F.pad(digits, (self.span,) * 4)  # a crop of it can hold the digit anywhere
+        placed = shift_images(padded, offsets.reshape(-1, 2), self.size)  # (B*K, C, S, S)
         placed = placed.view(batch, self.objects, *placed.shape[1:])
         images = placed.sum(dim=1, dtype=torch.int16).clamp_(max=255).float().div_(255.0)
         labels = self.split.labels[every]  # (B, K)
