@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +28,24 @@ def supported(images: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+def built_in_grad_mode(function: Callable[..., Any]) -> Callable[..., Any]:
+    """lru_cache of a function of sizes whose tensors are built outside inference mode, so that
+    they serve training steps and inference alike, whichever ran first in the process (tensors
+    made under torch.inference_mode cannot be saved for backward)."""
+    @functools.lru_cache(maxsize=8)
+    @functools.wraps(function)
+    def cached(*args: Any) -> Any:
+        with torch.inference_mode(False), torch.no_grad():
+            return function(*args)
+    return cached
+
+
 def grid_size(image_size: int, conv1_kernel: int) -> int:
     """Side n of the phase maps: conv1's output, padded by at most a pixel to 2n x 2n."""
     return (image_size - conv1_kernel + 2) // 2
 
 
-@functools.lru_cache(maxsize=8)
+@built_in_grad_mode
 def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """DFT matrices over an n x n grid with F = n * (n // 2 + 1) frequencies (f = row, column),
     for kernels of half x half taps and out <= n - half + 1 outputs per side.
@@ -62,7 +75,7 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     return tuple(m.to(dtype) for m in (forward, taps.cos(), taps.sin(), inverse_re, inverse_im))
 
 
-@functools.lru_cache(maxsize=8)
+@built_in_grad_mode
 def tap_order(kernel: int) -> Tensor:
     """Index of kernel tap (2a+p, 2b+q) for each (a, b, p, q); kernel*kernel marks a zero tap."""
     half = (kernel + 1) // 2

@@ -62,3 +62,35 @@ def test_the_kept_spectrum_follows_every_weight_change():
     check()
     weight.data.mul_(0.5)  # a write that autograd does not count
     check()
+
+
+INFERENCE_THEN_TRAINING = """
+import torch
+from capsnet.model import CapsNet
+model, images, labels = CapsNet(), torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
+first, second = {orders}
+def forward(mode):
+    if mode == "inference":
+        with torch.inference_mode():
+            return model(images).lengths.clone()
+    model.zero_grad()
+    output = model(images, labels)
+    (output.lengths.sum() + output.reconstructions.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    return output.lengths.detach()
+a, b = forward(first), forward(second)
+assert torch.allclose(a, b, atol=1e-6), (a, b)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("orders", ['"inference", "training"', '"training", "inference"'])
+def test_the_cached_transforms_serve_training_and_inference_in_either_order(orders):
+    """A fresh process each: the DFT matrices are cached on first use, in whichever mode."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", INFERENCE_THEN_TRAINING.format(orders=orders)],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

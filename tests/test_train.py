@@ -185,6 +185,24 @@ def test_interrupt_and_resume_give_the_uninterrupted_run(where, when, dataset, q
         assert "(epoch 2 after batch 2 of 3)" in err.err
 
 
+def test_a_run_interrupted_in_its_test_pass_resumes_in_a_fresh_process(quick_args, tmp_path):
+    """The resumed process starts with the test pass (under inference mode), then trains: what
+    that pass caches must serve training too."""
+    args = replace_flag(quick_args, "--epochs", "2")
+    stopped = subprocess.run([sys.executable, "tests/interrupted_in_test_pass.py", *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "(epoch 1 before its test pass)" in stopped.stderr
+    data = quick_args[quick_args.index("--data-dir") + 1]
+    resumed = subprocess.run([sys.executable, "train.py", "--resume",
+                              str(tmp_path / "run" / "last.pt"), "--data-dir", data],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
+    assert [row["epoch"] for row in rows(tmp_path / "run")] == ["1", "2"]
+
+
 def test_last_checkpoint_holds_the_updated_best_accuracy(quick_args, tmp_path):
     assert train.main(replace_flag(quick_args, "--epochs", "2")) == 0
     best = max(float(r["test_accuracy"]) for r in rows(tmp_path / "run"))
