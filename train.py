@@ -36,11 +36,15 @@ def evaluate(paths: list[str], given: dict, allow_other_dataset: bool) -> None:
     from capsnet.meters import accuracy_text
     from capsnet.training import evaluate_checkpoints
     checkpoints = [load_checkpoint(path) for path in paths]
-    cfg = resumed_settings(Config, checkpoints[0]["config"], given)
-    summary, confusion, classes = evaluate_checkpoints(cfg, checkpoints, allow_other_dataset)
+    # The whole test set, unless --test-samples is given here: never the training run's subset.
+    saved = {**checkpoints[0]["config"], "test_samples": 0}
+    cfg = resumed_settings(Config, saved, given)
+    summary, confusion, classes, tested = evaluate_checkpoints(cfg, checkpoints,
+                                                               allow_other_dataset)
     what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
             f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
-    print(f"{what} on {cfg.dataset}, test loss {summary['loss']:.4f}, {accuracy_text(summary)} "
+    print(f"{what} on {cfg.dataset} ({tested}), test loss {summary['loss']:.4f}, "
+          f"{accuracy_text(summary)} "
           f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
     width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
     print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")
@@ -101,8 +105,8 @@ def start(cfg: Config, run, trainer, resume: str | None) -> None:
     footprint = trainer.parts.footprint
     memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB; "
               if footprint else "")
-    print(f"capsnet: {trainer.train_images} train / "
-          f"{len(trainer.evaluator.batches.split)} test images of {cfg.dataset}, "
+    print(f"capsnet: {cfg.dataset}, {trainer.train_images:,} training examples, testing on "
+          f"{trainer.evaluator.batches.describe()}, "
           f"{trainer.parameter_count:,} parameters, on {trainer.device}; {processes}{memory}"
           f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in trainer.notes)

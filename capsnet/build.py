@@ -130,12 +130,14 @@ class RunParts:
     def batches(self, split: Split, train: bool) -> Batches:
         """This process's batches of `split`: shuffled, shifted and even across processes for
         training; in order and uneven (every example once) for testing. Datasets made on a
-        canvas place their digits themselves (no --shift or --crop)."""
+        canvas place their digits themselves (no --shift or --crop), and test on the first
+        --test-samples digits of the whole split."""
         canvas = DATASETS[self.cfg.dataset].canvas
         if canvas:
             return CanvasBatches(split.to(self.device), self.cfg.batch_size, canvas, self.objects,
                                  shuffle=train, generator=self.generator, rank=self.world.rank,
-                                 world=self.world.size, even=train)
+                                 world=self.world.size, even=train,
+                                 limit=0 if train else self.cfg.test_samples)
         return Batches(split.to(self.device), self.cfg.batch_size, shuffle=train,
                        shift=self.cfg.shift if train else 0, generator=self.generator,
                        rank=self.world.rank, world=self.world.size, even=train,
@@ -155,8 +157,10 @@ def build_run(cfg: Any, train: bool = True,
     if splits is None:
         splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples,
                              cfg.image_size) if train else None,
-                  load_split(cfg.dataset, cfg.data_dir, False, cfg.download, cfg.test_samples,
-                             cfg.image_size))
+                  load_split(cfg.dataset, cfg.data_dir, False, cfg.download,
+                             0 if DATASETS[cfg.dataset].canvas else cfg.test_samples,
+                             cfg.image_size))  # a canvas takes the partners of its first
+        # --test-samples digits from the whole test split
     train_split, test_split = splits
     args = model_args(cfg, train_split or test_split)
     objects = DATASETS[cfg.dataset].objects

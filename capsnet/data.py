@@ -129,9 +129,18 @@ class Batches:
                        else split.images)  # (N, C, H+2s, W+2s) uint8
 
     @property
+    def count(self) -> int:
+        """Examples in a pass, over all processes."""
+        return len(self.split)
+
+    def describe(self) -> str:
+        """The examples of a pass, in words."""
+        return f"{self.count:,} images"
+
+    @property
     def examples(self) -> int:
         """Examples this process takes in a pass."""
-        count = len(self.split)
+        count = self.count
         if self.even:
             count = -(-count // self.world) * self.world
         return len(range(self.rank, count, self.world))
@@ -145,7 +154,7 @@ class Batches:
     def starting_at(self, first: int) -> Iterator[Sample]:
         """One pass from batch `first` on: the order and shifts are drawn for the whole pass, as
         by __iter__, so the batches are those that a whole pass would give from there."""
-        count, device = len(self.split), self.split.labels.device
+        count, device = self.count, self.split.labels.device
         order, drawn = self.draw(count)
         if self.even and count % self.world:
             extra = self.world - count % self.world

@@ -8,18 +8,31 @@ import torch
 from torch import Tensor
 from torchnet.meter import AverageValueMeter, ConfusionMeter
 
-from .model import predict
+from .model import CapsNetOutput, predict
 
 
 AVERAGES = ("loss", "margin", "reconstruction", "correct", "partly")
 
 
+def swapped(predicted: Tensor, labels: Tensor) -> Tensor:
+    """Which examples' two predicted classes (B, 2) must trade places so that a right one sits
+    in the slot of the label it matches, (B,) bool; both in ascending order per example, as
+    predict() and the canvas datasets give them."""
+    return (predicted[:, 0] == labels[:, 1]) | (predicted[:, 1] == labels[:, 0])
+
+
 def align(predicted: Tensor, labels: Tensor) -> Tensor:
-    """Two predicted classes per example (B, 2), reordered so that a right one sits in the slot
-    of the label it matches; both in ascending order per example, as predict() and the canvas
-    datasets give them."""
-    swap = (predicted[:, 0] == labels[:, 1]) | (predicted[:, 1] == labels[:, 0])
-    return torch.where(swap[:, None], predicted.flip(1), predicted)
+    """Two predicted classes per example (B, 2), each right one in the slot of its label."""
+    return torch.where(swapped(predicted, labels)[:, None], predicted.flip(1), predicted)
+
+
+def align_reconstructions(output: CapsNetOutput, labels: Tensor) -> CapsNetOutput:
+    """A test pass's two reconstructions per example (masked by the predicted classes, in
+    ascending order) put in the slots of the labels they match, so that each predicted digit is
+    scored against the true digit of its class whenever that class is present."""
+    swap = swapped(predict(output.lengths, 2), labels)[:, None, None, None, None]
+    return output._replace(reconstructions=torch.where(swap, output.reconstructions.flip(1),
+                                                       output.reconstructions))
 
 
 def hits(lengths: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

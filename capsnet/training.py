@@ -21,7 +21,7 @@ from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
 from .data import Sample
 from .datasets import DATASETS
-from .meters import Meters, accuracy_text, confusion_of, summary_of
+from .meters import Meters, accuracy_text, align_reconstructions, confusion_of, summary_of
 from .model import CapsNet, CapsNetOutput
 from .rundir import RunDir
 from .storage import WriteError
@@ -36,12 +36,15 @@ class Step(NamedTuple):
 def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, autocast: Autocast,
                  train: bool) -> Callable[[Sample], tuple[Tensor, Step]]:
     """The Engine's network function: the decoder is masked by the labels in training, by the
-    predicted classes (as many as the labels) at test."""
+    predicted classes (as many as the labels) at test, where each predicted digit's
+    reconstruction is scored against the true digit of its class."""
     def step(sample: Sample) -> tuple[Tensor, Step]:
         images, labels, targets = sample
         objects = labels.shape[1] if labels.dim() == 2 else 1
         with autocast():
             output = network(images, labels if train else None, objects)
+            if objects > 1 and not train:
+                output = align_reconstructions(output, labels)
             parts = criterion.parts(targets, labels, output)
         return parts.total, Step(output, parts)
     return step
@@ -374,9 +377,9 @@ class Ensemble(nn.Module):
 
 
 def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset: bool = False
-                         ) -> tuple[dict[str, float], Any, tuple[str, ...]]:
-    """Test-set loss and accuracy, confusion matrix (rows: true class) and class names of one
-    checkpoint, or of several of one shape averaged (an ensemble)."""
+                         ) -> tuple[dict[str, float], Any, tuple[str, ...], str]:
+    """Test-set loss and accuracy, confusion matrix (rows: true class), class names and what
+    was tested (in words) of one checkpoint, or of several of one shape averaged (an ensemble)."""
     parts = build_run(cfg, train=False)
     members = []
     for checkpoint in checkpoints:
@@ -388,4 +391,4 @@ def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset:
     model = members[0] if len(members) == 1 else Ensemble(members)
     evaluator = Evaluator(dataclasses.replace(parts, model=model, eval_network=model))
     summary = evaluator.run()
-    return summary, evaluator.confusion, parts.classes
+    return summary, evaluator.confusion, parts.classes, parts.test_batches.describe()

@@ -98,7 +98,7 @@ def test_train_py_runs_an_epoch_on_each_dataset(name, write, tmp_path, capsys):
             "--batch-size", "16", "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run")]
     assert train.main(args + (["--image-size", "28"] if name == "folder" else [])) == 0
     out = capsys.readouterr().out
-    assert f"test images of {name}" in out and "epoch 1/1" in out
+    assert f"capsnet: {name}, " in out and "testing on" in out and "epoch 1/1" in out
     assert train.main(["--eval", str(tmp_path / "run" / "last.pt"), "--data-dir", str(root)]) == 0
 
 

@@ -73,6 +73,46 @@ def test_multimnist_test_set_is_the_same_for_every_run_and_training_pairs_are_ne
     assert torch.equal(next(iter(same)).images, one.images)
 
 
+def test_a_shorter_multimnist_test_set_is_the_first_pairs_of_the_full_one():
+    """--test-samples N pairs the first N test digits with partners from all test digits, so
+    quick evaluations test the first examples of the full test set."""
+    split = noise_digits(300)
+    full = next(iter(CanvasBatches(split, 300, 36, 2)))
+    for limit in (100, 200):
+        batches = CanvasBatches(split, 300, 36, 2, limit=limit)
+        assert batches.count == limit and len(batches) == 1
+        assert batches.describe() == (f"{limit} pairs (the first {limit} of 300 digits, "
+                                      "partners from all 300)")
+        short = next(iter(batches))
+        assert all(torch.equal(a, b[:limit]) for a, b in zip(short, full))
+
+
+def test_test_reconstructions_are_scored_against_the_digit_of_their_class():
+    """Labels (2, 5); the two longest capsules are 5 and 7. Masked by the predicted classes in
+    ascending order, the reconstructions are of 5 (slot 0) and 7 (slot 1). Aligned, the 5 is
+    scored against the true 5 (slot 1), and the 7 against the digit it displaced (the 2)."""
+    from capsnet.training import forward_step
+    lengths = torch.full((1, 10), 0.05)
+    lengths[0, 5], lengths[0, 7] = 0.9, 0.8
+    targets = torch.zeros(1, 2, 1, 2, 2)
+    targets[0, 0, 0, 0, 0] = 1.0  # the 2: one bright pixel at the top left
+    targets[0, 1, 0, 1, 1] = 1.0  # the 5: one at the bottom right
+    rebuilt = torch.zeros(1, 2, 1, 2, 2)
+    rebuilt[0, 0, 0, 1, 1] = 1.0  # the reconstruction of 5, exactly the true 5
+    rebuilt[0, 1, 0, 0, 1] = 1.0  # that of 7: one pixel top right
+
+    def network(images, labels=None, objects=1):
+        assert labels is None and objects == 2  # at test, masked by the predictions
+        return CapsNetOutput(lengths, torch.zeros(1, 10, 16), rebuilt)
+    step = forward_step(network, CapsuleLoss(), lambda: torch.autocast("cpu", enabled=False),
+                        train=False)
+    _, result = step((torch.zeros(1, 1, 2, 2), torch.tensor([[2, 5]]), targets))
+    # the 5 against the true 5: 0; the 7 against the 2: (1 - 0)^2 + (0 - 1)^2 = 2
+    assert torch.isclose(result.parts.reconstruction, torch.tensor(0.0005 * 2.0))
+    # unaligned, both slots would be wrong: 5 vs the 2 gives 2, 7 vs the 5 gives 2
+    assert torch.equal(result.output.reconstructions[0, 1], rebuilt[0, 0])
+
+
 def test_mnist40_places_each_digit_anywhere_on_40x40():
     split = noise_digits(50)
     batches = CanvasBatches(split, 50, 40, 1, shuffle=True,
@@ -221,6 +261,7 @@ def test_multimnist_trains_evaluates_and_analyzes_through_train_py(tmp_path, cap
     assert train.main(["--eval", str(run / "last.pt"), "--data-dir", str(root)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "pair accuracy" in out[0] and "at least one right" in out[0]
+    assert "on multimnist (32 pairs (all 32 digits, partners from all 32))" in out[0]
     pair_accuracy = float(out[0].split("pair accuracy ")[1].split("%")[0])
     assert pair_accuracy == pytest.approx(float(values["test_accuracy"]), abs=0.01)
     confusion = [[int(n) for n in line.split()[1:11]] for line in out[3:13]]
@@ -242,7 +283,7 @@ def test_a_mnist40_checkpoint_is_tested_on_affnist_and_the_stand_in(tmp_path, ca
         assert train.main(["--eval", str(run / "last.pt"), "--dataset", dataset,
                            "--data-dir", str(root)]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert f"on {dataset}" in out[0] and "accuracy" in out[0]
+        assert f"on {dataset} ({count} images)" in out[0] and "accuracy" in out[0]
         confusion = [[int(n) for n in line.split()[1:11]] for line in out[3:13]]
         assert sum(map(sum, confusion)) == count
     # an MNIST (28x28) checkpoint is refused there, in one line

@@ -98,6 +98,21 @@ def test_eval_prints_loss_accuracy_and_the_confusion_matrix(quick_args, tmp_path
         assert line.split()[-1] == f"{100 * matrix[k][k] / sum(matrix[k]):.2f}%"
 
 
+def test_eval_tests_the_whole_test_set_unless_told_and_says_how_many(quick_args, tmp_path,
+                                                                     capsys):
+    """A run trained with --test-samples 16 is evaluated on all 48 test images; --test-samples
+    given to --eval itself applies."""
+    assert train.main(quick_args + ["--test-samples", "16"]) == 0
+    capsys.readouterr()
+    best = str(tmp_path / "run" / "best.pt")
+    for extra, count in (([], 48), (["--test-samples", "20"], 20)):
+        assert train.main(["--eval", best, *extra]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert f"on mnist ({count} images)" in out[0]
+        matrix = [[int(n) for n in line.split()[1:11]] for line in out[3:13]]
+        assert sum(map(sum, matrix)) == count
+
+
 def test_hooks_subscribe_to_the_engine_and_bars_never_nest(data_root, tmp_path):
     cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=48,
                  visdom=False, threads=2)

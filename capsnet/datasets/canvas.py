@@ -4,7 +4,9 @@
 A training pass draws new places (and, for two digits, new partners) from the run's generator;
 a test pass draws them from a fixed seed, so every run and every epoch tests the same examples.
 Each example takes its first digit from the split in the pass's order; the others are drawn
-uniformly from the digits of classes not yet in the example. Overlapping digits are added and
+uniformly from the digits of classes not yet in the example. A test pass over only the first N
+digits (--test-samples N) draws everything for the whole split and keeps the first N examples, so
+its examples are the first N of the full test set: partners come from all test digits. Overlapping digits are added and
 clipped at 255, as in the authors' MultiMNIST generator, so that our numbers compare with theirs.
 A pixel-wise max would differ only where two strokes overlap: there the sum is brighter, up to
 full ink, where the max keeps the brighter stroke alone.
@@ -30,7 +32,7 @@ class CanvasBatches(Batches):
 
     def __init__(self, split: Split, batch_size: int, canvas: int, objects: int = 1,
                  shuffle: bool = False, generator: torch.Generator | None = None,
-                 rank: int = 0, world: int = 1, even: bool = False) -> None:
+                 rank: int = 0, world: int = 1, even: bool = False, limit: int = 0) -> None:
         side = split.images.shape[-1]
         if canvas < side:
             raise ValueError(f"a canvas of {canvas} cannot hold images of {side}")
@@ -39,15 +41,32 @@ class CanvasBatches(Batches):
                             f"{objects} classes among the {len(split)} images used")
         super().__init__(split, batch_size, shuffle, 0, generator, rank, world, even)
         self.objects, self.size, self.span = objects, canvas, canvas - side  # offsets 0..span
+        self.limit = min(limit, len(split)) if limit else len(split)  # first digits of a pass
+
+    @property
+    def count(self) -> int:
+        return self.limit
+
+    def describe(self) -> str:
+        if self.objects == 1:
+            return f"{self.count:,} images"
+        whole = len(self.split)
+        firsts = (f"the first {self.count:,} of {whole:,} digits" if self.count < whole
+                  else f"all {whole:,} digits")
+        return f"{self.count:,} pairs ({firsts}, partners from all {whole:,})"
 
     def draw(self, count: int) -> tuple[Tensor, list[Tensor]]:
-        """Order (N,), offsets (N, K, 2) and partners (N, K-1) of a pass."""
-        generator = (self.generator if self.shuffle
-                     else torch.Generator().manual_seed(TEST_SEED))
-        order = (torch.randperm(count, generator=generator) if self.shuffle
-                 else torch.arange(count))
-        offsets = torch.randint(0, self.span + 1, (count, self.objects, 2), generator=generator)
-        return order, [offsets, self.partners(order, generator)]
+        """Order (N,), offsets (N, K, 2) and partners (N, K-1) of a pass; an ordered (test) pass
+        draws them for the whole split, from the fixed seed, and keeps the first `count`."""
+        if self.shuffle:
+            order = torch.randperm(count, generator=self.generator)
+            offsets = torch.randint(0, self.span + 1, (count, self.objects, 2),
+                                    generator=self.generator)
+            return order, [offsets, self.partners(order, self.generator)]
+        generator, whole = torch.Generator().manual_seed(TEST_SEED), len(self.split)
+        order = torch.arange(whole)
+        offsets = torch.randint(0, self.span + 1, (whole, self.objects, 2), generator=generator)
+        return order[:count], [offsets[:count], self.partners(order, generator)[:count]]
 
     def partners(self, order: Tensor, generator: torch.Generator) -> Tensor:
         """For each first digit, K-1 more of classes not yet in its example: (N, K-1)."""
