@@ -1,5 +1,7 @@
 """Each dataset's reader on small files written in its real on-disk format, through train.py."""
+import io
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +26,43 @@ def pattern(count: int, channels: int, size: int, seed: int) -> tuple[np.ndarray
     return images, labels
 
 
-def write_cifar(root: Path, train: int = 64, test: int = 32) -> Path:
+class Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2 did the CIFAR-10 files: bytes (Python 2's str) as BINSTRING, which
+    Python 3 reads back as str or bytes depending on the unpickler's encoding."""
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_bytes(self, obj: bytes) -> None:
+        size = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([size]) if size < 256 else
+                    pickle.BINSTRING + struct.pack("<i", size)) + obj)
+        self.memoize(obj)
+    dispatch[bytes] = save_bytes
+
+
+def dumps(value: dict, kind: str) -> bytes:
+    """A CIFAR pickle: "python2" as the original files are; "python3" as Python 3 writes a
+    dict of str keys."""
+    if kind == "python3":
+        return pickle.dumps({k.decode(): v for k, v in value.items()})
+    out = io.BytesIO()
+    Python2Pickler(out, protocol=2).dump(value)
+    return out.getvalue()
+
+
+def write_cifar(root: Path, train: int = 64, test: int = 32, kind: str = "python2") -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
              b"ship", b"truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    meta = {b"label_names": names if kind == "python2" else [n.decode() for n in names]}
+    (folder / "batches.meta").write_bytes(dumps(meta, kind))
     images, labels = pattern(train, 3, 32, 0)
     for k, chunk in enumerate(np.array_split(np.arange(train), 5), start=1):
         batch = {b"data": images[chunk].reshape(len(chunk), -1), b"labels": labels[chunk].tolist()}
-        (folder / f"data_batch_{k}").write_bytes(pickle.dumps(batch))
+        (folder / f"data_batch_{k}").write_bytes(dumps(batch, kind))
     images, labels = pattern(test, 3, 32, 1)
-    (folder / "test_batch").write_bytes(pickle.dumps(
-        {b"data": images.reshape(test, -1), b"labels": labels.tolist()}))
+    (folder / "test_batch").write_bytes(dumps(
+        {b"data": images.reshape(test, -1), b"labels": labels.tolist()}, kind))
     return root
 
 
@@ -73,6 +99,7 @@ def test_every_dataset_is_one_entry_and_listed_in_help(capsys):
 
 @pytest.mark.parametrize("name, write, shape, first_class", [
     ("cifar10", write_cifar, (3, 32, 32), "airplane"),
+    ("cifar10", lambda root: write_cifar(root, kind="python3"), (3, 32, 32), "airplane"),
     ("svhn", write_svhn, (3, 32, 32), "0"),
     ("fashion-mnist", lambda root: write_dataset(root, 64, 32, name="FashionMNIST"),
      (1, 28, 28), "T-shirt"),
