@@ -19,6 +19,7 @@ from .distributed import World
 from .errors import UserError
 from .footprint import Footprint, spec_of
 from .footprint import check as check_footprint
+from .footprint import check_data
 from .loss import CapsuleLoss
 from .model import CapsNet, CapsNetOutput
 
@@ -162,6 +163,7 @@ def build_run(cfg: Any, train: bool = True,
                              cfg.image_size))  # a canvas takes the partners of its first
         # --test-samples digits from the whole test split
     train_split, test_split = splits
+    check_data({"train": train_split, "test": test_split}, device)
     args = model_args(cfg, train_split or test_split)
     objects = DATASETS[cfg.dataset].objects
     footprint = (check_footprint(spec_of(cfg, args, objects, device), cfg.batch_size, device)

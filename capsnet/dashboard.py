@@ -96,12 +96,11 @@ class Dashboard:
         shown = first_per_class(firsts.cpu(), len(trainer.classes), 1).to(firsts.device)
         self.figure_samples = pool.images[shown]  # one per class, as far as the pool has them
         self.last = self.interval_sums()
-        self.last_time = time.perf_counter()
         self.client: Any = None
         self.reachable = True
         self.add_history(trainer.run.read_metrics())
         for event, hook in (("on_start_epoch", self.on_start_epoch),
-                            ("on_forward", self.on_forward), ("on_end_epoch", self.on_end_epoch),
+                            ("on_update", self.on_update), ("on_end_epoch", self.on_end_epoch),
                             ("on_end", lambda state: self.close())):
             subscribe(trainer.engine, event, hook)
         self.thread = threading.Thread(target=self.send_loop, name="dashboard", daemon=True)
@@ -112,34 +111,45 @@ class Dashboard:
 
     def interval_sums(self) -> tuple[float, ...]:
         """Loss, margin and reconstruction sums, errors and examples of the epoch so far (over
-        all processes), as the trainer last summed them."""
+        all processes), as the trainer last summed them, and the seconds its training steps
+        took."""
         loss, margin, reconstruction, _, errors, count = self.trainer.running[:6].tolist()
-        return loss, margin, reconstruction, errors, count
+        return loss, margin, reconstruction, errors, count, self.trainer.step_seconds
 
     def on_start_epoch(self, state: dict) -> None:
-        self.last, self.last_time = self.interval_sums(), time.perf_counter()
+        self.last = self.interval_sums()
 
-    def on_forward(self, state: dict) -> None:
-        done = self.trainer.batch + 1  # batches of this epoch, the current one included
+    def on_update(self, state: dict) -> None:
+        """A running point every `every` batches, after the batch's update: the means over the
+        batches since the last point, and their throughput over the time of their training
+        steps alone (forward, backward and update; not the work between steps)."""
+        done = self.trainer.batch  # batches of this epoch done, the one just updated included
         if done % self.every:
             return
-        now, sums = time.perf_counter(), self.interval_sums()
-        loss, margin, reconstruction, errors, count = (a - b for a, b in zip(sums, self.last))
+        sums = self.interval_sums()
+        loss, margin, reconstruction, errors, count, seconds = (
+            a - b for a, b in zip(sums, self.last))
         if count <= 0:
             return
         x = state["epoch"] + done / len(self.trainer.train_batches)
         with self.lock:
-            self.lines["loss"].add("train", x, loss / count)
+            self.lines["loss"].add("train (running)", x, loss / count)
             self.lines["accuracy"].add("train (running)", x, 100.0 * (1 - errors / count))
-            self.lines["parts"].add("train margin", x, margin / count)
-            self.lines["parts"].add("train reconstruction", x, reconstruction / count)
+            self.lines["parts"].add("train margin (running)", x, margin / count)
+            self.lines["parts"].add("train reconstruction (running)", x, reconstruction / count)
             self.lines["lr"].add("lr", x, self.trainer.optimizer.param_groups[0]["lr"])
-            self.lines["throughput"].add("train", x, count / (now - self.last_time))
-        self.last, self.last_time = sums, now
+            self.lines["throughput"].add("train (running)", x, count / max(seconds, 1e-9))
+        self.last = sums
         self.wake.set()
 
     def add_epoch(self, row: dict[str, float], x: float) -> None:
-        """The points of one epoch's metrics row (under the lock)."""
+        """The points of one epoch's metrics row (under the lock): its training means, rate
+        and throughput, and its test results."""
+        self.lines["loss"].add("train", x, row["train_loss"])
+        self.lines["parts"].add("train margin", x, row["train_margin"])
+        self.lines["parts"].add("train reconstruction", x, row["train_reconstruction"])
+        self.lines["lr"].add("lr", x, row["lr"])
+        self.lines["throughput"].add("train", x, row["train_images_per_s"])
         self.lines["loss"].add("test", x, row["test_loss"])
         self.lines["accuracy"].add("train", x, row["train_accuracy"])
         self.lines["accuracy"].add("test", x, row["test_accuracy"])
@@ -149,21 +159,15 @@ class Dashboard:
         self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
 
     def add_history(self, rows: list[dict[str, str]]) -> None:
-        """A resumed run's earlier epochs, from metrics.csv: the epoch points, each epoch's mean
-        training loss, rate and throughput, and a vertical 'resumed' line on the loss and
-        accuracy plots at the epoch where training continues."""
+        """A resumed run's earlier epochs, from metrics.csv: the points of each epoch's row, as
+        a live run draws them, and a vertical 'resumed' line on the loss and accuracy plots at
+        the epoch where training continues."""
         epochs = [row for row in rows if int(row["epoch"]) <= self.trainer.epoch]
         if not epochs:
             return
         for row in epochs:
-            values = {k: float(v) for k, v in row.items() if k != "epoch"}
-            x = float(row["epoch"])
-            self.lines["loss"].add("train", x, values["train_loss"])
-            self.lines["parts"].add("train margin", x, values["train_margin"])
-            self.lines["parts"].add("train reconstruction", x, values["train_reconstruction"])
-            self.lines["lr"].add("lr", x, values["lr"])
-            self.lines["throughput"].add("train", x, values["train_images_per_s"])
-            self.add_epoch(values, x)
+            self.add_epoch({k: float(v) for k, v in row.items() if k != "epoch"},
+                           float(row["epoch"]))
         x = self.trainer.epoch + self.trainer.batch / len(self.trainer.train_batches)
         for name in ("loss", "accuracy"):
             ys = [y for _, values in self.lines[name].traces.values() for y in values]

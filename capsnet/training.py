@@ -123,6 +123,8 @@ class Trainer:
         self.epoch, self.batch, self.step, self.best_accuracy = 0, 0, 0, -1.0
         self.epoch_rng = self.generator.get_state()  # the data generator at the epoch's start
         self.stopping = False  # all processes agreed to stop at the next batch
+        self.step_seconds = 0.0  # this epoch's time in training steps (forward, backward, update)
+        self.step_started = 0.0
         self.good: tuple[Path, str] | None = None  # the newest checkpoint known to be good
         self.notes: list[str] = []  # what a resume changed, for the run's first line
         if checkpoint is not None:
@@ -193,7 +195,7 @@ class Trainer:
             self.epoch_rng = self.generator.get_state()
             self.meters.reset()
         self.running = self.world.sum(self.meters.totals())
-        self.first_batch = self.batch
+        self.first_batch, self.step_seconds = self.batch, 0.0
         self.epoch_started = time.perf_counter()
         # A fresh bar over the base batches each epoch: never a wrapper of last epoch's wrapper.
         self.bar = tqdm(self.train_batches.starting_at(self.batch), total=len(self.train_batches),
@@ -206,6 +208,7 @@ class Trainer:
             raise KeyboardInterrupt
         if not self.world.distributed:
             interrupt.check()
+        self.step_started = time.perf_counter()
 
     def logs_after(self, done: int) -> bool:
         """Whether the meters are brought up to date after `done` batches of an epoch."""
@@ -237,6 +240,7 @@ class Trainer:
                            "nothing was saved from then on (a lower --lr may help)")
 
     def on_update(self, state: dict) -> None:
+        self.step_seconds += time.perf_counter() - self.step_started
         self.scheduler.step()
         self.step = state["t"] + 1
         self.batch += 1

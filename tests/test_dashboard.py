@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -17,9 +18,11 @@ from config import Config
 from conftest import fast_network
 from visdom_server import ROOT, Server, client, free_port
 
-LINES = {"loss": ["train", "test"], "accuracy": ["train (running)", "train", "test"],
-         "parts": ["train margin", "train reconstruction", "test margin", "test reconstruction"],
-         "lr": ["lr"], "throughput": ["train"]}
+LINES = {"loss": ["train (running)", "train", "test"],
+         "accuracy": ["train (running)", "train", "test"],
+         "parts": ["train margin (running)", "train reconstruction (running)", "train margin",
+                   "train reconstruction", "test margin", "test reconstruction"],
+         "lr": ["lr"], "throughput": ["train (running)", "train"]}
 
 
 def dashboard_args(quick_args, port: int, env: str, epochs: int = 2,
@@ -27,6 +30,12 @@ def dashboard_args(quick_args, port: int, env: str, epochs: int = 2,
     return quick_args + ["--visdom", "--visdom-port", str(port), "--visdom-env", env,
                          "--visdom-every", "1", "--epochs", str(epochs),
                          "--visdom-autostart" if autostart else "--no-visdom-autostart"]
+
+
+def replace(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
 
 
 def window(port: int, env: str, name: str) -> dict:
@@ -63,10 +72,12 @@ def test_training_streams_every_window(server, quick_args, capsys):
         got = traces(server.port, "stream", name)
         assert sorted(got) == sorted(names), name
         for trace, xs in got.items():
-            if trace.startswith("test") or (name == "accuracy" and trace == "train"):
+            if trace.endswith("(running)"):  # a point per batch
+                assert xs == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2]), (name, trace)
+            elif name == "lr":  # the running points and each epoch's end
+                assert xs == pytest.approx([1 / 3, 2 / 3, 1, 1, 4 / 3, 5 / 3, 2, 2])
+            else:  # each epoch's means
                 assert xs == epochs, (name, trace)
-            else:
-                assert len(xs) == 6 and xs[-1] == pytest.approx(2.0), (name, trace)
     loss = window(server.port, "stream", "loss")
     assert loss["title"] == "Loss"
     assert loss["content"]["layout"]["xaxis"]["title"] in ("epoch", {"text": "epoch"})
@@ -130,7 +141,8 @@ def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
         assert "answers again; plots resumed" in err
         # The restarted server got every point again, the ones sent before it died included.
         loss = traces(port, "restart", "loss")
-        assert loss["test"] == [1.0, 2.0, 3.0] and len(loss["train"]) == 9
+        assert loss["test"] == loss["train"] == [1.0, 2.0, 3.0]
+        assert len(loss["train (running)"]) == 9
     finally:
         running.stop()
 
@@ -176,7 +188,8 @@ def test_a_resumed_run_keeps_the_plotted_history(server, quick_args, tmp_path, c
     loss = traces(server.port, "resumed", "loss")
     assert loss["test"] == [1.0, 2.0]
     assert loss["resumed"] == [1.0, 1.0]  # a vertical line where training continued
-    assert loss["train"][0] == 1.0 and len(loss["train"]) == 1 + 3  # epoch 1's mean, then live
+    assert loss["train"] == [1.0, 2.0]  # epoch 1's mean from metrics.csv, then epoch 2's
+    assert len(loss["train (running)"]) == 3  # epoch 2's live points
     assert traces(server.port, "resumed", "accuracy")["test"] == [1.0, 2.0]
 
 
@@ -186,10 +199,25 @@ def test_live_points_follow_fast_batches(server, data_root, tmp_path):
                  visdom_autostart=False, run_dir=str(tmp_path / "run"))
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
     trainer.network = fast_network(trainer.model)
-    attach(cfg, trainer)
+    dashboard = attach(cfg, trainer)
+    # 30 ms of other work after every step: a point measures the training steps alone
+    subscribe(trainer.engine, "on_update", lambda state: time.sleep(0.03))
     trainer.fit()
-    xs = traces(server.port, "fast", "loss")["train"]
+    xs = traces(server.port, "fast", "loss")["train (running)"]
     assert xs == pytest.approx([k * 8 / 96 for k in range(1, 13)])  # one point per 8 batches
+    _, rates = dashboard.lines["throughput"].traces["train (running)"]
+    assert min(rates) > 2 * (1 / 0.03)  # counting the other work, it would be under 33/s
+
+
+def test_a_short_epoch_still_draws_its_training_lines(server, quick_args):
+    """Fewer batches in an epoch than --visdom-every: no running points, and every window
+    still holds the epoch's training line."""
+    args = dashboard_args(quick_args, server.port, "short", epochs=2)
+    assert train.main(replace(args, "--visdom-every", "100")) == 0
+    for name, trace in (("loss", "train"), ("parts", "train margin"),
+                        ("parts", "train reconstruction"), ("lr", "lr"),
+                        ("throughput", "train"), ("accuracy", "train")):
+        assert traces(server.port, "short", name)[trace] == [1.0, 2.0], (name, trace)
 
 
 def test_multimnist_dashboard_shows_pair_accuracy_and_two_colour_reconstructions(server, tmp_path,

@@ -51,8 +51,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             "two MNIST digits of different classes, each shifted up to 4 px, overlaid on 1x36x36; "
             "made on the fly", canvas=36, objects=2),
     Dataset("affnist", "affnist", "affNIST", (), ("test.mat",), DIGITS, AFFNIST_URL,
-            "affNIST's test set: the 10,000 MNIST test digits under random affine transforms, "
-            "1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",),
+            "affNIST's test set: 32 random affine transforms of each of the 10,000 MNIST test "
+            "digits, 320,000 images of 1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",),
             shape=(1, 40, 40)),
     Dataset("mnist-affine-standin", "idx", "MNIST/raw", (), MNIST_FILES[2], DIGITS, "MNIST",
             "NOT affNIST: MNIST test digits under seeded random affine transforms in affNIST's "

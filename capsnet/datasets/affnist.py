@@ -1,6 +1,9 @@
 """affNIST (https://www.cs.toronto.edu/~tijmen/affNIST/): MATLAB files holding one struct
 `affNISTdata` whose field `image` is (1600, N) uint8, one 40x40 image per column in row-major
-order, and `label_int` (1, N) the digit. Only the test set is read (test.mat, 10,000 images)."""
+order, and `label_int` (1, N) the digit. Only the test set is read: test.mat of the transformed
+version, 32 randomly transformed copies of each of the 10,000 MNIST test digits, N = 320,000
+(512 MB of pixels). The reader takes as many images as the file holds, without copying them:
+scipy reads the column-major matrix, whose transpose is already one image per row."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,5 +33,6 @@ def read(folder: Path, train: bool, entry: Dataset, image_size: int
     if labels.size and labels.max() >= len(entry.classes):
         raise UserError(f"{path} has label {labels.max()}; {entry.name} has "
                         f"{len(entry.classes)} classes")
-    pixels = np.ascontiguousarray(images.T).reshape(-1, 1, SIDE, SIDE).astype(np.uint8)
+    pixels = np.ascontiguousarray(images.T).reshape(-1, 1, SIDE, SIDE).astype(np.uint8,
+                                                                           copy=False)
     return torch.from_numpy(pixels), torch.from_numpy(labels.astype(np.int64)), entry.classes
