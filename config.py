@@ -26,7 +26,7 @@ def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> 
 @dataclass
 class Config:
     # Data
-    dataset: str = setting("mnist", "dataset to train on (README: Datasets)", tuple(DATASETS))
+    dataset: str = setting("mnist", "dataset to train on (docs/datasets.md)", tuple(DATASETS))
     data_dir: str = setting(os.environ.get("CAPSNET_DATA_DIR", "data"),
                             "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
                             "train/ and test/ for folder (env CAPSNET_DATA_DIR)")

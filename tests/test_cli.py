@@ -103,3 +103,19 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     for f in fields(Config):
         assert f"| `--{f.name.replace('_', '-')}` |" in readme, f.name
+
+
+def test_readme_is_short_and_every_page_it_or_the_docs_link_exists():
+    import re
+    readme = ROOT / "README.md"
+    assert readme.stat().st_size <= 15 * 1024
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    linked = set()
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith("http"):
+                continue
+            path = (page.parent / target).resolve()
+            assert path.exists(), f"{page.name} links {target}, which does not exist"
+            linked.add(path)
+    assert all(page.resolve() in linked for page in pages[1:])  # every docs page is reachable
