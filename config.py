@@ -16,6 +16,9 @@ from capsnet.errors import UserError
 RECIPES = ("paper", "official")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# torch.compile's modes; reduce-overhead and max-autotune capture CUDA graphs, which replay one
+# shape: every batch of a pass has batch_size examples (capsnet.data.Sample).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -69,6 +72,9 @@ class Config:
                              "and matrix products in bfloat16, routing and losses in float32)",
                              PRECISIONS)
     compile: bool = setting(False, "torch.compile the model (falls back to eager with a warning)")
+    compile_mode: str = setting("default", "torch.compile mode with --compile: reduce-overhead "
+                                "and max-autotune capture CUDA graphs (every batch has "
+                                "--batch-size examples: see docs/speed.md)", COMPILE_MODES)
     threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
     memory_check: bool = setting(os.environ.get("CAPSNET_MEMORY_CHECK", "1") != "0",
                                  "before training, measure a step's memory in a separate process "

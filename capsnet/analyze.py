@@ -108,6 +108,7 @@ class Predictions:
 def predict(model: CapsNet, batches: Any) -> Predictions:
     images, labels, lengths = [], [], []
     for sample in tqdm(batches, desc="test set", unit="batch", leave=False):
+        sample = sample.real()
         images.append(sample.images.cpu())
         labels.append(sample.labels.cpu())
         lengths.append(model(sample.images).lengths.float().cpu())

@@ -2,9 +2,6 @@
 compile and the distributed wrapper. train.py, --eval and the benchmark all start here."""
 from __future__ import annotations
 
-import functools
-import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,6 +19,7 @@ from .footprint import check as check_footprint
 from .footprint import check_data
 from .loss import CapsuleLoss
 from .model import CapsNet, CapsNetOutput
+from .recipe import Autocast, compile_model, configure_precision, make_criterion, make_optimizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,49 +56,6 @@ def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
     if differ:
         raise UserError("the checkpoint does not fit this dataset and config ("
                         + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
-
-
-def make_optimizer(model: CapsNet, cfg: Any) -> tuple[torch.optim.Adam,
-                                                     torch.optim.lr_scheduler.ExponentialLR]:
-    """Adam with the rate decayed by lr_decay every lr_decay_steps, continuously (step per batch)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one pass per step
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(
-        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
-    return optimizer, scheduler
-
-
-def make_criterion(cfg: Any) -> CapsuleLoss:
-    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
-                       class_mean=cfg.recipe == "official")
-
-
-Autocast = Callable[[], torch.autocast]
-
-
-def configure_precision(precision: str, device: torch.device) -> Autocast:
-    """Set the float32 matmul mode; return the autocast context for forward passes."""
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                             enabled=precision == "bf16")
-
-
-def compile_model(model: CapsNet, enabled: bool) -> Callable[..., CapsNetOutput]:
-    """torch.compile the model when asked; where compiling fails, run eager with a warning."""
-    if not enabled:
-        return model
-    try:
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
-        # capsnet.spectral's lru_cache'd DFT matrices are pure functions of sizes: tracing
-        # through the cache is correct, so Dynamo's warning about it is noise here.
-        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
-        return torch.compile(model)
-    except Exception as error:  # torch.compile is missing or refuses this platform
-        print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
-        return model
 
 
 @dataclass
@@ -169,12 +124,12 @@ def build_run(cfg: Any, train: bool = True,
     footprint = (check_footprint(spec_of(cfg, args, objects, device), cfg.batch_size, device)
                  if train and cfg.memory_check else None)
     model = CapsNet(**args).to(device)
-    eval_network = compile_model(model, cfg.compile)
+    eval_network = compile_model(model, cfg.compile, cfg.compile_mode)
     train_network = eval_network
     if world.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                           else None)
-        train_network = compile_model(wrapped, cfg.compile)
+        train_network = compile_model(wrapped, cfg.compile, cfg.compile_mode)
     optimizer, scheduler = make_optimizer(model, cfg)
     parts = RunParts(cfg, world, device, model, train_network, eval_network, make_criterion(cfg),
                      configure_precision(cfg.precision, device), optimizer, scheduler, generator,

@@ -1,6 +1,7 @@
 """Datasets held as one uint8 tensor on the training device, served in shuffled, shifted batches."""
 from __future__ import annotations
 
+import copy
 import zipfile
 from dataclasses import dataclass
 from importlib import import_module
@@ -15,10 +16,19 @@ from .datasets import DATASETS, Dataset
 from .errors import UserError
 
 class Sample(NamedTuple):
-    """One batch: the inputs, their labels, and what the reconstructions are scored against."""
+    """One batch: the inputs, their labels, what the reconstructions are scored against, and
+    which examples count. Every batch of a pass has batch_size examples (CUDA graphs replay one
+    shape): a pass's last batch is filled up with its first examples, weighted 0, which the
+    loss and the meters leave out."""
     images: Tensor  # (B, C, H, W) float in [0, 1]
     labels: Tensor  # (B,) class indices; (B, K) for K digits per image, in ascending order
     targets: Tensor  # the images themselves; (B, K, C, H, W) each digit alone for K digits
+    weights: Tensor  # (B,) float: 1 for the pass's examples, 0 for the filling
+
+    def real(self) -> Sample:
+        """The examples that count, without the filling (a host sync: not for the batch loop)."""
+        keep = self.weights > 0
+        return Sample(*(part[keep] for part in self))
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,13 @@ def shift_images(padded: Tensor, offsets: Tensor, size: int) -> Tensor:
     return padded[b, c, rows, cols]
 
 
+class Plan(NamedTuple):
+    """One pass of a process, drawn on the host: which examples, in which batches."""
+    order: Tensor  # (batches * batch_size,) example indices
+    drawn: list[Tensor]  # what else each example needs (offsets, partners), the same length
+    weights: Tensor  # (batches * batch_size,) 1, or 0 for the filling of the last batch
+
+
 class Batches:
     """Iterable of Sample batches (images float in [0, 1]) of a Split, already on its device.
 
@@ -127,6 +144,13 @@ class Batches:
         self.span = split.images.shape[-1] + 2 * shift - self.size  # offsets 0..span
         self.padded = (torch.nn.functional.pad(split.images, (shift,) * 4) if shift
                        else split.images)  # (N, C, H+2s, W+2s) uint8
+
+    def to(self, device: torch.device) -> Batches:
+        """These batches served from `device`: the same passes (a plan drawn by either serves
+        both), with the split and its padded copy moved there."""
+        moved = copy.copy(self)
+        moved.split, moved.padded = self.split.to(device), self.padded.to(device)
+        return moved
 
     @property
     def count(self) -> int:
@@ -154,17 +178,37 @@ class Batches:
     def starting_at(self, first: int) -> Iterator[Sample]:
         """One pass from batch `first` on: the order and shifts are drawn for the whole pass, as
         by __iter__, so the batches are those that a whole pass would give from there."""
-        count, device = self.count, self.split.labels.device
+        yield from self.serve_plan(self.plan(), first)
+
+    def plan(self) -> Plan:
+        """A pass drawn on the host (the only part that reads data back: a canvas's partners):
+        this process's share of the order, what else each example needs, and the weights, the
+        last batch filled up to batch_size with weight-0 copies of the share's first examples."""
+        count = self.count
         order, drawn = self.draw(count)
         if self.even and count % self.world:
             extra = self.world - count % self.world
             order = torch.cat([order, order[:extra]])
             drawn = [torch.cat([d, d[:extra]]) for d in drawn]
-        order = order[self.rank::self.world].to(device)  # this process's share
-        drawn = [d[self.rank::self.world].to(device) for d in drawn]
+        order, drawn = order[self.rank::self.world], [d[self.rank::self.world] for d in drawn]
+        weights = torch.ones(len(order))
+        fill = -len(order) % self.batch_size
+        if fill and len(order):
+            more = torch.arange(fill) % len(order)
+            order, weights = torch.cat([order, order[more]]), torch.cat([weights, torch.zeros(fill)])
+            drawn = [torch.cat([d, d[more]]) for d in drawn]
+        return Plan(order, drawn, weights)
+
+    def serve_plan(self, plan: Plan, first: int = 0) -> Iterator[Sample]:
+        """The batches of a plan from batch `first` on, made on the split's device: nothing
+        here waits for the device."""
+        device = self.split.labels.device
+        order, weights = plan.order.to(device), plan.weights.to(device)
+        drawn = [d.to(device) for d in plan.drawn]
         for start in range(first * self.batch_size, len(order), self.batch_size):
             stop = start + self.batch_size
-            yield self.serve(order[start:stop], *(d[start:stop] for d in drawn))
+            yield Sample(*self.serve(order[start:stop], *(d[start:stop] for d in drawn)),
+                         weights[start:stop])
 
     def draw(self, count: int) -> tuple[Tensor, list[Tensor]]:
         """A pass's order (N,) and what else each example needs, here its offset (N, 2)."""
@@ -175,17 +219,19 @@ class Batches:
                    else torch.full((count, 2), self.span // 2))  # (N, 2)
         return order, [offsets]
 
-    def serve(self, index: Tensor, offsets: Tensor) -> Sample:
+    def serve(self, index: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Images, labels and targets of the examples `index`, on the device."""
         images = (shift_images(self.padded[index], offsets, self.size) if self.span
                   else self.padded[index])
         images = images.float().div_(255.0)
-        return Sample(images, self.split.labels[index], images)
+        return images, self.split.labels[index], images
 
 
 def head(batches: Batches, count: int) -> Sample:
     """The first `count` examples of a pass (fewer if the pass is shorter), as one Sample."""
     samples, taken = [], 0
     for sample in batches:
+        sample = sample.real()
         samples.append(sample)
         taken += len(sample.labels)
         if taken >= count:

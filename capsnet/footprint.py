@@ -136,8 +136,8 @@ def check_data(splits: dict[str, Any], device: torch.device) -> None:
 
 def probe(spec: dict[str, Any]) -> list[float]:
     """In the probe process: the peak memory after a training step at each of spec's batches."""
-    from .build import configure_precision, make_criterion, make_optimizer
     from .model import CapsNet
+    from .recipe import configure_precision, make_criterion, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)

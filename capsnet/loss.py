@@ -27,6 +27,15 @@ def reconstruction_loss(images: Tensor, reconstructions: Tensor) -> Tensor:
     return (reconstructions - images).pow(2).flatten(1).sum(dim=1)
 
 
+def batch_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """The mean of per-example values (B,) over the examples of weight 1 (all, without weights):
+    the filling of a pass's last batch (weight 0) takes no part, and nothing waits for the
+    device."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 class LossParts(NamedTuple):
     margin: Tensor  # batch mean of the margin loss
     reconstruction: Tensor  # batch mean of the weighted reconstruction loss
@@ -48,13 +57,17 @@ class CapsuleLoss(nn.Module):
         self.m_plus, self.m_minus, self.lambda_ = m_plus, m_minus, lambda_
         self.reconstruction_weight, self.class_mean = reconstruction_weight, class_mean
 
-    def parts(self, targets: Tensor, labels: Tensor, output: CapsNetOutput) -> LossParts:
-        """`targets`: what the reconstructions are scored against (Sample.targets)."""
+    def parts(self, targets: Tensor, labels: Tensor, output: CapsNetOutput,
+              weights: Tensor | None = None) -> LossParts:
+        """`targets`: what the reconstructions are scored against (Sample.targets); `weights`
+        (B,): which examples count (Sample.weights; None: all)."""
         margin = margin_loss(output.lengths, labels, self.m_plus, self.m_minus, self.lambda_)
         if self.class_mean:
             margin = 0.5 * margin / output.lengths.shape[1]
         sse = reconstruction_loss(targets, output.reconstructions)
-        return LossParts(margin.mean(), self.reconstruction_weight * sse.mean())
+        return LossParts(batch_mean(margin, weights),
+                         self.reconstruction_weight * batch_mean(sse, weights))
 
-    def forward(self, targets: Tensor, labels: Tensor, output: CapsNetOutput) -> Tensor:
-        return self.parts(targets, labels, output).total
+    def forward(self, targets: Tensor, labels: Tensor, output: CapsNetOutput,
+                weights: Tensor | None = None) -> Tensor:
+        return self.parts(targets, labels, output, weights).total

@@ -54,43 +54,75 @@ class Meters:
 
     With two labels per example (MultiMNIST), `correct` counts the examples whose two longest
     capsules are exactly their two digits, `partly` those with at least one of them right, and
-    the confusion matrix counts each digit against the prediction in its slot."""
+    the confusion matrix counts each digit against the prediction in its slot.
+
+    Each batch is counted where it was computed, into sums on its device, without waiting for
+    it and without keeping any of its tensors (a CUDA graph's replay overwrites them); the
+    torchnet meters take the sums at each flush, in one transfer."""
 
     def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
         self.loss = AverageValueMeter()
         self.margin = AverageValueMeter()
         self.reconstruction = AverageValueMeter()
         self.correct = AverageValueMeter()  # sum: examples all right; n: examples
         self.partly = AverageValueMeter()  # sum: examples with at least one label right
         self.confusion = ConfusionMeter(num_classes)
-        self.pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.sums: Tensor | None = None  # (3 + classes^2,) on the device: see add()
+        self.pending: list[Tensor] = []  # each queued batch's (margin, reconstruction) means
 
-    def add(self, lengths: Tensor, labels: Tensor, margin: Tensor, reconstruction: Tensor) -> None:
-        """Queue one batch: lengths (B, classes), labels (B,), batch-mean loss parts (scalars)."""
-        self.pending.append((lengths.detach(), labels, margin.detach(), reconstruction.detach()))
+    def add(self, lengths: Tensor, labels: Tensor, parts: Any, weights: Tensor | None = None
+            ) -> None:
+        """Count one batch: lengths (B, classes), labels (B,) or (B, 2), its loss parts (batch
+        means, LossParts), weights (B,) 1 for the examples that count (None: all)."""
+        if weights is None:
+            weights = torch.ones(len(labels), device=labels.device)
+        weights = weights.detach().to(torch.float64)
+        right, predicted = hits(lengths.detach(), labels)
+        n = weights.sum()
+        counted = torch.stack([n, (right.all(dim=1) * weights).sum(),
+                               (right.any(dim=1) * weights).sum()])  # examples, right, partly
+        cells = (labels.view(len(labels), -1) * self.num_classes + predicted).flatten()
+        if self.sums is None:  # made afresh after each flush, in the mode of the pass
+            self.sums = torch.zeros(3 + self.num_classes ** 2, dtype=torch.float64,
+                                    device=n.device)
+        self.sums[:3] += counted
+        self.sums[3:].index_add_(0, cells, weights.repeat_interleave(right.shape[1]))
+        means = torch.stack([parts.margin.detach(), parts.reconstruction.detach()]).float()
+        self.pending.append(torch.cat([means, n.float()[None]]))  # a new tensor: safe to keep
 
     def flush(self) -> int | None:
-        """Move the queued batches to the CPU in one transfer and add them to the meters.
+        """Move the counted batches to the CPU in one transfer and add them to the meters.
 
-        Returns the index, among the queued batches, of the first one whose loss is not finite
-        (None when all are)."""
+        Returns the index, among the batches counted since the last flush, of the first one
+        whose loss is not finite (None when all are)."""
         if not self.pending:
             return None
-        lengths = torch.cat([p[0] for p in self.pending]).float().cpu()
-        labels = torch.cat([p[1] for p in self.pending]).cpu()
-        parts = torch.stack([torch.stack(p[2:]) for p in self.pending]).float().cpu().tolist()
-        bad = next((k for k, (margin, reconstruction) in enumerate(parts)
+        return self.take(self.fetch())
+
+    def fetch(self) -> Tensor:
+        """Everything counted since the last flush, in one transfer to the host (the one wait
+        for the device): each batch's (margin, reconstruction, examples), then the sums."""
+        both = torch.cat([torch.stack(self.pending).flatten().double(), self.sums]).cpu()
+        self.sums = None
+        return both
+
+    def take(self, fetched: Tensor) -> int | None:
+        """Add what fetch() gave to the torchnet meters; the index of the first batch whose loss
+        is not finite, or None."""
+        rows = fetched[:3 * len(self.pending)].view(-1, 3).tolist()
+        sums = fetched[3 * len(self.pending):]
+        self.pending.clear()
+        bad = next((k for k, (margin, reconstruction, _) in enumerate(rows)
                     if not math.isfinite(margin + reconstruction)), None)
-        for (batch_lengths, *_), (margin, reconstruction) in zip(self.pending, parts):
-            n = batch_lengths.shape[0]
+        for margin, reconstruction, n in rows:
             self.margin.add(margin * n, n)
             self.reconstruction.add(reconstruction * n, n)
             self.loss.add((margin + reconstruction) * n, n)
-        right, predicted = hits(lengths, labels)
-        self.correct.add(float(right.all(dim=1).sum()), len(right))
-        self.partly.add(float(right.any(dim=1).sum()), len(right))
-        self.confusion.add(predicted.flatten(), labels.flatten())
-        self.pending.clear()
+        examples, right, partly = sums[:3].tolist()
+        self.correct.add(right, examples)
+        self.partly.add(partly, examples)
+        self.confusion.conf += sums[3:].view(self.num_classes, -1).round().long().numpy()
         return bad
 
     def reset(self) -> None:
@@ -98,6 +130,7 @@ class Meters:
                       self.confusion):
             meter.reset()
         self.pending.clear()
+        self.sums = None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the meters have counted, after flushing (for a mid-epoch checkpoint)."""

@@ -89,7 +89,7 @@ class PrimaryCapsules(nn.Module):
         row, column."""
         batch, height, width, _ = out.shape
         if self.scale != 1.0:
-            out = torch.addcmul(self.conv.bias, out - self.conv.bias, out.new_tensor(self.scale))
+            out = torch.add(self.conv.bias, out - self.conv.bias, alpha=self.scale)
         u = out.reshape(batch, height, width, self.types, self.dim).permute(0, 3, 1, 2, 4)
         return squash(u.reshape(batch, self.types * height * width, self.dim))
 

@@ -12,19 +12,37 @@ to float32 rounding (tests/test_spectral.py).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+_direct = False  # set inside direct(): nn.Conv2d everywhere
+
+
+@contextlib.contextmanager
+def direct() -> Iterator[None]:
+    """Inside, conv1 and PrimaryCaps run through nn.Conv2d on the CPU too, the path CUDA takes
+    (one graph for torch.compile: the spectral path keeps its weight spectrum eagerly)."""
+    global _direct
+    before, _direct = _direct, True
+    try:
+        yield
+    finally:
+        _direct = before
+
+
 def supported(images: Tensor) -> bool:
-    """The spectral path runs for float CPU inputs outside autocast (bf16 uses oneDNN)."""
-    return (images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
+    """The spectral path runs for float CPU inputs outside autocast (bf16 uses oneDNN) and
+    outside direct()."""
+    return (not _direct and images.device.type == "cpu"
+            and images.dtype in (torch.float32, torch.float64)
             and not torch.is_autocast_enabled("cpu"))
 
 

@@ -13,7 +13,7 @@ from torchnet.engine import Engine
 from tqdm import tqdm
 
 from . import interrupt
-from .build import Autocast, RunParts, build_run, check_structure
+from .build import RunParts, build_run, check_structure
 from .checkpoint import load_state, save_checkpoint
 from .distributed import World
 from .errors import UserError
@@ -23,6 +23,7 @@ from .data import Sample
 from .datasets import DATASETS
 from .meters import Meters, accuracy_text, align_reconstructions, confusion_of, summary_of
 from .model import CapsNet, CapsNetOutput
+from .recipe import Autocast
 from .rundir import RunDir
 from .storage import WriteError
 
@@ -39,21 +40,21 @@ def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, 
     predicted classes (as many as the labels) at test, where each predicted digit's
     reconstruction is scored against the true digit of its class."""
     def step(sample: Sample) -> tuple[Tensor, Step]:
-        images, labels, targets = sample
+        images, labels, targets, weights = sample
         objects = labels.shape[1] if labels.dim() == 2 else 1
         with autocast():
             output = network(images, labels if train else None, objects)
             if objects > 1 and not train:
                 output = align_reconstructions(output, labels)
-            parts = criterion.parts(targets, labels, output)
+            parts = criterion.parts(targets, labels, output, weights)
         return parts.total, Step(output, parts)
     return step
 
 
 def add_to_meters(meters: Meters, state: dict) -> None:
-    labels = state["sample"].labels
+    sample: Sample = state["sample"]
     step: Step = state["output"]
-    meters.add(step.output.lengths, labels, step.parts.margin, step.parts.reconstruction)
+    meters.add(step.output.lengths, sample.labels, step.parts, sample.weights)
 
 
 class Evaluator:

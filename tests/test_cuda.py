@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from capsnet.build import configure_precision, make_criterion
+from capsnet.recipe import configure_precision, make_criterion
 from capsnet.checkpoint import load_checkpoint
 from capsnet.data import Batches, load_split
 from capsnet.model import CapsNet
@@ -88,7 +88,7 @@ def test_the_batches_on_the_gpu_are_those_on_the_cpu(data_root):
 
     def batches(device: str) -> list:
         g = torch.Generator().manual_seed(3)
-        return [(x.cpu(), y.cpu()) for x, y, _ in Batches(split.to(torch.device(device)), 32,
+        return [(x.cpu(), y.cpu()) for x, y, _, _ in Batches(split.to(torch.device(device)), 32,
                                                        shuffle=True, shift=2, generator=g)]
     for (x_gpu, y_gpu), (x_cpu, y_cpu) in zip(batches("cuda"), batches("cpu"), strict=True):
         assert torch.equal(x_gpu, x_cpu) and torch.equal(y_gpu, y_cpu)

@@ -56,9 +56,12 @@ def split_of(count: int) -> Split:
 def test_shuffled_batches_cover_every_example_once_per_pass():
     batches = Batches(split_of(50), 16, shuffle=True, generator=torch.Generator().manual_seed(0))
     assert len(batches) == 4
-    seen = torch.cat([sample.labels for sample in batches])
+    samples = list(batches)
+    assert [len(s.labels) for s in samples] == [16] * 4  # one shape: the last is filled up
+    assert samples[-1].weights.tolist() == [1.0] * 2 + [0.0] * 14  # with weight-0 examples
+    seen = torch.cat([sample.real().labels for sample in samples])
     assert sorted(seen.tolist()) == list(range(50)) and seen.tolist() != list(range(50))
-    images, labels, _ = next(iter(batches))
+    images, labels, _, _ = next(iter(batches))
     assert images.dtype == torch.float32 and images.max() <= 1
     assert torch.allclose(images[:, 0, 5, 5] * 255, labels.float())
 
@@ -66,7 +69,9 @@ def test_shuffled_batches_cover_every_example_once_per_pass():
 def test_unshuffled_unshifted_batches_are_the_images_in_order():
     batches = Batches(split_of(10), 4)
     labels = torch.cat([sample.labels for sample in batches])
-    assert labels.tolist() == list(range(10)) and len(batches) == 3
+    assert labels.tolist() == list(range(10)) + [0, 1] and len(batches) == 3  # filled by 0, 1
+    weights = torch.cat([sample.weights for sample in batches])
+    assert weights.tolist() == [1.0] * 10 + [0.0] * 2
 
 
 def test_shift_moves_each_image_by_its_own_offset_with_zero_fill():
@@ -99,10 +104,10 @@ def test_crops_are_random_in_training_and_central_at_test():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     split = Split(images, torch.arange(20) % 10, tuple("0123456789"))
-    test_images, _, _ = next(iter(Batches(split, 20, crop=24)))
+    test_images, _, _, _ = next(iter(Batches(split, 20, crop=24)))
     assert torch.equal(test_images, images[:, :, 4:28, 4:28].float() / 255)
     train = Batches(split, 20, shuffle=True, crop=24, generator=g)
-    crops, labels, _ = next(iter(train))
+    crops, labels, _, _ = next(iter(train))
     assert crops.shape == (20, 3, 24, 24)
     places = set()
     for crop, label in zip(crops, labels):

@@ -10,12 +10,13 @@ from capsnet import analyze
 from capsnet.data import Split, load_split
 from capsnet.datasets import affine
 from capsnet.datasets.canvas import CanvasBatches
-from capsnet.loss import CapsuleLoss, margin_loss
+from capsnet.loss import CapsuleLoss, LossParts, margin_loss
 from capsnet.meters import Meters, confusion_of, summary_of
 from capsnet.model import CapsNet, CapsNetOutput, predict
 from conftest import run_main, write_dataset
 
 CLASSES = tuple("0123456789")
+NO_LOSS = LossParts(torch.tensor(0.0), torch.tensor(0.0))
 
 
 def noise_digits(count: int, seed: int = 0) -> Split:
@@ -40,7 +41,7 @@ def test_multimnist_examples_hold_two_digits_of_different_classes_each_shifted_a
     batches = CanvasBatches(split, 20, 36, 2, shuffle=True, generator=generator)
     corners = []
     for _ in range(3):  # three training passes
-        for images, labels, targets in batches:
+        for images, labels, targets, _ in batches:
             assert images.shape == (20, 1, 36, 36) and targets.shape == (20, 2, 1, 36, 36)
             assert (labels[:, 0] < labels[:, 1]).all()  # two classes, in ascending order
             # the input is the two kept digits added and clipped
@@ -63,7 +64,7 @@ def test_multimnist_test_set_is_the_same_for_every_run_and_training_pairs_are_ne
     again = [s for s in CanvasBatches(split, 16, 36, 2, generator=torch.Generator().manual_seed(5))]
     for a, b in zip(first, again):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert [len(s.labels) for s in first] == [16, 16, 8]  # one pair per digit, 40 in all
+    assert [int(s.weights.sum()) for s in first] == [16, 16, 8]  # one pair per digit, 40 in all
     train = CanvasBatches(split, 40, 36, 2, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
     one, two = next(iter(train)), next(iter(train))
@@ -83,7 +84,7 @@ def test_a_shorter_multimnist_test_set_is_the_first_pairs_of_the_full_one():
         assert batches.count == limit and len(batches) == 1
         assert batches.describe() == (f"{limit} pairs (the first {limit} of 300 digits, "
                                       "partners from all 300)")
-        short = next(iter(batches))
+        short = next(iter(batches)).real()
         assert all(torch.equal(a, b[:limit]) for a, b in zip(short, full))
 
 
@@ -106,7 +107,7 @@ def test_test_reconstructions_are_scored_against_the_digit_of_their_class():
         return CapsNetOutput(lengths, torch.zeros(1, 10, 16), rebuilt)
     step = forward_step(network, CapsuleLoss(), lambda: torch.autocast("cpu", enabled=False),
                         train=False)
-    _, result = step((torch.zeros(1, 1, 2, 2), torch.tensor([[2, 5]]), targets))
+    _, result = step((torch.zeros(1, 1, 2, 2), torch.tensor([[2, 5]]), targets, torch.ones(1)))
     # the 5 against the true 5: 0; the 7 against the 2: (1 - 0)^2 + (0 - 1)^2 = 2
     assert torch.isclose(result.parts.reconstruction, torch.tensor(0.0005 * 2.0))
     # unaligned, both slots would be wrong: 5 vs the 2 gives 2, 7 vs the 5 gives 2
@@ -119,7 +120,7 @@ def test_mnist40_places_each_digit_anywhere_on_40x40():
                             generator=torch.Generator().manual_seed(0))
     corners = []
     for _ in range(4):
-        images, labels, targets = next(iter(batches))
+        images, labels, targets, _ = next(iter(batches))
         assert images.shape == (50, 1, 40, 40) and torch.equal(labels.sort().values,
                                                                split.labels.sort().values)
         assert targets is images
@@ -162,7 +163,7 @@ def test_the_decoder_runs_once_per_digit_masked_by_its_class():
 
 def pair_meters(lengths: list[list[float]], labels: list[list[int]]) -> Meters:
     meters = Meters(10)
-    meters.add(torch.tensor(lengths), torch.tensor(labels), torch.tensor(0.0), torch.tensor(0.0))
+    meters.add(torch.tensor(lengths), torch.tensor(labels), NO_LOSS)
     return meters
 
 
@@ -184,7 +185,7 @@ def test_pair_metric_on_crafted_capsule_lengths():
 def test_one_label_meters_are_plain_accuracy():
     meters = Meters(10)
     lengths = torch.eye(10)[[3, 3, 7]]
-    meters.add(lengths, torch.tensor([3, 4, 7]), torch.tensor(0.0), torch.tensor(0.0))
+    meters.add(lengths, torch.tensor([3, 4, 7]), NO_LOSS)
     summary = summary_of(meters.totals())
     assert summary["accuracy"] == pytest.approx(200 / 3) and "at_least_one" not in summary
 

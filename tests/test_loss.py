@@ -47,3 +47,36 @@ def test_official_recipe_margin_is_a_twentieth_of_the_papers_for_ten_classes():
     official = CapsuleLoss(class_mean=True).parts(images, labels, output)
     assert torch.allclose(official.margin, paper.margin / 20)
     assert torch.equal(official.reconstruction, paper.reconstruction)
+
+
+def test_a_filled_up_batch_gives_the_loss_gradients_and_counts_of_its_own_examples():
+    """A pass's last batch is filled up to the batch size with weight-0 copies of its first
+    examples (one shape for CUDA graphs): the loss, the gradients and the meters are those of
+    the batch's own examples."""
+    from capsnet.meters import Meters, summary_of
+    from capsnet.model import CapsNet
+    torch.manual_seed(0)
+    model = CapsNet(conv1_channels=16, primary_types=4, class_dim=8)
+    images, labels = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4])
+    filled = torch.cat([images, images[:3]]), torch.cat([labels, labels[:3]])
+    weights = torch.tensor([1.0] * 5 + [0.0] * 3)
+    criterion = CapsuleLoss()
+    results = []
+    for batch_images, batch_labels, batch_weights in ((images, labels, None),
+                                                      (*filled, weights)):
+        model.zero_grad()
+        output = model(batch_images, batch_labels)
+        parts = criterion.parts(batch_images, batch_labels, output, batch_weights)
+        parts.total.backward()
+        meters = Meters(10)
+        meters.add(output.lengths, batch_labels, parts, batch_weights)
+        totals = meters.totals()
+        results.append((parts, [p.grad.clone() for p in model.parameters()], totals))
+    (short, short_grads, short_totals), (full, full_grads, full_totals) = results
+    assert torch.allclose(full.margin, short.margin, rtol=1e-6)
+    assert torch.allclose(full.reconstruction, short.reconstruction, rtol=1e-6)
+    for a, b in zip(full_grads, short_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(full_totals, short_totals, rtol=1e-6)
+    assert summary_of(full_totals)["loss"] == pytest.approx(float(short.total), rel=1e-6)
+    assert full_totals[3] == 5 and full_totals[7:].sum() == 5  # examples, confusion cells

@@ -31,7 +31,7 @@ def ink_box(images: Tensor) -> Tensor:
     the canvas centre: (N, 4, 2)."""
     ink = images[:, 0] > 0  # (N, H, W)
     side = images.shape[-1]
-    span = torch.arange(side, dtype=torch.float64)
+    span = torch.arange(side, dtype=torch.float64, device=images.device)
 
     def extent(inked: Tensor) -> tuple[Tensor, Tensor]:  # (N, side) -> first, last+1 inked
         low = torch.where(inked, span, float(side)).min(dim=1).values
@@ -57,8 +57,7 @@ def transforms(u: Tensor) -> Tensor:
     shear = SHEAR * (2 * u[:, 1] - 1)
     sx, sy = (SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, k] for k in (2, 3))
     count = len(u)
-    cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros(count, dtype=torch.float64), \
-        torch.ones(count, dtype=torch.float64)
+    cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
     rotation = torch.stack([cos, -sin, sin, cos], dim=1).view(-1, 2, 2)
     shearing = torch.stack([one, shear, zero, one], dim=1).view(-1, 2, 2)
     scaling = torch.stack([sx, zero, zero, sy], dim=1).view(-1, 2, 2)
@@ -70,7 +69,7 @@ def make(split: Split) -> Split:
     pad = (SIDE - split.images.shape[-1]) // 2
     canvas = F.pad(split.images, (pad,) * 4)  # (N, 1, 40, 40) uint8
     count = len(split)
-    u = draws(count)
+    u = draws(count).to(split.images.device)
     linear = transforms(u)  # (N, 2, 2)
     moved = ink_box(canvas) @ linear.transpose(1, 2)  # (N, 4, 2): the ink box transformed
     low = -SIDE / 2 - moved.min(dim=1).values  # translations that keep the ink inside

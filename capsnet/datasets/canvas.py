@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Batches, Sample, Split, shift_images
+from ..data import Batches, Split, shift_images
 from ..errors import UserError
 
 TEST_SEED = 20171026  # fixed: every run tests on the same examples
@@ -86,7 +86,8 @@ class CanvasBatches(Batches):
             chosen.append(pick)
         return torch.stack(chosen[1:], dim=1) if len(chosen) > 1 else order.new_zeros(len(order), 0)
 
-    def serve(self, index: Tensor, offsets: Tensor, partners: Tensor) -> Sample:
+    def serve(self, index: Tensor, offsets: Tensor, partners: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
         batch = len(index)
         every = torch.cat([index[:, None], partners], dim=1)  # (B, K) example indices
         digits = self.split.images[every.flatten()]  # (B*K, C, side, side) uint8
@@ -96,7 +97,7 @@ class CanvasBatches(Batches):
         images = placed.sum(dim=1, dtype=torch.int16).clamp_(max=255).float().div_(255.0)
         labels = self.split.labels[every]  # (B, K)
         if self.objects == 1:
-            return Sample(images, labels[:, 0], images)
+            return images, labels[:, 0], images
         labels, slots = labels.sort(dim=1)
         placed = placed[torch.arange(batch, device=index.device)[:, None], slots]
-        return Sample(images, labels, placed.float().div_(255.0))
+        return images, labels, placed.float().div_(255.0)

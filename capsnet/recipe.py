@@ -1,0 +1,59 @@
+"""How a run trains, from its settings: the optimiser and its schedule, the loss, the precision
+and the compiler. The run builder (capsnet.build) and the memory probe (capsnet.footprint) both
+make their training steps from these."""
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .loss import CapsuleLoss
+from .model import CapsNetOutput
+
+def make_optimizer(model: nn.Module, cfg: Any) -> tuple[torch.optim.Adam,
+                                                      torch.optim.lr_scheduler.ExponentialLR]:
+    """Adam with the rate decayed by lr_decay every lr_decay_steps, continuously (step per batch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one pass per step
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
+    return optimizer, scheduler
+
+
+def make_criterion(cfg: Any) -> CapsuleLoss:
+    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
+                       class_mean=cfg.recipe == "official")
+
+
+Autocast = Callable[[], torch.autocast]
+
+
+def configure_precision(precision: str, device: torch.device) -> Autocast:
+    """Set the float32 matmul mode; return the autocast context for forward passes."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                             enabled=precision == "bf16")
+
+
+def compile_model(model: nn.Module, enabled: bool, mode: str = "default"
+                  ) -> Callable[..., CapsNetOutput]:
+    """torch.compile the model in `mode` (config.COMPILE_MODES) when asked; where compiling
+    fails, run eager with a warning."""
+    if not enabled:
+        return model
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
+        # capsnet.spectral's lru_cache'd DFT matrices are pure functions of sizes: tracing
+        # through the cache is correct, so Dynamo's warning about it is noise here.
+        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
+        return torch.compile(model, mode=None if mode == "default" else mode)
+    except Exception as error:  # torch.compile is missing or refuses this platform
+        print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
+        return model
