@@ -92,13 +92,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PROBE = 64  # test examples whose capsule lengths, at the initial weights, compare settings
+
+
 def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         steps: int, warmup: int, repeats: int, network: dict[str, Any] | None = None,
-        footprint: bool = False) -> dict[str, Any]:
+        footprint: bool = False, compile_mode: str = "default") -> dict[str, Any]:
     """`network`: Config settings of the dataset and network (dataset, widths, crop, ...)."""
     from config import Config
     cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
-                 compile=compile, device=device_choice)
+                 compile=compile, compile_mode=compile_mode, device=device_choice)
     if not DATASETS[cfg.dataset].train_files:
         raise UserError(f"--dataset {cfg.dataset} is a test set only: nothing to train on")
 
@@ -127,17 +130,25 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
             evaluator.test(eval_step, source)
         return len(source.split)
 
+    sync(device, world)
+    first = time.perf_counter()  # the first passes: compiling, when --compile, and warming up
+    probe = probe_lengths(parts)
     warm = warmup * batch_size * processes
     train(parts.batches(split(warm, 1), True))
     evaluate(parts.batches(split(warm, 0), False))
+    sync(device, world)
+    first = time.perf_counter() - first
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
     eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
+    steady = warm / train_rate + (warm + len(probe)) / eval_rate  # those passes, warm
     estimate = (measure(spec_of(cfg, parts.model_args, parts.objects, device)).of(batch_size)
                 / 2 ** 20 if footprint else None)
     return {
         "train_images_per_s": train_rate, "estimated_memory_mb": estimate, "eval_images_per_s": eval_rate,
+        "first_passes_seconds": first, "compile_seconds": max(0.0, first - steady),
+        "probe_lengths": probe.tolist(), "compile_mode": compile_mode if compile else None,
         "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device), "processes": world.size, "batch_size": batch_size,
@@ -146,6 +157,17 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         "network": {k: getattr(cfg, k) for k in NETWORK},
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "main": world.main,
     }
+
+
+def probe_lengths(parts: Any) -> torch.Tensor:
+    """The capsule lengths of the first PROBE test examples at the initial weights, in the run's
+    precision: the same for every setting up to its rounding (and the first compile of the test
+    pass, with --compile). (PROBE or fewer, classes) on the CPU."""
+    images = next(iter(parts.test_batches)).images[:PROBE]
+    parts.model.eval()
+    with torch.inference_mode(), parts.autocast():
+        lengths = parts.eval_network(images).lengths
+    return lengths.float().cpu()
 
 
 def report(result: dict[str, Any]) -> str:
@@ -157,12 +179,16 @@ def report(result: dict[str, Any]) -> str:
             ("data", f"{result['dataset']}-shaped, random"),
             ("network", f"{network}; {result['parameters']:,} parameters"),
             ("batch size (per process)", result["batch_size"]),
-            ("precision", result["precision"] + (" + compile" if result["compile"] else "")),
+            ("precision", result["precision"] + (f" + compile ({result['compile_mode']})"
+                                                 if result["compile"] else "")),
             ("timed passes (median)", result["repeats"]),
             ("train images/s", f"{result['train_images_per_s']:.1f}"),
             ("eval images/s", f"{result['eval_images_per_s']:.1f}"),
             (f"epoch seconds ({how})", f"{result['epoch_seconds']:.1f}"),
             ("peak memory MB", f"{result['peak_memory_mb']:.0f}"),
+            ("first passes seconds (compile, warm-up)", f"{result['first_passes_seconds']:.1f}"),
+            ("compile seconds (their time beyond the steady rate)",
+             f"{result['compile_seconds']:.1f}"),
             *([("memory check's estimate MB", f"{result['estimated_memory_mb']:.0f}")]
               if result["estimated_memory_mb"] is not None else []),
             ("vs 2-minute reference epoch", f"{120 / result['epoch_seconds']:.2f}x")]
@@ -171,12 +197,14 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import PRESETS, Config, flag
+    from config import COMPILE_MODES, PRESETS, Config, flag
     parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="torch.compile mode (reduce-overhead, max-autotune: CUDA graphs)")
     parser.add_argument("--steps", type=int, default=10,
                         help="measured batches on the CPU (CUDA times a whole epoch)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
@@ -201,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
-                     args.steps, args.warmup, args.repeats, network, args.footprint)
+                     args.steps, args.warmup, args.repeats, network, args.footprint,
+                     args.compile_mode)
         if result.pop("main"):
             print(report(result))
             if args.json:

@@ -15,6 +15,8 @@ def test_bench_measures_and_writes_json(tmp_path, capsys):
     assert result["epoch_seconds"] == pytest.approx(
         60_000 / result["train_images_per_s"] + 10_000 / result["eval_images_per_s"])
     assert (result["batch_size"], result["precision"], result["epoch_measured"]) == (8, "fp32", False)
+    assert result["first_passes_seconds"] > 0 and result["compile_seconds"] >= 0
+    assert len(result["probe_lengths"]) == 8 and len(result["probe_lengths"][0]) == 10
     assert "train images/s" in capsys.readouterr().out
 
 
