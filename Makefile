@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export CAPSNET_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup train test bench dashboard analyze clean device-bundle device-test
+.PHONY: setup train test bench dashboard analyze clean device-bundle device-check
 
 setup: $(STAMP)
 
@@ -40,11 +40,14 @@ clean:
 	rm -rf $(VENV)
 
 # A GPU machine that reaches no package index and does not see ../shared: `make device-bundle` here
-# puts what it lacks into .device/ (ignored by git, about 60 MB): wheels of the pure-Python
-# packages that its Python 3.12 + torch image does not have, and the MNIST files. Carry .device to
-# the machine and run `make device-test` there: it installs the wheels beside its own torch and
-# runs the CUDA tests and a short training run, resume and eval on the GPU.
+# puts what it lacks into .device/ (ignored by git, under 30 MB): wheels of the pure-Python
+# packages that its Python 3.12 + torch image does not have, and the MNIST files, gzipped. Carry
+# .device to the machine and run `make device-check` there (OUT=DIR, BUDGET=seconds, default
+# 300; ARGS="--only PART" reruns one part): it installs the wheels beside its own torch and writes
+# every GPU measurement into DIR (capsnet/devicecheck.py says what).
 DEVICE := .device
+OUT ?= device-check
+BUDGET ?= 300
 WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --only-binary=:all: \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
 
@@ -54,9 +57,10 @@ device-bundle: $(STAMP)
 		torchnet==0.0.4 visdom==0.2.4
 	$(BIN)/python -m pip download --quiet --no-deps $(WHEEL_PLATFORMS) -d $(DEVICE)/wheels \
 		tornado==6.6.1 jsonpatch==1.47 jsonpointer==3.12 websocket-client==1.9.2
-	cp $(CAPSNET_DATA_DIR)/MNIST/raw/*-ubyte $(DEVICE)/data/MNIST/raw/
+	for f in $(CAPSNET_DATA_DIR)/MNIST/raw/*-ubyte; do gzip -9 -c $$f > $(DEVICE)/data/MNIST/raw/$$(basename $$f).gz; done
 	du -sh $(DEVICE)
 
-device-test:
+device-check:
 	python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site $(DEVICE)/wheels/*.whl
-	PYTHONPATH=/tmp/site CAPSNET_DATA_DIR=$(DEVICE)/data python3 -m pytest -q tests/test_cuda.py
+	gunzip -kf $(DEVICE)/data/MNIST/raw/*.gz
+	PYTHONPATH=/tmp/site CAPSNET_DATA_DIR=$(DEVICE)/data python3 -m capsnet.devicecheck --out $(OUT) --budget $(BUDGET) $(ARGS)

@@ -1,4 +1,4 @@
-"""CUDA paths against the CPU: run on a machine with a GPU (`make device-test` on the device)."""
+"""CUDA paths against the CPU: run on a machine with a GPU (`make device-check` on the device)."""
 import subprocess
 import sys
 from pathlib import Path

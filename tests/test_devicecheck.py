@@ -1,0 +1,63 @@
+"""`make device-check`'s command, dry-run on the CPU: every part, its budget, its files and rows."""
+import json
+import tarfile
+import time
+
+from capsnet import devicecheck
+
+LABELS = ["fp32", "tf32", "bf16", "bf16 + compile", "bf16 + compile + CUDA graphs"]
+
+
+def test_a_dry_run_writes_every_part_into_five_files_within_its_budget(tmp_path, data_root,
+                                                                       monkeypatch):
+    monkeypatch.setenv("CAPSNET_DATA_DIR", str(data_root))
+    out = tmp_path / "out"
+    start = time.monotonic()
+    assert devicecheck.main(["--out", str(out), "--budget", "100", "--dry-run"]) == 0
+    assert time.monotonic() - start < 100 + devicecheck.STOP_GRACE
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curve.png", "device-check.json", "device-check.log", "rows.md", "runs.tar.gz"]
+    results = json.loads((out / "device-check.json").read_text())
+    assert results["dry_run"] and results["tests"]["exit"] == 0
+    assert "skipped" in results["tests"]["summary"]  # no GPU here: test_cuda.py skips
+    bench = results["bench"]
+    assert [row["label"] for row in bench] == LABELS + ["fp32"]
+    for row in bench[:3] + bench[-1:]:
+        assert row["exit"] == 0 and row["train_images_per_s"] > 0 and row["peak_memory_mb"] > 0
+        assert "compile_seconds" in row and "--json" not in row["command"]
+    assert all(row["agrees_with_fp32"] for row in bench[:3])
+    assert all("skipped" in row for row in bench[3:5])  # no inductor on the CPU
+    assert bench[-1]["batch_size"] == 16  # the large batch, at the fastest agreeing setting
+    assert results["epoch"]["with_compile_seconds"] > 0
+    assert results["epoch"]["without_compile_seconds"] > 0
+    for name in ("epoch", "paper", "official"):
+        run = results["runs"][name]
+        assert run["exit"] == 0 and [r["epoch"] for r in run["epochs"]] == [1.0, 2.0], name
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        assert {"paper/metrics.csv", "official/config.json", "epoch/metrics.csv"} <= set(
+            tar.getnames())
+    rows = (out / "rows.md").read_text()
+    assert "DRY RUN on the CPU" in rows and "| fp32 | 8 |" in rows
+    assert "| bf16 + compile |  | no compile in a dry run" in rows
+    assert "| MNIST, paper | 2 |" in rows and "| MNIST, official | 2 |" in rows
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the rows again from the results alone (as after a rerun of one part)
+    again = tmp_path / "again"
+    assert devicecheck.main(["--out", str(again), "--only", "rows", "--results",
+                             str(out / "device-check.json")]) == 0
+    assert (again / "rows.md").read_text() == rows
+
+
+def test_a_part_stops_at_its_share_and_the_others_are_recorded_as_not_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    start = time.monotonic()
+    assert devicecheck.main(["--out", str(out), "--budget", "2", "--only", "bench",
+                             "--dry-run"]) == 0
+    assert time.monotonic() - start < 2 + devicecheck.STOP_GRACE + 5
+    bench = json.loads((out / "device-check.json").read_text())["bench"]
+    assert bench[0]["exit"] is None  # stopped
+    assert all("train_images_per_s" not in row for row in bench)
+    rows = (out / "rows.md").read_text()
+    assert "| fp32 | 8 | not measured (exit None) |" in rows
+    assert devicecheck.main(["--out", str(out), "--budget", "0"]) == 2
+    assert "--budget 0.0 is not allowed" in capsys.readouterr().err
