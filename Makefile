@@ -48,6 +48,8 @@ clean:
 DEVICE := .device
 OUT ?= device-check
 BUDGET ?= 300
+# the device's Python, which holds its own torch
+DEVICE_PYTHON ?= python3
 WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --only-binary=:all: \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
 
@@ -61,6 +63,6 @@ device-bundle: $(STAMP)
 	du -sh $(DEVICE)
 
 device-check:
-	python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site $(DEVICE)/wheels/*.whl
+	$(DEVICE_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/site $(DEVICE)/wheels/*.whl
 	gunzip -kf $(DEVICE)/data/MNIST/raw/*.gz
-	PYTHONPATH=/tmp/site CAPSNET_DATA_DIR=$(DEVICE)/data python3 -m capsnet.devicecheck --out $(OUT) --budget $(BUDGET) $(ARGS)
+	PYTHONPATH=/tmp/site CAPSNET_DATA_DIR=$(DEVICE)/data $(DEVICE_PYTHON) -m capsnet.devicecheck --out $(OUT) --budget $(BUDGET) $(ARGS)

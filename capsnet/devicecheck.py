@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -220,12 +221,14 @@ class Check:
         write_file(self.out / "rows.md", rows_text(self.results).encode())
 
     def pack(self) -> None:
-        """metrics.csv and config.json of every run directory, in one tarball."""
+        """metrics.csv and config.json of every run directory in one tarball; the run
+        directories (their checkpoints) are then removed."""
         with tarfile.open(self.out / "runs.tar.gz", "w:gz") as tar:
             for run in sorted(p for p in self.work.iterdir() if p.is_dir()):
                 for name in ("metrics.csv", "config.json"):
                     if (run / name).exists():
                         tar.add(run / name, arcname=f"{run.name}/{name}")
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def max_difference(a: list[list[float]], b: list[list[float]]) -> float:
