@@ -14,6 +14,7 @@ from capsnet.datasets import DATASETS
 from capsnet.errors import UserError
 
 RECIPES = ("paper", "official")
+MODELS = ("capsnet", "baseline")  # capsnet.networks.MODELS
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
 # torch.compile's modes; reduce-overhead and max-autotune capture CUDA graphs, which replay one
@@ -37,13 +38,19 @@ class Config:
     download: bool = setting(True, "download the dataset when its files are missing")
     train_samples: int = setting(0, "train on the first N training images (0: all)")
     test_samples: int = setting(0, "test on the first N test images (0: all)")
+    validation_samples: int = setting(0, "hold out the first N training images as a validation "
+                                      "split, never trained on; best.pt is then the best "
+                                      "validation epoch (the authors' code holds out 10,000)")
     shift: int = setting(2, "random shift of training images, in pixels, with zero padding")
     crop: int = setting(0, "random crop x crop crops in training, the centre crop at test "
                         "(0: none)")
     # Model
+    model: str = setting("capsnet", "capsnet, or baseline: the paper's CNN baseline "
+                         "(docs/models.md)", MODELS)
     recipe: str = setting("paper", "paper: as the paper's text says; official: as the authors' "
-                          "released code does (margin loss halved and averaged over classes, "
-                          "PrimaryCaps conv/32, digit-capsule bias, its initial weights)", RECIPES)
+                          "released code does (CapsNet: margin loss halved and averaged over "
+                          "classes, PrimaryCaps conv/32, digit-capsule bias, its initial weights; "
+                          "the baseline: their CNN)", RECIPES)
     conv1_channels: int = setting(256, "channels of the first convolution")
     primary_types: int = setting(32, "primary capsule types (channels of PrimaryCaps / their "
                                  "dimension)")
@@ -55,6 +62,11 @@ class Config:
                                   "no class")
     detach_routing: bool = setting(False, "stop gradients through all but the last routing iteration")
     digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")
+    baseline_channels: str = setting("", "the baseline's convolution channels, comma-separated "
+                                     "(empty: the recipe's, paper 256,256,128; official 512,256)")
+    baseline_hidden: str = setting("", "the baseline's fully connected widths, comma-separated "
+                                   "(empty: the recipe's, paper 328,192; official 1024)")
+    dropout: float = setting(0.5, "dropout before the baseline's logits (paper recipe)")
     # Loss
     m_plus: float = setting(0.9, "margin loss m+")
     m_minus: float = setting(0.1, "margin loss m-")
@@ -62,6 +74,9 @@ class Config:
     reconstruction_weight: float = setting(0.0005, "weight of the reconstruction sum of squares")
     # Optimisation
     epochs: int = setting(50, "passes over the training set")
+    stop_at_accuracy: float = setting(0.0, "stop after the first epoch whose selection accuracy "
+                                      "(validation, else test) reaches this percentage (0: "
+                                      "never; the paper's affNIST protocol: 99.23)")
     batch_size: int = setting(128, "images per batch")
     lr: float = setting(1e-3, "Adam learning rate")
     lr_decay: float = setting(0.96, "learning-rate decay factor per lr_decay_steps (1: none)")
@@ -106,9 +121,13 @@ class Config:
                  "log_every", "visdom_every", "visdom_port")
         if self.visdom_port > 65535:
             fail("visdom_port", self.visdom_port, "a port from 1 to 65535")
-        at_least(self, 0, "train_samples", "test_samples", "shift", "crop", "threads", "seed",
-                 "visdom_figures_every",
-                 "reconstruction_weight", "lambda_absent")
+        if not 0 <= self.stop_at_accuracy <= 100:
+            fail("stop_at_accuracy", self.stop_at_accuracy, "a percentage from 0 to 100")
+        at_least(self, 0, "train_samples", "test_samples", "validation_samples", "shift", "crop",
+                 "threads", "seed", "visdom_figures_every", "reconstruction_weight",
+                 "lambda_absent")
+        if not 0 <= self.dropout < 1:
+            fail("dropout", self.dropout, "a number in [0, 1)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             fail("lr", self.lr, "a number > 0")
         if not 0 < self.lr_decay <= 1:
@@ -123,6 +142,12 @@ PRESETS: dict[str, dict[str, Any]] = {
              "class_dim": 8},  # the paper's smaller SVHN network
     "cifar10": {"dataset": "cifar10", "crop": 24, "shift": 0, "primary_types": 64,
                 "leaky_routing": True},  # one model of the paper's ensemble of 7
+    # The baseline's widths for the paper's other comparisons (docs/models.md): 24,555,535
+    # parameters on MultiMNIST's 36x36 (the paper: 24.56M); 13,536,384 on 40x40, near CapsNet's
+    # 13,475,648 there (the paper: "a similar number of parameters").
+    "baseline-multimnist": {"model": "baseline", "dataset": "multimnist",
+                            "baseline_hidden": "133,192"},
+    "baseline-affnist": {"model": "baseline", "dataset": "mnist40", "baseline_hidden": "54,192"},
 }
 
 

@@ -86,8 +86,16 @@ def train(given: dict, resume: str | None, allow_other_dataset: bool) -> None:
         run.unlock()
     if world.main:
         metric = "pair accuracy" if trainer.objects > 1 else "accuracy"
-        print(f"done: best test {metric} {trainer.best_accuracy:.2f}%; "
-              f"metrics in {run.metrics}, checkpoints {run.last} and {run.best}")
+        if trainer.validator:
+            chosen = (f"best validation {metric} {trainer.best_accuracy:.2f}% at epoch "
+                      f"{trainer.best_epoch} ({trainer.validator.batches.describe()} held out of "
+                      f"the training set), whose test {metric} is "
+                      f"{trainer.best_test_accuracy:.2f}%")
+        else:
+            chosen = (f"best test {metric} {trainer.best_accuracy:.2f}% at epoch "
+                      f"{trainer.best_epoch} (selected on the test set: no --validation-samples)")
+        print(f"done: {chosen}; metrics in {run.metrics}, checkpoints {run.last} and "
+              f"{run.best}")
 
 
 def start(cfg: Config, run, trainer, resume: str | None) -> None:
@@ -105,8 +113,10 @@ def start(cfg: Config, run, trainer, resume: str | None) -> None:
     footprint = trainer.parts.footprint
     memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB; "
               if footprint else "")
-    print(f"capsnet: {cfg.dataset}, {trainer.train_images:,} training examples, testing on "
-          f"{trainer.evaluator.batches.describe()}, "
+    held_out = (f", validating on {trainer.validator.batches.describe()} held out"
+                if trainer.validator else "")
+    print(f"capsnet: {cfg.dataset}, {cfg.model}, {trainer.train_images:,} training examples"
+          f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
           f"{trainer.parameter_count:,} parameters, on {trainer.device}; {processes}{memory}"
           f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in trainer.notes)

@@ -377,6 +377,7 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     matplotlib.use("Agg")
     from config import Config
     from .build import build_run, check_structure
+    from .networks import MODELS
     from .checkpoint import load_checkpoint, load_state
     from .cli import resumed_settings
     from .storage import make_dir, write_file
@@ -386,8 +387,11 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     folder = Path(out) if out else Path(checkpoint_path).parent / "figures"
     make_dir(folder)
     cfg = resumed_settings(Config, checkpoint["config"], given)
+    if not MODELS[cfg.model].capsules:
+        raise UserError(f"{checkpoint_path} is a {cfg.model} checkpoint: the figures are of "
+                        "capsules, which it has none of; python train.py --eval tests it")
     parts = build_run(cfg, train=False)
-    check_structure(checkpoint["model_args"], parts.model_args)
+    check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
     model = parts.model
     load_state(model, checkpoint["model"], "model")
     model.eval()

@@ -39,8 +39,9 @@ from .storage import write_file
 from .training import forward_step
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
-NETWORK = ("dataset", "image_size", "crop", "conv1_channels", "primary_types", "primary_dim",
-           "class_dim", "leaky_routing", "routing_iterations")  # settings the bench takes
+NETWORK = ("model", "dataset", "image_size", "crop", "conv1_channels", "primary_types",
+           "primary_dim", "class_dim", "leaky_routing", "routing_iterations", "baseline_channels",
+           "baseline_hidden", "recipe")  # settings the bench takes
 
 
 def synthetic_split(count: int, seed: int, dataset: str = "mnist", image_size: int = 28) -> Split:
@@ -172,8 +173,11 @@ def probe_lengths(parts: Any) -> torch.Tensor:
 
 def report(result: dict[str, Any]) -> str:
     how = "measured" if result["epoch_measured"] else "extrapolated"
+    other = {"capsnet": "baseline_", "baseline": ("conv1", "primary", "class_dim", "leaky",
+                                                  "routing")}[result["network"]["model"]]
     shown = {k: v for k, v in result["network"].items()  # the image size: the folder's only
-             if k != "dataset" and (k != "image_size" or result["dataset"] == "folder")}
+             if k != "dataset" and (k != "image_size" or result["dataset"] == "folder")
+             and not k.startswith(other)}
     network = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items())
     rows = [("device", result["device"]), ("processes", result["processes"]),
             ("data", f"{result['dataset']}-shaped, random"),
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in NETWORK:
         default = getattr(Config, name)
         kind = ({"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else
-                {"type": type(default), "choices": tuple(DATASETS) if name == "dataset" else None})
+                {"type": type(default),
+                 "choices": Config.__dataclass_fields__[name].metadata["choices"]})
         parser.add_argument(flag(name), dest=name, help=f"as train.py's (default: {default!r})",
                             **kind)
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
@@ -17,8 +18,8 @@ from .errors import UserError
 from .footprint import Footprint, spec_of
 from .footprint import check as check_footprint
 from .footprint import check_data
-from .loss import CapsuleLoss
-from .model import CapsNet, CapsNetOutput
+from .model import CapsNetOutput
+from .networks import MODELS
 from .recipe import Autocast, compile_model, configure_precision, make_criterion, make_optimizer
 
 
@@ -31,7 +32,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_args(cfg: Any, split: Split) -> dict[str, Any]:
-    """CapsNet arguments: shapes from the dataset, routing from the config."""
+    """The model's arguments (capsnet.networks): shapes from the dataset, the rest from the
+    config."""
     _, channels, size, _ = split.images.shape
     canvas = DATASETS[cfg.dataset].canvas
     if cfg.crop and canvas:
@@ -40,19 +42,13 @@ def model_args(cfg: Any, split: Split) -> dict[str, Any]:
     if cfg.crop > size:
         raise UserError(f"--crop {cfg.crop} is not allowed: the images are {size}x{size}")
     return {"in_channels": channels, "image_size": canvas or cfg.crop or size,
-            "num_classes": len(split.classes), "routing_iterations": cfg.routing_iterations,
-            "detach_routing": cfg.detach_routing, "leaky_routing": cfg.leaky_routing,
-            "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
-            **{name: getattr(cfg, name) for name in WIDTHS}}
+            "num_classes": len(split.classes),
+            **MODELS[cfg.model].args(cfg, DATASETS[cfg.dataset].objects)}
 
 
-WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
-STRUCTURE = ("in_channels", "image_size", "num_classes", "digit_bias", "recipe") + WIDTHS
-
-
-def check_structure(saved: dict[str, Any], now: dict[str, Any]) -> None:
+def check_structure(saved: dict[str, Any], now: dict[str, Any], model: str) -> None:
     """A checkpoint's weights fit a model only if these arguments agree."""
-    differ = [k for k in STRUCTURE if saved.get(k) != now[k]]
+    differ = [k for k in MODELS[model].structure if saved.get(k) != now[k]]
     if differ:
         raise UserError("the checkpoint does not fit this dataset and config ("
                         + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
@@ -64,10 +60,10 @@ class RunParts:
     cfg: Any
     world: World
     device: torch.device
-    model: CapsNet  # the plain model: checkpoints and evaluation
+    model: nn.Module  # the plain model (capsnet.networks): checkpoints and evaluation
     train_network: Callable[..., CapsNetOutput]  # the model as trained: compiled, DDP-wrapped
     eval_network: Callable[..., CapsNetOutput]  # compiled, never wrapped: no collectives
-    criterion: CapsuleLoss
+    criterion: nn.Module  # CapsuleLoss, BaselineLoss: parts(targets, labels, output, weights)
     autocast: Autocast
     optimizer: torch.optim.Adam
     scheduler: torch.optim.lr_scheduler.ExponentialLR
@@ -77,23 +73,23 @@ class RunParts:
     train_batches: Batches | None
     test_batches: Batches
     footprint: Footprint | None = None  # a training step's measured memory, when checked
+    validation_batches: Batches | None = None  # the held-out split, when --validation-samples
 
     @property
     def objects(self) -> int:
         """Digits (labels) per example of the dataset."""
         return DATASETS[self.cfg.dataset].objects
 
-    def batches(self, split: Split, train: bool) -> Batches:
+    def batches(self, split: Split, train: bool, limit: int = 0) -> Batches:
         """This process's batches of `split`: shuffled, shifted and even across processes for
         training; in order and uneven (every example once) for testing. Datasets made on a
-        canvas place their digits themselves (no --shift or --crop), and test on the first
-        --test-samples digits of the whole split."""
+        canvas place their digits themselves (no --shift or --crop), and an ordered pass takes
+        its first `limit` digits (0: all) with partners from the whole split."""
         canvas = DATASETS[self.cfg.dataset].canvas
         if canvas:
             return CanvasBatches(split.to(self.device), self.cfg.batch_size, canvas, self.objects,
                                  shuffle=train, generator=self.generator, rank=self.world.rank,
-                                 world=self.world.size, even=train,
-                                 limit=0 if train else self.cfg.test_samples)
+                                 world=self.world.size, even=train, limit=limit)
         return Batches(split.to(self.device), self.cfg.batch_size, shuffle=train,
                        shift=self.cfg.shift if train else 0, generator=self.generator,
                        rank=self.world.rank, world=self.world.size, even=train,
@@ -111,19 +107,24 @@ def build_run(cfg: Any, train: bool = True,
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     if splits is None:
-        splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download, cfg.train_samples,
+        splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download,
+                             0 if cfg.validation_samples else cfg.train_samples,
                              cfg.image_size) if train else None,
                   load_split(cfg.dataset, cfg.data_dir, False, cfg.download,
                              0 if DATASETS[cfg.dataset].canvas else cfg.test_samples,
                              cfg.image_size))  # a canvas takes the partners of its first
         # --test-samples digits from the whole test split
+        validation, train_split = hold_out(splits[0], cfg.validation_samples, cfg.train_samples)
+        splits = (train_split, splits[1])
+    else:
+        validation = None
     train_split, test_split = splits
-    check_data({"train": train_split, "test": test_split}, device)
+    check_data({"train": train_split, "validation": validation, "test": test_split}, device)
     args = model_args(cfg, train_split or test_split)
     objects = DATASETS[cfg.dataset].objects
     footprint = (check_footprint(spec_of(cfg, args, objects, device), cfg.batch_size, device)
                  if train and cfg.memory_check else None)
-    model = CapsNet(**args).to(device)
+    model = MODELS[cfg.model].make(**args).to(device)
     eval_network = compile_model(model, cfg.compile, cfg.compile_mode)
     train_network = eval_network
     if world.distributed:
@@ -135,5 +136,20 @@ def build_run(cfg: Any, train: bool = True,
                      configure_precision(cfg.precision, device), optimizer, scheduler, generator,
                      args, test_split.classes, None, None, footprint)  # type: ignore[arg-type]
     parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
-    parts.test_batches = parts.batches(test_split, False)
+    parts.test_batches = parts.batches(test_split, False, cfg.test_samples)
+    parts.validation_batches = parts.batches(validation, False) if validation else None
     return parts
+
+
+def hold_out(split: Split | None, count: int, limit: int) -> tuple[Split | None, Split | None]:
+    """The first `count` training examples as a validation split, never trained on (as the
+    authors' code holds out the first 10,000 of MNIST's 60,000), and the rest, of which the
+    first `limit` (0: all) are trained on."""
+    if split is None or not count:
+        return None, split
+    if count >= len(split):
+        raise UserError(f"--validation-samples {count} is not allowed: the training split has "
+                        f"{len(split)} examples, and some must be left to train on")
+    rest = slice(count, count + limit if limit else None)
+    return (Split(split.images[:count], split.labels[:count], split.classes),
+            Split(split.images[rest], split.labels[rest], split.classes))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .hooks import subscribe
+from .networks import MODELS
 from .server import DEFAULT_ENV_PATH, answers, credentials, serve, start_background, url
 
 if TYPE_CHECKING:
@@ -152,6 +153,9 @@ class Dashboard:
         self.lines["throughput"].add("train", x, row["train_images_per_s"])
         self.lines["loss"].add("test", x, row["test_loss"])
         self.lines["accuracy"].add("train", x, row["train_accuracy"])
+        if "validation_loss" in row:
+            self.lines["loss"].add("validation", x, row["validation_loss"])
+            self.lines["accuracy"].add("validation", x, row["validation_accuracy"])
         self.lines["accuracy"].add("test", x, row["test_accuracy"])
         if "test_at_least_one" in row:
             self.lines["accuracy"].add("test, at least one right", x, row["test_at_least_one"])
@@ -177,7 +181,7 @@ class Dashboard:
     def on_end_epoch(self, state: dict) -> None:
         row, x = state["metrics"], float(state["epoch"])
         confusion = self.trainer.evaluator.confusion
-        images, reconstructions = self.reconstruct()
+        capsules = MODELS[self.trainer.cfg.model].capsules  # a decoder and routing to show
         classes = list(self.trainer.classes)
         with self.lock:
             self.add_epoch(row, x)
@@ -185,13 +189,16 @@ class Dashboard:
                 "title": f"Test confusion matrix, epoch {state['epoch']}",
                 "rownames": classes, "columnnames": classes,
                 "xlabel": "predicted class", "ylabel": "true class"})
-            self.put("images", "images", images, {
-                "title": f"First {len(images)} test images", **IMAGE_WINDOW})
-            self.put("reconstructions", "images", reconstructions, {
-                "title": f"Their reconstructions ({RECONSTRUCTED[self.trainer.objects > 1]}), "
-                         f"epoch {state['epoch']}",
-                **IMAGE_WINDOW})
-        if self.figures_every and state["epoch"] % self.figures_every == 0:
+        if capsules:
+            images, reconstructions = self.reconstruct()
+            with self.lock:
+                self.put("images", "images", images, {
+                    "title": f"First {len(images)} test images", **IMAGE_WINDOW})
+                self.put("reconstructions", "images", reconstructions, {
+                    "title": f"Their reconstructions ({RECONSTRUCTED[self.trainer.objects > 1]}), "
+                             f"epoch {state['epoch']}",
+                    **IMAGE_WINDOW})
+        if capsules and self.figures_every and state["epoch"] % self.figures_every == 0:
             figures = self.figures(state["epoch"])
             with self.lock:
                 for name, (grid, title) in figures.items():

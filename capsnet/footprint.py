@@ -46,8 +46,8 @@ class Footprint:
         return max(0, int((available - self.fixed) // self.per_example))
 
 
-SETTINGS = ("m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe", "lr",
-            "lr_decay", "lr_decay_steps")  # what the run's loss and optimiser are made from
+SETTINGS = ("model", "m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe",
+            "lr", "lr_decay", "lr_decay_steps")  # what the run's model, loss and optimiser use
 
 
 def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device
@@ -129,19 +129,20 @@ def check_data(splits: dict[str, Any], device: torch.device) -> None:
     if free is None or need <= HEADROOM * free:
         return
     sizes = ", ".join(f"{len(s):,} {name} images" for name, s in splits.items() if s is not None)
-    flags = " or ".join(f"--{name}-samples N" for name, s in splits.items() if s is not None)
+    flags = " or ".join(f"--{name}-samples N" for name, s in splits.items()
+                        if s is not None and name != "validation")
     raise UserError(f"the data ({sizes}) need {need / GiB:.2f} GiB on {device}, which has "
                     f"{free / GiB:.2f} GiB free; pass {flags} to use the first N")
 
 
 def probe(spec: dict[str, Any]) -> list[float]:
     """In the probe process: the peak memory after a training step at each of spec's batches."""
-    from .model import CapsNet
+    from .networks import MODELS
     from .recipe import configure_precision, make_criterion, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    model = CapsNet(**spec["model_args"]).to(device)
+    model = MODELS[spec["settings"]["model"]].make(**spec["model_args"]).to(device)
     settings = SimpleNamespace(**spec["settings"])
     optimizer, _ = make_optimizer(model, settings)
     criterion = make_criterion(settings)

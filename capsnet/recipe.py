@@ -11,7 +11,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .loss import CapsuleLoss
 from .model import CapsNetOutput
 
 def make_optimizer(model: nn.Module, cfg: Any) -> tuple[torch.optim.Adam,
@@ -23,9 +22,10 @@ def make_optimizer(model: nn.Module, cfg: Any) -> tuple[torch.optim.Adam,
     return optimizer, scheduler
 
 
-def make_criterion(cfg: Any) -> CapsuleLoss:
-    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
-                       class_mean=cfg.recipe == "official")
+def make_criterion(cfg: Any) -> nn.Module:
+    """The loss of the run's model (capsnet.networks; settings without --model: CapsNet's)."""
+    from .networks import MODELS
+    return MODELS[getattr(cfg, "model", "capsnet")].criterion(cfg)
 
 
 Autocast = Callable[[], torch.autocast]

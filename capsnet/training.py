@@ -19,11 +19,12 @@ from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
-from .data import Sample
+from .data import Batches, Sample
 from .datasets import DATASETS
 from .meters import Meters, accuracy_text, align_reconstructions, confusion_of, summary_of
-from .model import CapsNet, CapsNetOutput
+from .model import CapsNetOutput
 from .recipe import Autocast
+from .networks import MODELS
 from .rundir import RunDir
 from .storage import WriteError
 
@@ -44,7 +45,7 @@ def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, 
         objects = labels.shape[1] if labels.dim() == 2 else 1
         with autocast():
             output = network(images, labels if train else None, objects)
-            if objects > 1 and not train:
+            if objects > 1 and not train and output.reconstructions is not None:
                 output = align_reconstructions(output, labels)
             parts = criterion.parts(targets, labels, output, weights)
         return parts.total, Step(output, parts)
@@ -61,8 +62,10 @@ class Evaluator:
     """One pass over a test split through its own Engine (Engine.test), without gradients. Under
     torchrun each process tests its share and the counts are summed over all processes."""
 
-    def __init__(self, parts: RunParts) -> None:
-        self.model, self.batches, self.world = parts.model, parts.test_batches, parts.world
+    def __init__(self, parts: RunParts, batches: Batches | None = None) -> None:
+        """A pass over `batches` (default: the test split's)."""
+        self.model, self.world = parts.model, parts.world
+        self.batches, self.test = batches or parts.test_batches, parts.test_batches
         self.objects = parts.objects
         self.step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
         self.meters = Meters(len(parts.classes))
@@ -75,8 +78,8 @@ class Evaluator:
     def run(self) -> dict[str, float]:
         self.model.eval()
         self.meters.reset()
-        bar = tqdm(self.batches, desc="test", unit="batch", leave=False, dynamic_ncols=True,
-                   disable=not self.world.main)
+        bar = tqdm(self.batches, desc="validation" if self.batches is not self.test else "test",
+                   unit="batch", leave=False, dynamic_ncols=True, disable=not self.world.main)
         try:
             with torch.inference_mode():
                 self.engine.test(self.step, bar)
@@ -119,9 +122,12 @@ class Trainer:
         self.generator, self.classes, self.model_args = parts.generator, parts.classes, parts.model_args
         self.train_batches, self.objects = parts.train_batches, parts.objects
         self.evaluator = Evaluator(parts)
+        self.validator = (Evaluator(parts, parts.validation_batches)
+                          if parts.validation_batches is not None else None)
         self.meters = Meters(len(self.classes))
         self.running = self.meters.totals()  # this epoch's totals over all processes, so far
         self.epoch, self.batch, self.step, self.best_accuracy = 0, 0, 0, -1.0
+        self.best_epoch, self.best_test_accuracy = 0, -1.0  # the selected epoch's test result
         self.epoch_rng = self.generator.get_state()  # the data generator at the epoch's start
         self.stopping = False  # all processes agreed to stop at the next batch
         self.step_seconds = 0.0  # this epoch's time in training steps (forward, backward, update)
@@ -253,6 +259,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.flush_meters()
         train = summary_of(self.running, self.objects)
+        validation = self.validator.run() if self.validator else None
         test = self.evaluator.run()
         self.epoch, self.batch = state["epoch"], 0
         self.epoch_rng = self.generator.get_state()
@@ -261,19 +268,34 @@ class Trainer:
                "seconds": time.perf_counter() - self.epoch_started}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"test_{k}": v for k, v in test.items()})
-        best = test["accuracy"] > self.best_accuracy
+        row.update({f"validation_{k}": v for k, v in (validation or {}).items()})
+        selected = (validation or test)["accuracy"]  # best.pt: on validation when held out
+        best = selected > self.best_accuracy
         if best:
-            self.best_accuracy = test["accuracy"]
+            self.best_accuracy, self.best_epoch = selected, self.epoch
+            self.best_test_accuracy = test["accuracy"]
         if self.world.main:
             self.run.append_metrics(row)
         if best:  # best.pt before last.pt: last.pt never points past a best.pt not written
             self.save(self.run.best)
         self.save(self.run.last)
         state["metrics"] = row
+        held_out = (f"validation loss {validation['loss']:.4f} {accuracy_text(validation)}  "
+                    if validation else "")
         self.say(f"epoch {self.epoch}/{state['maxepoch']}  "
-                 f"train loss {train['loss']:.4f} {accuracy_text(train)}  "
+                 f"train loss {train['loss']:.4f} {accuracy_text(train)}  {held_out}"
                  f"test loss {test['loss']:.4f} {accuracy_text(test)}{' *' if best else ''}  "
                  f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
+        target = self.cfg.stop_at_accuracy
+        if target and selected >= target:
+            state["maxepoch"] = self.epoch  # the Engine's loop ends after this epoch
+            self.say(f"stopped: {self.selection} accuracy {selected:.2f}% reached "
+                     f"--stop-at-accuracy {target:g} at epoch {self.epoch}")
+
+    @property
+    def selection(self) -> str:
+        """What best.pt and --stop-at-accuracy are chosen on."""
+        return "validation" if self.validator else "test"
 
     def save(self, path: Path) -> None:
         """Write a checkpoint of the current position (rank 0; every process takes part);
@@ -288,10 +310,13 @@ class Trainer:
                 "model": self.model.state_dict(), "model_args": self.model_args,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "best_accuracy": self.best_accuracy, "meters": meters,
+                "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+                "best_test_accuracy": self.best_test_accuracy, "meters": meters,
                 "processes": self.world.size, "config": dataclasses.asdict(self.cfg),
                 "classes": list(self.classes), "torch_rng": torch.get_rng_state(),
                 "data_rng": self.epoch_rng,
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)}  # dropout's, on a GPU
+                   if self.device.type == "cuda" else {}),
             })
         self.good = (path, self.where())
 
@@ -300,20 +325,33 @@ class Trainer:
         if checkpoint["epoch"] >= self.cfg.epochs:
             raise UserError(f"the checkpoint has finished {checkpoint['epoch']} of --epochs "
                             f"{self.cfg.epochs}; pass a larger --epochs to train further")
+        if saved.get("validation_samples", 0) != self.cfg.validation_samples:
+            raise UserError(f"--validation-samples {self.cfg.validation_samples} cannot apply "
+                            "to a resumed run: its held-out split is "
+                            f"{saved.get('validation_samples', 0)} images")
+        target = self.cfg.stop_at_accuracy
+        if target and checkpoint["best_accuracy"] >= target:
+            raise UserError(f"the run already reached --stop-at-accuracy {target:g} (its best "
+                            f"accuracy is {checkpoint['best_accuracy']:.2f}%); pass a higher "
+                            "one, or 0, to train further")
         if saved.get("seed") != self.cfg.seed:
             raise UserError(f"--seed {self.cfg.seed} cannot apply to a resumed run: its random "
                             f"state comes from the checkpoint (seed {saved.get('seed')})")
         batch = checkpoint["batch"]
         if batch:
             self.check_mid_epoch(checkpoint)
-        check_structure(checkpoint["model_args"], self.model_args)
+        check_structure(checkpoint["model_args"], self.model_args, self.cfg.model)
         load_state(self.model, checkpoint["model"], "model")
         load_state(self.optimizer, checkpoint["optimizer"], "optimizer state")
         load_state(self.scheduler, checkpoint["scheduler"], "learning-rate schedule")
         self.epoch, self.batch, self.step = checkpoint["epoch"], batch, checkpoint["step"]
         self.best_accuracy = checkpoint["best_accuracy"]
+        self.best_epoch = checkpoint.get("best_epoch", 0)
+        self.best_test_accuracy = checkpoint.get("best_test_accuracy", self.best_accuracy)
         try:
             torch.set_rng_state(checkpoint["torch_rng"])
+            if self.device.type == "cuda" and "cuda_rng" in checkpoint:
+                torch.cuda.set_rng_state(checkpoint["cuda_rng"], self.device)
             self.generator.set_state(checkpoint["data_rng"])
             if batch:
                 self.meters.load_state_dict(checkpoint["meters"][self.world.rank])
@@ -367,10 +405,10 @@ def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...], allow: b
 
 
 class Ensemble(nn.Module):
-    """Several CapsNets of one shape: the prediction is their mean capsule lengths (the loss and
-    reconstructions are the first model's)."""
+    """Several models of one shape: the prediction is their mean class scores (capsule lengths,
+    or the baseline's probabilities); the loss and reconstructions are the first model's."""
 
-    def __init__(self, members: list[CapsNet]) -> None:
+    def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
 
@@ -389,8 +427,8 @@ def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset:
     members = []
     for checkpoint in checkpoints:
         check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)
-        check_structure(checkpoint["model_args"], parts.model_args)
-        member = CapsNet(**checkpoint["model_args"]).to(parts.device)
+        check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
+        member = MODELS[cfg.model].make(**checkpoint["model_args"]).to(parts.device)
         load_state(member, checkpoint["model"], "model")
         members.append(member)
     model = members[0] if len(members) == 1 else Ensemble(members)

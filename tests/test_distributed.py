@@ -30,8 +30,11 @@ def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str,
 
 
 def flags(data: Path, run: Path, batch_size: int, epochs: int = 2) -> list[str]:
+    """With a held-out validation split: the processes share the training split alone, and
+    validate on the 16 held-out images together."""
     return ["--data-dir", str(data), "--no-download", "--epochs", str(epochs), "--batch-size",
-            str(batch_size), "--no-visdom", "--threads", "1", "--run-dir", str(run)]
+            str(batch_size), "--no-visdom", "--threads", "1", "--run-dir", str(run),
+            "--validation-samples", "16"]
 
 
 def rows(run: Path) -> list[dict]:
@@ -71,6 +74,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(runs):
         assert a == pytest.approx(b, rel=1e-4)
     # The test accuracy over both processes' halves is that of the same model on all 50 images.
     assert two[-1]["test_accuracy"] == one[-1]["test_accuracy"]
+    assert two[-1]["validation_accuracy"] == one[-1]["validation_accuracy"]
     control = torchrun("tests/train_without_averaging.py", *flags(runs["data"],
                                                                   runs["root"] / "alone", 16))
     code, _, err = finished(control)

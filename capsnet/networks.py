@@ -1,0 +1,74 @@
+"""The models a run can train (`--model`): one entry each in MODELS, with its own module.
+
+An entry says how to make the model's arguments from the settings and the data's shape, the model
+itself, its loss, which arguments a checkpoint's weights must agree on, and whether it has
+capsules (a decoder and routing: the reconstruction windows, the figures of capsnet.analyze).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from .baseline import Baseline, BaselineLoss, widths
+from .errors import UserError
+from .loss import CapsuleLoss
+from .model import CapsNet
+
+SHAPE = ("in_channels", "image_size", "num_classes")  # from the data
+CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
+
+
+def capsnet_args(cfg: Any, objects: int) -> dict[str, Any]:
+    return {"routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
+            "leaky_routing": cfg.leaky_routing,
+            "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
+            **{name: getattr(cfg, name) for name in CAPSNET_WIDTHS}}
+
+
+def baseline_args(cfg: Any, objects: int) -> dict[str, Any]:
+    try:
+        channels = widths(cfg.baseline_channels, "--baseline-channels") \
+            if cfg.baseline_channels else ()
+        hidden = widths(cfg.baseline_hidden, "--baseline-hidden") if cfg.baseline_hidden else ()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return {"recipe": cfg.recipe, "channels": list(channels), "hidden": list(hidden),
+            "dropout": cfg.dropout, "objects": objects}
+
+
+def capsule_loss(cfg: Any) -> CapsuleLoss:
+    return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
+                       class_mean=cfg.recipe == "official")
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    args: Callable[[Any, int], dict[str, Any]]  # (settings, labels per example) -> arguments
+    make: Callable[..., nn.Module]  # the model, from SHAPE and those arguments
+    criterion: Callable[[Any], nn.Module]  # its loss, from the settings
+    structure: tuple[str, ...]  # arguments a checkpoint's weights must agree on
+    capsules: bool  # a decoder and routing to show
+    about: str
+
+
+def make_baseline(**args: Any) -> Baseline:
+    return Baseline(**{**args, "channels": tuple(args.get("channels", ())),
+                       "hidden": tuple(args.get("hidden", ()))})
+
+
+MODELS: dict[str, Network] = {n.name: n for n in (
+    Network("capsnet", capsnet_args, CapsNet, capsule_loss,
+            SHAPE + ("digit_bias", "recipe") + CAPSNET_WIDTHS, True,
+            "CapsNet with dynamic routing and the reconstruction decoder"),
+    Network("baseline", baseline_args, make_baseline, lambda cfg: BaselineLoss(),
+            SHAPE + ("recipe", "channels", "hidden", "objects"), False,
+            "the paper's CNN baseline (capsnet/baseline.py)"),
+)}
+
+
+def network_of(config: dict[str, Any]) -> Network:
+    """The entry of a checkpoint's saved settings (checkpoints before --model: CapsNet)."""
+    return MODELS[config.get("model", "capsnet")]
