@@ -1,6 +1,7 @@
 """Datasets held as one uint8 tensor on the training device, served in shuffled, shifted batches."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import zipfile
 from dataclasses import dataclass
@@ -45,11 +46,37 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device), self.classes)
 
 
+_shared: dict[tuple, Split] | None = None  # inside shared_splits(): the splits read so far
+
+
+@contextlib.contextmanager
+def shared_splits() -> Iterator[None]:
+    """Inside, each split is read once and handed out again to every run that asks for it (the
+    runs of capsnet.experiments share MNIST); nothing writes into a Split's tensors."""
+    global _shared
+    _shared = {}
+    try:
+        yield
+    finally:
+        _shared = None
+
+
 def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0,
                image_size: int = 28) -> Split:
     """Read a split through the dataset's reader (capsnet.datasets), downloading first when asked
     and the files are missing. `limit` keeps the first N examples (0: all); `image_size` is the
     side the folder dataset resizes to."""
+    key = (name, str(Path(root).resolve()), train, limit, image_size)
+    if _shared is not None and key in _shared:
+        return _shared[key]
+    split = read_split(name, root, train, download, limit, image_size)
+    if _shared is not None:
+        _shared[key] = split
+    return split
+
+
+def read_split(name: str, root: str, train: bool, download: bool, limit: int,
+               image_size: int) -> Split:
     entry = DATASETS[name]
     if train and not entry.train_files:
         raise UserError(f"{name} is a test set only: train on {' or '.join(entry.tests)} and test "

@@ -1,0 +1,358 @@
+"""The paper's comparisons, one command each:
+`python -m capsnet.experiments NAME [--epochs E] [--seeds S] [--out DIR] [train.py flags]`.
+
+  table1   the baseline; CapsNet with 1 routing iteration without and with reconstruction, and 3
+           without and with (the paper's Table 1; with --dataset multimnist its MultiMNIST column)
+  affnist  CapsNet and the affNIST baseline trained on mnist40 with a validation split until
+           --stop-at-accuracy 99.23, then tested on affNIST (or, without its file, on the offline
+           stand-in, labelled as such)
+  routing  test error against routing iterations 1 to 5
+
+Every run is an ordinary run directory under --out (with its own dashboard environment): runs
+already complete are skipped and interrupted ones resumed, so the command can be stopped and started
+again. It prints a line per run, goes on past a failed run, and writes results.md (each row's mean
+and spread over the seeds beside the paper's number) and curves.png. Any other flag goes to every
+run, as train.py takes it. The runs share this process's data (MNIST is read once); under torchrun
+each run uses all the processes.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cli import ArgumentParser, exit_status
+from .errors import UserError
+from .storage import write_file
+
+AFFNIST_TARGET = 99.23  # the paper's mnist40 accuracy at which training stops
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    flags: dict[str, Any]  # train.py settings of this row's runs
+    paper: dict[str, float] = field(default_factory=dict)  # dataset -> the paper's number
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    rows: tuple[Row, ...]
+    metric: str  # "test error" or "affNIST accuracy"
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings every run of it takes
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("table1", (
+        Row("baseline CNN", {"model": "baseline"}, {"mnist": 0.39, "multimnist": 8.1}),
+        Row("CapsNet, routing 1, no reconstruction",
+            {"routing_iterations": 1, "reconstruction_weight": 0.0}, {"mnist": 0.34}),
+        Row("CapsNet, routing 1, reconstruction", {"routing_iterations": 1},
+            {"mnist": 0.29, "multimnist": 7.5}),
+        Row("CapsNet, routing 3, no reconstruction",
+            {"routing_iterations": 3, "reconstruction_weight": 0.0}, {"mnist": 0.35}),
+        Row("CapsNet, routing 3, reconstruction", {"routing_iterations": 3},
+            {"mnist": 0.25, "multimnist": 5.2}),
+    ), "test error"),
+    Experiment("affnist", (
+        Row("CapsNet", {}, {"affnist": 79.0}),
+        Row("baseline CNN (CapsNet-sized)", {"model": "baseline", "baseline_hidden": "54,192"},
+            {"affnist": 66.0}),
+    ), "affNIST accuracy", {"dataset": "mnist40", "stop_at_accuracy": AFFNIST_TARGET}),
+    Experiment("routing", tuple(
+        Row(f"routing {k}", {"routing_iterations": k}) for k in range(1, 6)), "test error"),
+)}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def flags_of(settings: dict[str, Any]) -> list[str]:
+    """train.py flags for settings: {"routing_iterations": 1} -> ["--routing-iterations", "1"]."""
+    from config import flag
+    out: list[str] = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            out.append(flag(name) if value else "--no-" + flag(name)[2:])
+        else:
+            out += [flag(name), str(value)]
+    return out
+
+
+class Runner:
+    """The runs of one experiment, in order, each skipped, resumed or started."""
+
+    def __init__(self, experiment: Experiment, out: Path, epochs: int, seeds: int,
+                 passed: list[str], dataset: str) -> None:
+        self.experiment, self.out, self.epochs, self.seeds = experiment, out, epochs, seeds
+        self.passed, self.dataset = passed, dataset
+        self.failed: list[str] = []
+
+    def run_dir(self, row: Row, seed: int) -> Path:
+        return self.out / f"{slug(row.label)}-seed{seed}"
+
+    def run_all(self) -> None:
+        total = len(self.experiment.rows) * self.seeds
+        done = 0
+        for row in self.experiment.rows:
+            for seed in range(self.seeds):
+                done += 1
+                self.run_one(row, seed, f"[{done}/{total}]")
+
+    def run_one(self, row: Row, seed: int, counter: str) -> None:
+        import train
+        from .checkpoint import load_checkpoint
+        from .errors import UserError as Failure
+        from .rundir import RunDir
+        run = self.run_dir(row, seed)
+        name = f"{row.label}, seed {seed}"
+        last = run / "last.pt"
+        state = "start"
+        if last.exists():
+            try:
+                checkpoint = load_checkpoint(last)
+            except Failure as error:
+                self.fail(name, counter, str(error))
+                return
+            if complete(checkpoint, self.epochs):
+                print(f"{counter} {name}: complete, skipped ({run})", flush=True)
+                self.after(row, run, name, counter)
+                return
+            state = "resume"
+        elif run.exists():  # started but no checkpoint yet: nothing to keep
+            for path in run.iterdir():
+                path.unlink()
+            run.rmdir()
+        settings = {**self.experiment.fixed, **row.flags}
+        if state == "resume":
+            argv = ["--resume", str(last), "--epochs", str(self.epochs)]
+        else:
+            argv = [*flags_of(settings), "--epochs", str(self.epochs), "--seed", str(seed),
+                    "--run-dir", str(run), "--visdom-env",
+                    f"{self.experiment.name}-{run.name}"]
+        argv += self.passed if state == "start" else passed_on_resume(self.passed)
+        log = self.out / f"{run.name}.log"  # train.py's lines; its progress bars stay on stderr
+        print(f"{counter} {name}: {'resuming' if state == 'resume' else 'training'} in {run} "
+              f"(log: {log})", flush=True)
+        started = time.monotonic()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as sink, contextlib.redirect_stdout(sink):
+            code = train.main(argv)
+        if code != 0:
+            self.fail(name, counter, f"train.py exited with {code}; see {log}")
+            return
+        rows = RunDir(run).read_metrics()
+        print(f"{counter} {name}: {len(rows)} epochs in {time.monotonic() - started:.1f} s, "
+              f"test error {100 - float(rows[-1]['test_accuracy']):.2f}%", flush=True)
+        self.after(row, run, name, counter)
+
+    def after(self, row: Row, run: Path, name: str, counter: str) -> None:
+        """The affNIST experiment tests each trained run on affNIST (or the stand-in), once."""
+        if self.experiment.name != "affnist" or (run / "affnist.txt").exists():
+            return
+        from config import Config
+        from .checkpoint import load_checkpoint
+        from .cli import resumed_settings
+        from .training import evaluate_checkpoints
+        checkpoint = load_checkpoint(run / "best.pt")
+        given = {"dataset": self.dataset, "test_samples": 0,
+                 **{k: v for k, v in passed_settings(self.passed).items()
+                    if k in ("data_dir", "device", "threads", "test_samples")}}
+        cfg = resumed_settings(Config, {**checkpoint["config"], "test_samples": 0}, given)
+        try:
+            summary, _, _, tested = evaluate_checkpoints(cfg, [checkpoint])
+        except UserError as error:
+            self.fail(name, counter, str(error))
+            return
+        write_file(run / "affnist.txt", f"{summary['accuracy']}\n{tested}\n".encode())
+        print(f"{counter} {name}: {summary['accuracy']:.2f}% on {self.dataset} ({tested})",
+              flush=True)
+
+    def fail(self, name: str, counter: str, why: str) -> None:
+        self.failed.append(name)
+        print(f"{counter} {name}: FAILED ({why}); going on with the others", flush=True)
+
+
+def complete(checkpoint: dict[str, Any], epochs: int) -> bool:
+    """A run that trained its epochs, or stopped at its --stop-at-accuracy."""
+    if checkpoint["batch"]:
+        return False
+    target = checkpoint["config"].get("stop_at_accuracy", 0)
+    return checkpoint["epoch"] >= epochs or bool(target and checkpoint["best_accuracy"] >= target)
+
+
+def passed_settings(passed: list[str]) -> dict[str, Any]:
+    """The Config settings among the flags passed on."""
+    import train
+    from .cli import overrides
+    from config import Config
+    return overrides(train.parse(passed), Config)
+
+
+def passed_on_resume(passed: list[str]) -> list[str]:
+    """Of the flags passed on, those a resumed run takes from this invocation: where the data
+    and the machine are (the rest are in the checkpoint)."""
+    keep = ("--data-dir", "--device", "--threads", "--visdom-host", "--visdom-port")
+    out, k = [], 0
+    while k < len(passed):
+        if passed[k] in keep and k + 1 < len(passed):
+            out += passed[k:k + 2]
+            k += 2
+            continue
+        if passed[k] in ("--no-visdom", "--no-download", "--no-memory-check"):
+            out.append(passed[k])
+        k += 1
+    return out
+
+
+def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:
+    """results.md's text, and each row's test-error curves (one per seed)."""
+    from config import Config
+    from .bench import device_name
+    from .build import resolve_device
+    from .checkpoint import load_checkpoint
+    from .rundir import RunDir
+    experiment = runner.experiment
+    paper_key = "affnist" if experiment.name == "affnist" else runner.dataset
+    device = "?"
+    lines, curves = [], []
+    selection = ""
+    for row in experiment.rows:
+        values, row_curves = [], []
+        for seed in range(runner.seeds):
+            run = runner.run_dir(row, seed)
+            if not (run / "best.pt").exists():
+                continue
+            best = load_checkpoint(run / "best.pt")
+            cfg = best["config"]
+            device = device_name(resolve_device(cfg.get("device", "auto")))
+            metrics = RunDir(run).read_metrics()
+            row_curves.append([(int(m["epoch"]), 100 - float(m["test_accuracy"]))
+                               for m in metrics])
+            if experiment.name == "affnist":
+                if (run / "affnist.txt").exists():
+                    values.append(float((run / "affnist.txt").read_text().split()[0]))
+                selection = "the best validation epoch (stopped at 99.23% or at --epochs)"
+            elif cfg.get("validation_samples"):
+                values.append(100 - best.get("best_test_accuracy", best["best_accuracy"]))
+                selection = (f"the best validation epoch ({cfg['validation_samples']:,} "
+                             "training images held out)")
+            else:
+                values.append(100 - float(metrics[-1]["test_accuracy"]))
+                selection = "none: the last epoch (no --validation-samples)"
+        curves.append((row.label, row_curves))
+        paper = row.paper.get(paper_key)
+        ours = (f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}"
+                                                    if len(values) > 1 else "")
+                if values else "not run")
+        lines.append(f"| {row.label} | {ours} | {len(values)} | "
+                     f"{paper if paper is not None else '-'} |")
+    tested = ""
+    if experiment.name == "affnist":
+        tested = (" Tested on **the offline stand-in, not affNIST**: not comparable with the "
+                  "paper's numbers." if runner.dataset != "affnist" else " Tested on affNIST.")
+    unit = "%" if experiment.metric == "affNIST accuracy" else "% (100 - test accuracy)"
+    text = "\n".join([
+        f"# {experiment.name}" + (f" on {runner.dataset}" if experiment.name != "affnist" else ""),
+        "",
+        f"{experiment.metric} in {unit}: mean ± standard deviation over the seeds, beside the "
+        f"paper's.{tested}",
+        "",
+        f"Selection: {selection or '-'}. Epochs: {runner.epochs}. Seeds: {runner.seeds}. "
+        f"Device: {device}. Date: {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"| run | ours | seeds | the paper |",
+        "|---|---|---|---|",
+        *lines,
+        "",
+        "![test error per epoch](curves.png)",
+        "",
+    ])
+    if runner.failed:
+        text += "\nFailed runs: " + "; ".join(runner.failed) + "\n"
+    return text, curves
+
+
+def plot(path: Path, curves: list[tuple[str, list[list[tuple[int, float]]]]], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for k, (label, runs) in enumerate(curves):
+        for s, points in enumerate(runs):
+            if points:
+                xs, ys = zip(*points)
+                axis.plot(xs, ys, marker="o", color=f"C{k}", alpha=0.8,
+                          label=label if s == 0 else None)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("test error (%)")
+    axis.set_title(title)
+    if any(runs for _, runs in curves):
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    from io import BytesIO
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    write_file(path, buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m capsnet.experiments", allow_abbrev=False,
+                            description=__doc__.split("\n")[0])
+    parser.add_argument("name", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--epochs", type=int, default=50, help="epochs of each run (default: "
+                        "%(default)s; the affnist runs stop earlier at 99.23%%)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs of each row, seeds 0..S-1 "
+                        "(default: %(default)s)")
+    parser.add_argument("--out", metavar="DIR", help="where the runs and results.md go "
+                        "(default: experiments/NAME)")
+    args, passed = parser.parse_known_args(argv)
+
+    def work() -> None:
+        from .data import shared_splits
+        if args.epochs < 1 or args.seeds < 1:
+            raise UserError("--epochs and --seeds must be >= 1")
+        for own in ("--epochs", "--seed", "--run-dir", "--resume", "--eval"):
+            if own in passed:
+                raise UserError(f"{own} is set by the experiment for each run; pass --epochs "
+                                "and --seeds to the experiment instead")
+        settings = passed_settings(passed)  # bad flags: one line, before any run
+        experiment = EXPERIMENTS[args.name]
+        out = Path(args.out or f"experiments/{args.name}")
+        dataset = settings.get("dataset", "mnist")
+        if experiment.name == "affnist":
+            if "dataset" in settings:
+                raise UserError("the affnist experiment trains on mnist40 and tests on affnist: "
+                                "--dataset is not allowed")
+            from config import Config
+            root = Path(settings.get("data_dir", Config.__dataclass_fields__["data_dir"].default))
+            dataset = "affnist" if (root / "affNIST" / "test.mat").exists() \
+                else "mnist-affine-standin"
+            if "validation_samples" not in settings:
+                passed.extend(["--validation-samples", "10000"])
+        runner = Runner(experiment, out, args.epochs, args.seeds, passed, dataset)
+        print(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} epochs "
+              f"into {out}" + (f", tested on {dataset}" if experiment.name == "affnist" else ""),
+              flush=True)
+        with shared_splits():
+            runner.run_all()
+        text, curves = results(runner)
+        write_file(out / "results.md", text.encode())
+        plot(out / "curves.png", curves, f"{args.name}: test error per epoch")
+        print(f"results in {out / 'results.md'}"
+              + (f"; {len(runner.failed)} runs failed" if runner.failed else ""), flush=True)
+        if runner.failed:
+            raise UserError(f"{len(runner.failed)} of the runs failed: "
+                            + "; ".join(runner.failed))
+    return exit_status(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""python -m capsnet.experiments: the paper's comparisons end to end, on tiny runs."""
+import signal
+
+import pytest
+
+import train
+from capsnet import experiments
+
+TINY = ["--no-download", "--no-visdom", "--batch-size", "32", "--train-samples", "64",
+        "--test-samples", "32", "--threads", "2", "--conv1-channels", "16", "--primary-types", "4",
+        "--class-dim", "8", "--baseline-channels", "8,8,4", "--baseline-hidden", "16,8"]
+
+
+def run(name: str, out, data, *extra: str) -> int:
+    return experiments.main([name, "--epochs", "2", "--out", str(out), "--data-dir", str(data),
+                             *TINY, *extra])
+
+
+def table(text: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+
+def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
+        data_root, tmp_path, monkeypatch, capsys):
+    straight = tmp_path / "straight"
+    assert run("table1", straight, data_root) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("[") and "epochs in" in line for line in out.splitlines()) == 5
+    results = (straight / "results.md").read_text()
+    rows = table(results)
+    assert [r[0] for r in rows] == [r.label for r in experiments.EXPERIMENTS["table1"].rows]
+    assert [r[3] for r in rows] == ["0.39", "0.34", "0.29", "0.35", "0.25"]  # the paper's
+    assert all(0 <= float(r[1]) <= 100 and r[2] == "1" for r in rows)
+    assert "Selection: none: the last epoch" in results and "Epochs: 2" in results
+    assert (straight / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # interrupted in the third run's second epoch, then started again
+    interrupted = tmp_path / "interrupted"
+    import capsnet.training as training
+    original_train, original_add = train.train, training.add_to_meters
+    starts, fired = [], []
+
+    def counting(*args, **kwargs):
+        starts.append(1)
+        return original_train(*args, **kwargs)
+
+    def add_and_maybe_interrupt(meters, state):
+        original_add(meters, state)
+        if len(starts) == 3 and state["train"] and state["t"] == 2 and not fired:
+            fired.append(1)
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(train, "train", counting)
+    monkeypatch.setattr(training, "add_to_meters", add_and_maybe_interrupt)
+    with pytest.raises(SystemExit) as stopped:
+        run("table1", interrupted, data_root)
+    assert stopped.value.code == 130 and fired
+    monkeypatch.setattr(training, "add_to_meters", original_add)
+    assert not (interrupted / "results.md").exists()
+    assert run("table1", interrupted, data_root) == 0
+    out = capsys.readouterr().out
+    assert out.count("complete, skipped") == 2 and out.count("resuming in") == 1
+    assert (interrupted / "results.md").read_text() == results
+
+
+def test_routing_and_the_affnist_protocol_on_the_stand_in(data_root, tmp_path, capsys,
+                                                          monkeypatch):
+    from capsnet import data
+    reads = []
+    original = data.read_split
+    monkeypatch.setattr(data, "read_split", lambda *args: reads.append(args) or original(*args))
+    assert run("routing", tmp_path / "routing", data_root) == 0
+    assert [args[2] for args in reads] == [True, False]  # 5 runs, MNIST read once
+    rows = table((tmp_path / "routing" / "results.md").read_text())
+    assert [r[0] for r in rows] == [f"routing {k}" for k in range(1, 6)]
+    assert all(r[3] == "-" for r in rows)  # no paper numbers for this table
+    capsys.readouterr()
+    out = tmp_path / "affnist"
+    assert run("affnist", out, data_root, "--validation-samples", "16") == 0
+    printed = capsys.readouterr().out
+    assert "tested on mnist-affine-standin" in printed
+    text = (out / "results.md").read_text()
+    assert "offline stand-in, not affNIST" in text
+    rows = table(text)
+    assert [r[3] for r in rows] == ["79.0", "66.0"]
+    assert all(0 <= float(r[1]) <= 100 for r in rows)
+    assert "Selection: the best validation epoch" in text
+    # a run directory holds an ordinary run: mnist40, a validation split, the stand-in's result
+    from capsnet.checkpoint import load_checkpoint
+    config = load_checkpoint(out / "capsnet-seed0" / "last.pt")["config"]
+    assert config["dataset"] == "mnist40" and config["validation_samples"] == 16
+    assert config["stop_at_accuracy"] == 99.23
+    assert float((out / "capsnet-seed0" / "affnist.txt").read_text().split()[0]) == \
+        pytest.approx(float(rows[0][1]), abs=0.01)
+
+
+def test_bad_experiment_flags_are_one_line(data_root, tmp_path, capsys):
+    assert experiments.main(["table1", "--out", str(tmp_path), "--seed", "3"]) == 2
+    assert "--seed is set by the experiment" in capsys.readouterr().err
+    assert experiments.main(["table1", "--out", str(tmp_path), "--routing-iterations", "0"]) == 2
+    assert "--routing-iterations 0 is not allowed" in capsys.readouterr().err
