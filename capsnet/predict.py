@@ -1,0 +1,186 @@
+"""Classify your own images with a checkpoint:
+`python -m capsnet.predict CHECKPOINT IMAGE... [--json] [--out DIR] [--invert auto|yes|no]`.
+
+Each image (PNG, JPEG, ...; grey or colour) is made what the checkpoint's dataset gives its model:
+its channels (grey, colour; a two-channel stereo model gets the grey image in both, with a
+warning), its size (resized; a crop size after resizing to the dataset's side, centre-cropped as at
+test), white ink on black for grey data (--invert auto inverts an image whose border is bright: a
+photo of dark ink on paper), and for canvas datasets (mnist40, MultiMNIST) a 28x28 digit in the
+middle of the canvas. It prints the prediction (two classes for MultiMNIST), the scores of the top
+classes (capsule lengths, or the baseline's probabilities) and what was done to the image; --out
+writes the input beside its reconstruction. An image that cannot be read gets one line, and the
+others are still classified.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cli import ArgumentParser, exit_status
+from .errors import UserError
+
+TOP = 3  # classes shown per image
+BRIGHT = 0.5  # mean border brightness above which --invert auto inverts a grey image
+DIGIT = 28  # side of a digit placed on a canvas
+
+
+@dataclass
+class Prepared:
+    tensor: torch.Tensor  # (C, H, W) float in [0, 1], as the model takes it
+    done: list[str]  # what was done to the image, in words
+
+
+def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
+            invert: str) -> Prepared:
+    """The image at `path` as the model's input: `side` the dataset's image side, `size` the
+    model's input side (a centre crop of side when smaller), `canvas` > 0 for canvas datasets."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image.load()
+            original = f"{image.width}x{image.height} {image.mode}"
+            grey = image.convert("L")
+            colour = image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise UserError(f"{path} is not a readable image ({type(error).__name__})") from None
+    done = [f"read {original}"]
+    picture = colour if channels == 3 else grey
+    if channels != 3 and colour.getextrema() != grey.convert("RGB").getextrema():
+        done.append("made grey")
+    target = DIGIT if canvas else side
+    if picture.size != (target, target):
+        picture = picture.resize((target, target), Image.BILINEAR)
+        done.append(f"resized to {target}x{target}")
+    array = np.asarray(picture, dtype=np.float32) / 255.0
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
+    tensor = torch.from_numpy(array.copy())
+    if channels != 3:
+        border = torch.cat([tensor[:, 0], tensor[:, -1], tensor[:, :, 0], tensor[:, :, -1]], 1)
+        bright = float(border.mean()) > BRIGHT
+        if invert == "yes" or (invert == "auto" and bright):
+            tensor = 1.0 - tensor
+            done.append("inverted (dark ink on a bright ground)" if invert == "auto"
+                        else "inverted")
+    if canvas:
+        placed = torch.zeros(tensor.shape[0], canvas, canvas)
+        at = (canvas - DIGIT) // 2
+        placed[:, at:at + DIGIT, at:at + DIGIT] = tensor
+        tensor = placed
+        done.append(f"placed in the middle of the {canvas}x{canvas} canvas")
+    elif size < side:
+        at = (side - size) // 2
+        tensor = tensor[:, at:at + size, at:at + size]
+        done.append(f"centre-cropped to {size}x{size}")
+    if channels == 2:
+        tensor = tensor.expand(2, -1, -1).clone()
+        done.append("the grey image in both channels of the stereo pair (warning: the model "
+                    "was trained on two views)")
+    return Prepared(tensor, done)
+
+
+def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
+             ) -> dict[str, Any]:
+    from .model import predict
+    top = scores.argsort(descending=True, stable=True)[:TOP].tolist()
+    chosen = predict(scores[None], objects)[0]
+    chosen = [int(chosen)] if objects == 1 else [int(k) for k in chosen]
+    return {"prediction": [classes[k] for k in chosen],
+            "score": "probability" if model == "baseline" else "capsule length",
+            "top": [{"class": classes[k], "score": round(float(scores[k]), 4)} for k in top]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a last.pt or best.pt")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--out", metavar="DIR", help="write each input beside its reconstruction")
+    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                        help="grey images: make dark ink on a bright ground white on black "
+                        "(auto: when the border is bright; default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+    failed: list[str] = []
+
+    def work() -> None:
+        from .build import resolve_device
+        from .checkpoint import load_checkpoint, load_state
+        from .datasets import DATASETS
+        from .networks import network_of
+        checkpoint = load_checkpoint(args.checkpoint)
+        config, model_args = checkpoint["config"], checkpoint["model_args"]
+        network = network_of(config)
+        device = resolve_device(args.device)
+        model = network.make(**model_args).to(device)
+        load_state(model, checkpoint["model"], "model")
+        model.eval()
+        entry = DATASETS[config["dataset"]]
+        channels, size = model_args["in_channels"], model_args["image_size"]
+        side = entry.shape[-1] if entry.shape else config.get("image_size", size)
+        classes, objects = list(checkpoint["classes"]), entry.objects
+        for image in args.images:
+            try:
+                prepared = prepare(Path(image), channels, side, size, entry.canvas, args.invert)
+            except UserError as error:
+                failed.append(image)
+                print(f"error: {error}", file=sys.stderr)
+                continue
+            with torch.inference_mode():
+                output = model(prepared.tensor[None].to(device), None, objects)
+            result = {"image": image, **describe(output.lengths[0].float().cpu(), classes,
+                                                 objects, config.get("model", "capsnet")),
+                      "done": prepared.done}
+            if args.out and output.reconstructions is not None:
+                result["reconstruction"] = str(write_pair(Path(args.out), Path(image),
+                                                          prepared.tensor,
+                                                          output.reconstructions[0]))
+            print(json.dumps(result) if args.json else text(result), flush=True)
+        if failed:
+            raise UserError(f"{len(failed)} of {len(args.images)} images could not be "
+                            "classified (see above)")
+    return exit_status(work)
+
+
+def text(result: dict[str, Any]) -> str:
+    scores = ", ".join(f"{t['class']} {t['score']:.3f}" for t in result["top"])
+    line = (f"{result['image']}: {' and '.join(result['prediction'])} ({result['score']}s: "
+            f"{scores}); {', '.join(result['done'])}")
+    if "reconstruction" in result:
+        line += f"; reconstruction in {result['reconstruction']}"
+    return line
+
+
+def write_pair(folder: Path, image: Path, tensor: torch.Tensor, rebuilt: torch.Tensor) -> Path:
+    """The model's input beside its reconstruction (two digits: drawn on one in two colours)."""
+    import io
+    import numpy as np
+    from PIL import Image
+    from .storage import make_dir, write_file
+    if rebuilt.dim() == 4:  # (K, C, H, W): MultiMNIST's two digits
+        from .analyze import overlay
+        rebuilt = overlay(rebuilt[None].float().cpu())[0]
+    shown = [tensor.float().cpu(), rebuilt.float().cpu()]
+    if shown[1].shape[0] == 3 and shown[0].shape[0] != 3:
+        shown[0] = shown[0][:1].expand(3, -1, -1)
+    if shown[0].shape[0] == 2:  # a stereo pair: its first view
+        shown = [part[:1] for part in shown]
+    pair = torch.cat(shown, dim=2).clamp(0, 1)  # side by side
+    array = (pair.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    picture = picture.resize((picture.width * 4, picture.height * 4), Image.NEAREST)
+    make_dir(folder)
+    path = folder / f"{image.stem}-reconstruction.png"
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    write_file(path, buffer.getvalue())
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""python -m capsnet.predict on made PNG and JPEG files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from capsnet import predict
+from capsnet.checkpoint import load_checkpoint
+from capsnet.networks import network_of
+from conftest import made_digits, write_dataset
+
+SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One-epoch checkpoints on the made digits: CapsNet, the baseline and MultiMNIST."""
+    root = tmp_path_factory.mktemp("predict")
+    data = write_dataset(root / "data", train=64, test=32)
+    made = {}
+    for name, extra in (("capsnet", SMALL), ("baseline", ["--model", "baseline",
+                                                           "--baseline-channels", "8,8,4",
+                                                           "--baseline-hidden", "16,8"]),
+                        ("multimnist", [*SMALL, "--dataset", "multimnist"])):
+        run = root / name
+        assert train.main(["--data-dir", str(data), "--no-download", "--epochs", "1",
+                           "--batch-size", "32", "--no-visdom", "--threads", "2",
+                           "--run-dir", str(run), *extra]) == 0
+        made[name] = run / "last.pt"
+    return made
+
+
+def model_of(path):
+    checkpoint = load_checkpoint(path)
+    model = network_of(checkpoint["config"]).make(**checkpoint["model_args"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint["classes"]
+
+
+def test_an_image_in_the_datasets_form_gets_the_models_own_prediction(checkpoints, tmp_path,
+                                                                      capsys):
+    images, _ = made_digits(3, 1)
+    paths = []
+    for k, image in enumerate(images):
+        paths.append(tmp_path / f"digit{k}.png")
+        Image.fromarray(image.numpy().astype(np.uint8)).save(paths[-1])
+    assert predict.main([str(checkpoints["capsnet"]), *map(str, paths), "--json"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    model, classes = model_of(checkpoints["capsnet"])
+    with torch.no_grad():
+        lengths = model(images.float().div(255)[:, None]).lengths
+    for result, row in zip(results, lengths):
+        assert result["prediction"] == [classes[int(row.argmax())]]
+        assert result["top"][0]["score"] == pytest.approx(float(row.max()), abs=1e-4)
+        assert result["score"] == "capsule length" and result["done"] == ["read 28x28 L"]
+
+
+def test_photos_of_other_sizes_and_colours_are_converted_and_a_bad_file_is_one_line(
+        checkpoints, tmp_path, capsys):
+    ink = np.full((40, 50, 3), 235, dtype=np.uint8)  # dark ink on white paper, in colour
+    ink[10:30, 20:26] = (20, 20, 60)
+    Image.fromarray(ink).save(tmp_path / "photo.jpg", quality=95)
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tmp_path / "black.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = predict.main([str(checkpoints["capsnet"]), str(tmp_path / "photo.jpg"),
+                         str(tmp_path / "broken.png"), str(tmp_path / "black.png"),
+                         "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.splitlines()[0] == (f"error: {tmp_path / 'broken.png'} is not a readable "
+                                            "image (UnidentifiedImageError)")
+    lines = captured.out.splitlines()
+    assert len(lines) == 2  # the other two are still classified
+    assert "read 50x40 RGB, made grey, resized to 28x28, inverted (dark ink" in lines[0]
+    assert "inverted" not in lines[1] and "resized to 28x28" in lines[1]
+    assert (out / "photo-reconstruction.png").exists()
+    assert Image.open(out / "photo-reconstruction.png").size == (2 * 28 * 4, 28 * 4)
+    assert predict.main([str(checkpoints["capsnet"]), str(tmp_path / "photo.jpg"),
+                         "--invert", "no"]) == 0
+    assert "inverted" not in capsys.readouterr().out
+
+
+def test_canvas_and_baseline_checkpoints(checkpoints, tmp_path, capsys):
+    Image.fromarray(made_digits(1, 1)[0][0].numpy().astype(np.uint8)).save(tmp_path / "d.png")
+    assert predict.main([str(checkpoints["multimnist"]), str(tmp_path / "d.png"), "--json",
+                         "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["prediction"]) == 2 and len(set(result["prediction"])) == 2
+    assert "placed in the middle of the 36x36 canvas" in result["done"]
+    assert Image.open(result["reconstruction"]).mode == "RGB"  # the two digits in two colours
+    assert predict.main([str(checkpoints["baseline"]), str(tmp_path / "d.png"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["score"] == "probability" and "reconstruction" not in result
+    assert sum(t["score"] for t in result["top"]) <= 1.0 + 1e-3
+    assert predict.main([str(tmp_path / "missing.pt"), str(tmp_path / "d.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
