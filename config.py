@@ -142,6 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "class_dim": 8},  # the paper's smaller SVHN network
     "cifar10": {"dataset": "cifar10", "crop": 24, "shift": 0, "primary_types": 64,
                 "leaky_routing": True},  # one model of the paper's ensemble of 7
+    "smallnorb": {"dataset": "smallnorb", "crop": 32, "shift": 0},  # the authors' crops
     # The baseline's widths for the paper's other comparisons (docs/models.md): 24,555,535
     # parameters on MultiMNIST's 36x36 (the paper: 24.56M); 13,536,384 on 40x40, near CapsNet's
     # 13,475,648 there (the paper: "a similar number of parameters").

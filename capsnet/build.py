@@ -3,6 +3,7 @@ compile and the distributed wrapper. train.py, --eval and the benchmark all star
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Callable
 
 import torch
@@ -85,12 +86,15 @@ class RunParts:
         training; in order and uneven (every example once) for testing. Datasets made on a
         canvas place their digits themselves (no --shift or --crop), and an ordered pass takes
         its first `limit` digits (0: all) with partners from the whole split."""
-        canvas = DATASETS[self.cfg.dataset].canvas
+        entry = DATASETS[self.cfg.dataset]
+        canvas = entry.canvas
         if canvas:
             return CanvasBatches(split.to(self.device), self.cfg.batch_size, canvas, self.objects,
                                  shuffle=train, generator=self.generator, rank=self.world.rank,
                                  world=self.world.size, even=train, limit=limit)
-        return Batches(split.to(self.device), self.cfg.batch_size, shuffle=train,
+        kind = (import_module(f".datasets.{entry.batches}", __package__).BATCHES
+                if entry.batches else Batches)
+        return kind(split.to(self.device), self.cfg.batch_size, shuffle=train,
                        shift=self.cfg.shift if train else 0, generator=self.generator,
                        rank=self.world.rank, world=self.world.size, even=train,
                        crop=self.cfg.crop)

@@ -92,7 +92,10 @@ class Dashboard:
         from .data import head
         pool = head(trainer.evaluator.batches, POOL)  # the test pass's first examples
         self.samples = pool.images[:SAMPLES]  # (<=32, C, H, W), on the device
-        self.sample_grid = self.samples.cpu().numpy()
+        # shown: what the reconstructions rebuild (smallNORB's [0, 1] crops, not the network's
+        # standardised input)
+        self.sample_grid = (pool.targets if pool.labels.dim() == 1 else pool.images)[:SAMPLES] \
+            .cpu().numpy()
         firsts = pool.labels if pool.labels.dim() == 1 else pool.labels[:, 0]
         shown = first_per_class(firsts.cpu(), len(trainer.classes), 1).to(firsts.device)
         self.figure_samples = pool.images[shown]  # one per class, as far as the pool has them
@@ -251,6 +254,8 @@ class Dashboard:
 
     def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any],
             nrow: int = 8) -> None:
+        if kind == "images" and data.shape[1] == 2:  # a stereo pair: its first view
+            data = data[:, :1]
         old = self.snapshots.get(name)
         self.snapshots[name] = Snapshot(kind, data, opts, (old.version + 1) if old else 1,
                                         old.sent if old else 0, nrow)

@@ -84,7 +84,7 @@ def read_split(name: str, root: str, train: bool, download: bool, limit: int,
     folder = Path(root) / entry.folder
     files = entry.files(train)
     expected = f"expected {', '.join(files)} in {folder.resolve()}"
-    if any(not (folder / f).exists() for f in files):
+    if any(not present(folder / f) for f in files):
         if not (download and entry.download):
             how = "pass --download or --data-dir" if entry.download else "pass --data-dir"
             raise UserError(f"{name} files are missing ({expected}); {how}")
@@ -105,12 +105,23 @@ def read_split(name: str, root: str, train: bool, download: bool, limit: int,
     return split
 
 
+def present(path: Path) -> bool:
+    """A dataset file is there as it is, or gzipped."""
+    return path.exists() or path.with_name(path.name + ".gz").exists()
+
+
 def fetch(entry: Dataset, root: str, folder: Path, train: bool, expected: str) -> None:
     """Download a split's files with torchvision (which checks them against published checksums
     where it knows them), or, for a URL, fetch and unpack that archive into the folder. A failed
     download leaves no empty folders behind."""
     missing = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
     try:
+        if entry.download.endswith("/"):  # a folder of gzipped files, each kept as it comes
+            for name in entry.files(train):
+                if not present(folder / name):
+                    torchvision.datasets.utils.download_url(entry.download + name + ".gz",
+                                                            str(folder))
+            return
         if entry.download.startswith("https://"):
             torchvision.datasets.utils.download_and_extract_archive(entry.download, str(folder),
                                                                     remove_finished=True)

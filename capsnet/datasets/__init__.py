@@ -32,6 +32,7 @@ class Dataset:
     transform: str = ""  # module of capsnet.datasets whose make(split) gives this dataset
     tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
     shape: tuple[int, int, int] = (1, 28, 28)  # of the files' images; () : as they come (folder)
+    batches: str = ""  # module of capsnet.datasets whose BATCHES class serves it (default: plain)
 
     def files(self, train: bool) -> tuple[str, ...]:
         return self.train_files if train else self.test_files
@@ -40,6 +41,8 @@ class Dataset:
 MNIST_FILES = ("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
 AFFNIST_URL = "https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip"
+NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"  # each file as FILE.gz there
+NORB = "smallnorb-5x{}x9x18x6x2x96x96-{}-{}.mat"
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("mnist", "idx", *MNIST_FILES, DIGITS, "MNIST",
@@ -69,6 +72,13 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             "photos of 10 classes, 3x32x32, 50,000 + 10,000", shape=(3, 32, 32)),
     Dataset("svhn", "svhn", "SVHN", ("train_32x32.mat",), ("test_32x32.mat",), DIGITS, "SVHN",
             "house-number digits from Street View, 3x32x32, 73,257 + 26,032", shape=(3, 32, 32)),
+    Dataset("smallnorb", "smallnorb", "smallNORB",
+            tuple(NORB.format("46789", "training", part) for part in ("dat", "cat", "info")),
+            tuple(NORB.format("01235", "testing", part) for part in ("dat", "cat", "info")),
+            ("animal", "human", "airplane", "truck", "car"), NORB_URL,
+            "stereo pairs of toys, 2x96x96 resized to 48x48, 5 classes, 24,300 + 24,300 "
+            "(--preset smallnorb: 32x32 crops, brightness, contrast, standardised)",
+            shape=(2, 48, 48), batches="smallnorb"),
     Dataset("folder", "folder", "", ("train",), ("test",), (), "",
             "your own images: DIR/train/<class>/* and DIR/test/<class>/*, resized to "
             "--image-size", shape=()),
