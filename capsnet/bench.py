@@ -45,13 +45,14 @@ NETWORK = ("model", "dataset", "image_size", "crop", "conv1_channels", "primary_
 
 
 def synthetic_split(count: int, seed: int, dataset: str = "mnist", image_size: int = 28) -> Split:
-    """Random images and labels shaped like the dataset's files (the folder dataset: 3 channels
-    of image_size), ten classes, on the CPU."""
+    """Random images and labels shaped like the dataset's files and classes (the folder dataset:
+    3 channels of image_size, ten classes), on the CPU."""
     g = torch.Generator().manual_seed(seed)
     shape = DATASETS[dataset].shape or (3, image_size, image_size)
+    classes = DATASETS[dataset].classes or DATASETS["mnist"].classes
     images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (count,), generator=g)
-    return Split(images, labels, DATASETS[dataset].classes or DATASETS["mnist"].classes)
+    labels = torch.randint(0, len(classes), (count,), generator=g)
+    return Split(images, labels, classes)
 
 
 def sync(device: torch.device, world: World) -> None:
@@ -191,8 +192,8 @@ def report(result: dict[str, Any]) -> str:
             (f"epoch seconds ({how})", f"{result['epoch_seconds']:.1f}"),
             ("peak memory MB", f"{result['peak_memory_mb']:.0f}"),
             ("first passes seconds (compile, warm-up)", f"{result['first_passes_seconds']:.1f}"),
-            ("compile seconds (their time beyond the steady rate)",
-             f"{result['compile_seconds']:.1f}"),
+            *([("compile seconds (their time beyond the steady rate)",
+                f"{result['compile_seconds']:.1f}")] if result["compile"] else []),
             *([("memory check's estimate MB", f"{result['estimated_memory_mb']:.0f}")]
               if result["estimated_memory_mb"] is not None else []),
             ("vs 2-minute reference epoch", f"{120 / result['epoch_seconds']:.2f}x")]
