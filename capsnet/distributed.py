@@ -6,10 +6,11 @@ talks to the dashboard.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -80,9 +81,26 @@ def join(device_choice: str) -> World:
     return World(rank, size, local_rank, device)
 
 
+_staying = False  # inside staying(): the group outlives each run
+
+
+@contextlib.contextmanager
+def staying() -> Iterator[None]:
+    """Inside, the runs of one process (capsnet.experiments) share one process group: leave()
+    waits for the other processes but keeps the group, which is left at the end."""
+    global _staying
+    _staying = True
+    try:
+        yield
+    finally:
+        _staying = False
+    leave()
+
+
 def leave() -> None:
     """Leave the process group together with the other processes, after a run that ended well.
     (After a failure a process just exits, and torchrun ends the others.)"""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if not _staying:
+            dist.destroy_process_group()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .cli import ArgumentParser, exit_status
 from .errors import UserError
 from .storage import write_file
@@ -93,6 +94,11 @@ class Runner:
         self.experiment, self.out, self.epochs, self.seeds = experiment, out, epochs, seeds
         self.passed, self.dataset = passed, dataset
         self.failed: list[str] = []
+        self.main = True  # under torchrun: rank 0 alone prints and writes
+
+    def say(self, line: str) -> None:
+        if self.main:
+            print(line, flush=True)
 
     def run_dir(self, row: Row, seed: int) -> Path:
         return self.out / f"{slug(row.label)}-seed{seed}"
@@ -121,7 +127,7 @@ class Runner:
                 self.fail(name, counter, str(error))
                 return
             if complete(checkpoint, self.epochs):
-                print(f"{counter} {name}: complete, skipped ({run})", flush=True)
+                self.say(f"{counter} {name}: complete, skipped ({run})")
                 self.after(row, run, name, counter)
                 return
             state = "resume"
@@ -138,8 +144,8 @@ class Runner:
                     f"{self.experiment.name}-{run.name}"]
         argv += self.passed if state == "start" else passed_on_resume(self.passed)
         log = self.out / f"{run.name}.log"  # train.py's lines; its progress bars stay on stderr
-        print(f"{counter} {name}: {'resuming' if state == 'resume' else 'training'} in {run} "
-              f"(log: {log})", flush=True)
+        self.say(f"{counter} {name}: {'resuming' if state == 'resume' else 'training'} in {run} "
+                 f"(log: {log})")
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as sink, contextlib.redirect_stdout(sink):
@@ -148,8 +154,8 @@ class Runner:
             self.fail(name, counter, f"train.py exited with {code}; see {log}")
             return
         rows = RunDir(run).read_metrics()
-        print(f"{counter} {name}: {len(rows)} epochs in {time.monotonic() - started:.1f} s, "
-              f"test error {100 - float(rows[-1]['test_accuracy']):.2f}%", flush=True)
+        self.say(f"{counter} {name}: {len(rows)} epochs in {time.monotonic() - started:.1f} s, "
+                 f"test error {100 - float(rows[-1]['test_accuracy']):.2f}%")
         self.after(row, run, name, counter)
 
     def after(self, row: Row, run: Path, name: str, counter: str) -> None:
@@ -170,13 +176,13 @@ class Runner:
         except UserError as error:
             self.fail(name, counter, str(error))
             return
-        write_file(run / "affnist.txt", f"{summary['accuracy']}\n{tested}\n".encode())
-        print(f"{counter} {name}: {summary['accuracy']:.2f}% on {self.dataset} ({tested})",
-              flush=True)
+        if self.main:
+            write_file(run / "affnist.txt", f"{summary['accuracy']}\n{tested}\n".encode())
+        self.say(f"{counter} {name}: {summary['accuracy']:.2f}% on {self.dataset} ({tested})")
 
     def fail(self, name: str, counter: str, why: str) -> None:
         self.failed.append(name)
-        print(f"{counter} {name}: FAILED ({why}); going on with the others", flush=True)
+        self.say(f"{counter} {name}: FAILED ({why}); going on with the others")
 
 
 def complete(checkpoint: dict[str, Any], epochs: int) -> bool:
@@ -338,16 +344,18 @@ def main(argv: list[str] | None = None) -> int:
             if "validation_samples" not in settings:
                 passed.extend(["--validation-samples", "10000"])
         runner = Runner(experiment, out, args.epochs, args.seeds, passed, dataset)
-        print(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} epochs "
-              f"into {out}" + (f", tested on {dataset}" if experiment.name == "affnist" else ""),
-              flush=True)
-        with shared_splits():
+        runner.main = distributed.join(settings.get("device", "auto")).main
+        runner.say(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} "
+                   f"epochs into {out}"
+                   + (f", tested on {dataset}" if experiment.name == "affnist" else ""))
+        with shared_splits(), distributed.staying():  # one group for all the runs
             runner.run_all()
-        text, curves = results(runner)
-        write_file(out / "results.md", text.encode())
-        plot(out / "curves.png", curves, f"{args.name}: test error per epoch")
-        print(f"results in {out / 'results.md'}"
-              + (f"; {len(runner.failed)} runs failed" if runner.failed else ""), flush=True)
+        if runner.main:
+            text, curves = results(runner)
+            write_file(out / "results.md", text.encode())
+            plot(out / "curves.png", curves, f"{args.name}: test error per epoch")
+        runner.say(f"results in {out / 'results.md'}"
+                   + (f"; {len(runner.failed)} runs failed" if runner.failed else ""))
         if runner.failed:
             raise UserError(f"{len(runner.failed)} of the runs failed: "
                             + "; ".join(runner.failed))
