@@ -114,7 +114,6 @@ class Runner:
     def run_one(self, row: Row, seed: int, counter: str) -> None:
         import train
         from .checkpoint import load_checkpoint
-        from .errors import UserError as Failure
         from .rundir import RunDir
         run = self.run_dir(row, seed)
         name = f"{row.label}, seed {seed}"
@@ -123,7 +122,7 @@ class Runner:
         if last.exists():
             try:
                 checkpoint = load_checkpoint(last)
-            except Failure as error:
+            except UserError as error:
                 self.fail(name, counter, str(error))
                 return
             if complete(checkpoint, self.epochs):
@@ -201,20 +200,15 @@ def passed_settings(passed: list[str]) -> dict[str, Any]:
     return overrides(train.parse(passed), Config)
 
 
+# What a resumed run takes from this invocation: where the data and the machine are, and the
+# dashboard's place (the rest of its settings are in its checkpoint).
+ON_RESUME = ("data_dir", "download", "device", "threads", "memory_check", "visdom", "visdom_host",
+             "visdom_port")
+
+
 def passed_on_resume(passed: list[str]) -> list[str]:
-    """Of the flags passed on, those a resumed run takes from this invocation: where the data
-    and the machine are (the rest are in the checkpoint)."""
-    keep = ("--data-dir", "--device", "--threads", "--visdom-host", "--visdom-port")
-    out, k = [], 0
-    while k < len(passed):
-        if passed[k] in keep and k + 1 < len(passed):
-            out += passed[k:k + 2]
-            k += 2
-            continue
-        if passed[k] in ("--no-visdom", "--no-download", "--no-memory-check"):
-            out.append(passed[k])
-        k += 1
-    return out
+    """Of the flags passed on, those a resumed run takes (ON_RESUME)."""
+    return flags_of({k: v for k, v in passed_settings(passed).items() if k in ON_RESUME})
 
 
 def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:

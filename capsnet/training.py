@@ -23,8 +23,8 @@ from .data import Batches, Sample
 from .datasets import DATASETS
 from .meters import Meters, accuracy_text, align_reconstructions, confusion_of, summary_of
 from .model import CapsNetOutput
-from .recipe import Autocast
 from .networks import MODELS
+from .recipe import Autocast
 from .rundir import RunDir
 from .storage import WriteError
 
@@ -62,10 +62,11 @@ class Evaluator:
     """One pass over a test split through its own Engine (Engine.test), without gradients. Under
     torchrun each process tests its share and the counts are summed over all processes."""
 
-    def __init__(self, parts: RunParts, batches: Batches | None = None) -> None:
-        """A pass over `batches` (default: the test split's)."""
-        self.model, self.world = parts.model, parts.world
-        self.batches, self.test = batches or parts.test_batches, parts.test_batches
+    def __init__(self, parts: RunParts, batches: Batches | None = None,
+                 name: str = "test") -> None:
+        """A pass over `batches` (default: the test split's), `name` in its progress bar."""
+        self.model, self.world, self.name = parts.model, parts.world, name
+        self.batches = batches or parts.test_batches
         self.objects = parts.objects
         self.step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
         self.meters = Meters(len(parts.classes))
@@ -78,8 +79,8 @@ class Evaluator:
     def run(self) -> dict[str, float]:
         self.model.eval()
         self.meters.reset()
-        bar = tqdm(self.batches, desc="validation" if self.batches is not self.test else "test",
-                   unit="batch", leave=False, dynamic_ncols=True, disable=not self.world.main)
+        bar = tqdm(self.batches, desc=self.name, unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not self.world.main)
         try:
             with torch.inference_mode():
                 self.engine.test(self.step, bar)
@@ -122,7 +123,7 @@ class Trainer:
         self.generator, self.classes, self.model_args = parts.generator, parts.classes, parts.model_args
         self.train_batches, self.objects = parts.train_batches, parts.objects
         self.evaluator = Evaluator(parts)
-        self.validator = (Evaluator(parts, parts.validation_batches)
+        self.validator = (Evaluator(parts, parts.validation_batches, "validation")
                           if parts.validation_batches is not None else None)
         self.meters = Meters(len(self.classes))
         self.running = self.meters.totals()  # this epoch's totals over all processes, so far
