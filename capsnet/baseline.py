@@ -34,7 +34,10 @@ class BaselineOutput(NamedTuple):
 
 def widths(text: str, what: str) -> tuple[int, ...]:
     """'256,256,128' -> (256, 256, 128); ValueError for anything but positive integers."""
-    values = tuple(int(part) for part in text.split(",") if part.strip())
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
     if not values or min(values) < 1:
         raise ValueError(f"{what} must be positive integers separated by commas, got {text!r}")
     return values

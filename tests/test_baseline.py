@@ -70,6 +70,13 @@ def test_the_baseline_losses_by_hand():
     assert torch.isclose(parts.margin, expected)
 
 
+@pytest.mark.parametrize("widths", ["x,1", "8,0", ""])
+def test_bad_baseline_widths_are_one_line(quick_args, capsys, widths):
+    code, err = run_main([*quick_args, "--model", "baseline", "--baseline-hidden", widths or ","],
+                         capsys)
+    assert code == 2 and err.startswith("error: --baseline-hidden must be positive integers")
+
+
 def test_a_baseline_trains_resumes_and_is_evaluated(quick_args, tmp_path, capsys):
     args = [*quick_args, "--model", "baseline", *SMALL]
     code, err = run_main(args, capsys)
