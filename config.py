@@ -90,6 +90,10 @@ class Config:
     compile_mode: str = setting("default", "torch.compile mode with --compile: reduce-overhead "
                                 "and max-autotune capture CUDA graphs (every batch has "
                                 "--batch-size examples: see docs/speed.md)", COMPILE_MODES)
+    deterministic: bool = setting(False, "deterministic kernels on CUDA (cuDNN without its "
+                                  "benchmark, no atomic accumulation), so that a resumed run "
+                                  "repeats the uninterrupted one bit for bit there as on the "
+                                  "CPU; slower")
     threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
     memory_check: bool = setting(os.environ.get("CAPSNET_MEMORY_CHECK", "1") != "0",
                                  "before training, measure a step's memory in a separate process "

@@ -14,7 +14,7 @@ from config import PRESETS, Config, flag
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="train.py", description=__doc__)
+    parser = ArgumentParser(prog="train.py", description=__doc__, allow_abbrev=False)
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--resume", metavar="PATH", help="continue the run of this checkpoint, "
                          "in its directory; flags given here override its saved settings (see "
@@ -111,20 +111,21 @@ def start(cfg: Config, run, trainer, resume: str | None) -> None:
                  if world.distributed else "")
     resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
     footprint = trainer.parts.footprint
-    memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB; "
+    memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB "
+              f"(measured: {footprint.how}); "
               if footprint else "")
     held_out = (f", validating on {trainer.validator.batches.describe()} held out"
                 if trainer.validator else "")
     print(f"capsnet: {cfg.dataset}, {cfg.model}, {trainer.train_images:,} training examples"
           f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
-          f"{trainer.parameter_count:,} parameters, on {trainer.device}; {processes}{memory}"
+          f"{trainer.parameter_count:,} parameters, on {trainer.device} in {cfg.precision}, "
+          f"{f'compiled ({cfg.compile_mode} mode)' if cfg.compile else 'eager'}; {processes}{memory}"
           f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in trainer.notes)
           + f"; run directory {run.path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
     args = parse(argv)
     given = {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
 
@@ -134,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train(given, args.resume, args.allow_other_dataset)
         leave()
-    return exit_status(work)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
+    try:
+        return exit_status(work)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -385,7 +385,6 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
         raise UserError(f"--per-class {per_class} is not allowed: use a number from 1 to 20")
     checkpoint = load_checkpoint(checkpoint_path)
     folder = Path(out) if out else Path(checkpoint_path).parent / "figures"
-    make_dir(folder)
     cfg = resumed_settings(Config, checkpoint["config"], given)
     if not MODELS[cfg.model].capsules:
         raise UserError(f"{checkpoint_path} is a {cfg.model} checkpoint: the figures are of "
@@ -398,6 +397,7 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     pred = predict(model, parts.test_batches)
     ctx = Context(model, pred, parts.classes, per_class, parts.device)
     figures = FIGURES + (PAIR_FIGURES if parts.objects > 1 else [])
+    make_dir(folder)  # only once there is something to write into it
     written: list[Path] = []
     try:
         for name, _, draw in tqdm(figures, desc="figures", unit="figure", leave=False):
@@ -418,7 +418,7 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import ArgumentParser, exit_status
-    parser = ArgumentParser(prog="python -m capsnet.analyze", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m capsnet.analyze", description=__doc__)
     parser.add_argument("checkpoint", help="a last.pt or best.pt")
     parser.add_argument("--out", metavar="DIR", help="where to write (default: figures/ in the "
                         "checkpoint's run directory)")

@@ -144,7 +144,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         torch.cuda.reset_peak_memory_stats(device)
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
     eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
-    steady = warm / train_rate + (warm + len(probe)) / eval_rate  # those passes, warm
+    steady = warm / train_rate + (warm + batch_size) / eval_rate  # those passes, warm
     estimate = (measure(spec_of(cfg, parts.model_args, parts.objects, device)).of(batch_size)
                 / 2 ** 20 if footprint else None)
     return {
@@ -164,11 +164,12 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
 def probe_lengths(parts: Any) -> torch.Tensor:
     """The capsule lengths of the first PROBE test examples at the initial weights, in the run's
     precision: the same for every setting up to its rounding (and the first compile of the test
-    pass, with --compile). (PROBE or fewer, classes) on the CPU."""
-    images = next(iter(parts.test_batches)).images[:PROBE]
+    pass, with --compile). (PROBE or fewer, classes) on the CPU. The whole first batch goes
+    through the model, so that a compiled model sees the one batch shape train.py gives it."""
+    images = next(iter(parts.test_batches)).images
     parts.model.eval()
     with torch.inference_mode(), parts.autocast():
-        lengths = parts.eval_network(images).lengths
+        lengths = parts.eval_network(images).lengths[:PROBE]
     return lengths.float().cpu()
 
 
@@ -203,7 +204,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from config import COMPILE_MODES, PRESETS, Config, flag
-    parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")

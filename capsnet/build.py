@@ -47,6 +47,18 @@ def model_args(cfg: Any, split: Split) -> dict[str, Any]:
             **MODELS[cfg.model].args(cfg, DATASETS[cfg.dataset].objects)}
 
 
+def check_input_side(cfg: Any) -> None:
+    """Refuse, before any data is read, an input side the model cannot take."""
+    entry = DATASETS[cfg.dataset]
+    side = entry.canvas or cfg.crop or (entry.shape[-1] if entry.shape else cfg.image_size)
+    smallest = MODELS[cfg.model].smallest_image
+    if side < smallest:
+        what = ("--crop" if cfg.crop else "--image-size" if not entry.shape else
+                f"{cfg.dataset}'s images")
+        raise UserError(f"{what} {side} is too small for {cfg.model}: its inputs must be at "
+                        f"least {smallest}x{smallest}")
+
+
 def check_structure(saved: dict[str, Any], now: dict[str, Any], model: str) -> None:
     """A checkpoint's weights fit a model only if these arguments agree."""
     differ = [k for k in MODELS[model].structure if saved.get(k) != now[k]]
@@ -110,6 +122,7 @@ def build_run(cfg: Any, train: bool = True,
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
+    check_input_side(cfg)
     if splits is None:
         splits = (load_split(cfg.dataset, cfg.data_dir, True, cfg.download,
                              0 if cfg.validation_samples else cfg.train_samples,
@@ -137,7 +150,7 @@ def build_run(cfg: Any, train: bool = True,
         train_network = compile_model(wrapped, cfg.compile, cfg.compile_mode)
     optimizer, scheduler = make_optimizer(model, cfg)
     parts = RunParts(cfg, world, device, model, train_network, eval_network, make_criterion(cfg),
-                     configure_precision(cfg.precision, device), optimizer, scheduler, generator,
+                     configure_precision(cfg.precision, device, cfg.deterministic), optimizer, scheduler, generator,
                      args, test_split.classes, None, None, footprint)  # type: ignore[arg-type]
     parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
     parts.test_batches = parts.batches(test_split, False, cfg.test_samples)

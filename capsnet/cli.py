@@ -12,7 +12,11 @@ from .errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line and exit status 2."""
+    """argparse that reports a bad flag as one line and exit status 2, and shows a command's
+    description (its module's docstring) as written."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -64,8 +68,8 @@ def build(settings: type, values: dict[str, Any]) -> Any:
 
 
 # Settings of the machine, not of the run: a resumed or evaluated checkpoint takes them from this
-# invocation (its flags or config.py), never from the checkpoint.
-MACHINE_SETTINGS = ("device", "threads")
+# invocation (its flags, environment or config.py's defaults), never from the checkpoint.
+MACHINE_SETTINGS = ("device", "threads", "compile", "compile_mode", "memory_check")
 DATA_DIR_ENV = "CAPSNET_DATA_DIR"
 
 

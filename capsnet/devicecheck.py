@@ -295,7 +295,7 @@ def rows_text(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m capsnet.devicecheck",
-                            description=__doc__.split("\n")[0])
+                            description=__doc__)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the files go")
     parser.add_argument("--budget", type=float, default=300.0,
                         help="seconds for all parts together (default: %(default)s)")

@@ -18,15 +18,16 @@ each run uses all the processes.
 from __future__ import annotations
 
 import contextlib
+import io
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import distributed
-from .cli import ArgumentParser, exit_status
+from .cli import MACHINE_SETTINGS, ArgumentParser, exit_status
 from .errors import UserError
 from .storage import write_file
 
@@ -142,15 +143,18 @@ class Runner:
                     "--run-dir", str(run), "--visdom-env",
                     f"{self.experiment.name}-{run.name}"]
         argv += self.passed if state == "start" else passed_on_resume(self.passed)
-        log = self.out / f"{run.name}.log"  # train.py's lines; its progress bars stay on stderr
+        log = self.out / f"{run.name}.log"  # train.py's lines, and its stderr's but the bars
         self.say(f"{counter} {name}: {'resuming' if state == 'resume' else 'training'} in {run} "
                  f"(log: {log})")
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as sink, contextlib.redirect_stdout(sink):
-            code = train.main(argv)
+        with open(log, "a") as sink:
+            errors = Tee(sink, sys.stderr)
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(errors):
+                code = train.main(argv)
         if code != 0:
-            self.fail(name, counter, f"train.py exited with {code}; see {log}")
+            self.fail(name, counter, f"{errors.last_error or f'train.py exited with {code}'}; "
+                      f"see {log}")
             return
         rows = RunDir(run).read_metrics()
         self.say(f"{counter} {name}: {len(rows)} epochs in {time.monotonic() - started:.1f} s, "
@@ -184,6 +188,31 @@ class Runner:
         self.say(f"{counter} {name}: FAILED ({why}); going on with the others")
 
 
+class Tee(io.TextIOBase):
+    """A run's stderr: to the terminal as it comes, and to its log without the progress bars'
+    redrawn lines; keeps the last "error: ..." line for the FAILED line."""
+
+    def __init__(self, log: TextIO, terminal: TextIO) -> None:
+        self.log, self.terminal = log, terminal
+        self.last_error = ""
+
+    def write(self, text: str) -> int:
+        self.terminal.write(text)
+        for line in text.splitlines(keepends=True):
+            if "\r" not in line:
+                self.log.write(line)
+                if line.startswith("error: "):
+                    self.last_error = line.strip()[len("error: "):]
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+
 def complete(checkpoint: dict[str, Any], epochs: int) -> bool:
     """A run that trained its epochs, or stopped at its --stop-at-accuracy."""
     if checkpoint["batch"]:
@@ -193,17 +222,42 @@ def complete(checkpoint: dict[str, Any], epochs: int) -> bool:
 
 
 def passed_settings(passed: list[str]) -> dict[str, Any]:
-    """The Config settings among the flags passed on."""
+    """The Config settings among the flags passed on (a --preset's too), parsed as train.py
+    parses them: a bad flag or an abbreviation is refused there in one line."""
     import train
+    from config import PRESETS, Config
     from .cli import overrides
-    from config import Config
-    return overrides(train.parse(passed), Config)
+    args = train.parse(passed)
+    if args.resume or args.eval:
+        raise UserError(f"--{'resume' if args.resume else 'eval'} is not allowed: the experiment "
+                        "resumes its interrupted runs itself (run it again) and tests every run")
+    return {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
+
+
+# Settings the experiment sets for every run itself, besides what its rows vary.
+OWNED = ("epochs", "seed", "run_dir", "visdom_env")
+
+
+def check_owned(experiment: Experiment, settings: dict[str, Any]) -> None:
+    """Refuse a passed setting that the experiment sets for its runs (in whatever form given)."""
+    from config import flag
+    varied = {k for row in experiment.rows for k in row.flags} | set(experiment.fixed)
+    for name in settings:
+        if name in ("epochs", "seed"):
+            raise UserError(f"{flag(name)} is set by the experiment for each run; pass --epochs "
+                            "and --seeds to the experiment instead")
+        if name in OWNED:
+            raise UserError(f"{flag(name)} is set by the experiment for each run (it names each "
+                            "run's directory and dashboard environment); pass --out instead")
+        if name in varied:
+            raise UserError(f"{flag(name)} is set by the {experiment.name} experiment's runs "
+                            "(it is what they compare, or fixed by its protocol); it cannot be "
+                            "passed to them")
 
 
 # What a resumed run takes from this invocation: where the data and the machine are, and the
 # dashboard's place (the rest of its settings are in its checkpoint).
-ON_RESUME = ("data_dir", "download", "device", "threads", "memory_check", "visdom", "visdom_host",
-             "visdom_port")
+ON_RESUME = MACHINE_SETTINGS + ("data_dir", "download", "visdom", "visdom_host", "visdom_port")
 
 
 def passed_on_resume(passed: list[str]) -> list[str]:
@@ -305,7 +359,7 @@ def plot(path: Path, curves: list[tuple[str, list[list[tuple[int, float]]]]], ti
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m capsnet.experiments", allow_abbrev=False,
-                            description=__doc__.split("\n")[0])
+                            description=__doc__)
     parser.add_argument("name", choices=sorted(EXPERIMENTS))
     parser.add_argument("--epochs", type=int, default=50, help="epochs of each run (default: "
                         "%(default)s; the affnist runs stop earlier at 99.23%%)")
@@ -319,10 +373,6 @@ def main(argv: list[str] | None = None) -> int:
         from .data import shared_splits
         if args.epochs < 1 or args.seeds < 1:
             raise UserError("--epochs and --seeds must be >= 1")
-        for own in ("--epochs", "--seed", "--run-dir", "--resume", "--eval"):
-            if own in passed:
-                raise UserError(f"{own} is set by the experiment for each run; pass --epochs "
-                                "and --seeds to the experiment instead")
         settings = passed_settings(passed)  # bad flags: one line, before any run
         experiment = EXPERIMENTS[args.name]
         out = Path(args.out or f"experiments/{args.name}")
@@ -337,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 else "mnist-affine-standin"
             if "validation_samples" not in settings:
                 passed.extend(["--validation-samples", "10000"])
+        check_owned(experiment, settings)
         runner = Runner(experiment, out, args.epochs, args.seeds, passed, dataset)
         runner.main = distributed.join(settings.get("device", "auto")).main
         runner.say(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} "

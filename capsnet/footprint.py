@@ -35,6 +35,7 @@ class Footprint:
     """Peak memory of a training step: `fixed` + `per_example` x batch, in bytes."""
     fixed: float
     per_example: float
+    how: str = "an eager step"  # what was measured, for the run's first line
 
     def of(self, batch: int) -> float:
         return self.fixed + self.per_example * batch
@@ -53,10 +54,13 @@ SETTINGS = ("model", "m_plus", "m_minus", "lambda_absent", "reconstruction_weigh
 def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device
             ) -> dict[str, Any]:
     """What the probe process needs to rebuild the run's training step."""
+    from .recipe import CUDA_GRAPH_MODES
     size = model_args["image_size"]
     top = min(cfg.batch_size, PROBE_MAX)
+    graphs = cfg.compile and device.type == "cuda" and cfg.compile_mode in CUDA_GRAPH_MODES
     return {"model_args": model_args, "shape": [model_args["in_channels"], size, size],
             "batches": [max(1, top // 2), max(2, top)],
+            "compile_mode": cfg.compile_mode if graphs else "",
             "objects": objects, "device": str(device), "precision": cfg.precision,
             "threads": torch.get_num_threads(), "settings": {k: getattr(cfg, k) for k in SETTINGS}}
 
@@ -82,7 +86,9 @@ def measure(spec: dict[str, Any]) -> Footprint:
     small, large = json.loads(lines[-1])
     b1, b2 = spec["batches"]
     per_example = max(0.0, (large - small) / (b2 - b1))
-    return Footprint(small - per_example * b1, per_example)
+    how = (f"a step compiled in {spec['compile_mode']} mode with its CUDA graphs' memory pools"
+           if spec.get("compile_mode") else "an eager step")
+    return Footprint(small - per_example * b1, per_example, how)
 
 
 def available(device: torch.device) -> float | None:
@@ -114,7 +120,7 @@ def check(spec: dict[str, Any], batch_size: int, device: torch.device) -> Footpr
     hint = (f"--batch-size {fits} or less fits" if fits >= 1
             else "no batch fits: use a smaller network or image size")
     raise UserError(f"a training step of batch {batch_size} on {shape} images needs about "
-                    f"{need / GiB:.1f} GiB, but {device} has {free / GiB:.1f} GiB free; {hint} "
+                    f"{need / GiB:.1f} GiB (measured: {footprint.how}), but {device} has {free / GiB:.1f} GiB free; {hint} "
                     "(or pass --no-memory-check to try anyway)")
 
 
@@ -135,10 +141,15 @@ def check_data(splits: dict[str, Any], device: torch.device) -> None:
                     f"{free / GiB:.2f} GiB free; pass {flags} to use the first N")
 
 
+GRAPH_STEPS = 3  # reduce-overhead: a warm-up step, the step that records the graph, a replay
+
+
 def probe(spec: dict[str, Any]) -> list[float]:
-    """In the probe process: the peak memory after a training step at each of spec's batches."""
+    """In the probe process: the peak memory after a training step at each of spec's batches.
+    With a CUDA-graph compile mode, the step is compiled afresh for each batch and run
+    GRAPH_STEPS times, and the peak counts what the allocator reserved, graph pools included."""
     from .networks import MODELS
-    from .recipe import configure_precision, make_criterion, make_optimizer
+    from .recipe import compile_model, configure_precision, make_criterion, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -148,6 +159,7 @@ def probe(spec: dict[str, Any]) -> list[float]:
     criterion = make_criterion(settings)
     autocast = configure_precision(spec["precision"], device)
     classes, objects = spec["model_args"]["num_classes"], spec["objects"]
+    mode = spec.get("compile_mode", "")
     peaks = []
     for batch in spec["batches"]:
         images = torch.rand(batch, *spec["shape"], device=device)
@@ -155,15 +167,23 @@ def probe(spec: dict[str, Any]) -> list[float]:
                               for _ in range(batch)]).sort(dim=1).values
         labels = labels[:, 0] if objects == 1 else labels
         targets = images if objects == 1 else images[:, None].expand(-1, objects, -1, -1, -1)
+        if mode:
+            from torch import _dynamo
+            _dynamo.reset()  # one static-shape graph per batch size, as train.py builds
+        network = compile_model(model, bool(mode), mode or "default")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with autocast():
-            loss = criterion(targets, labels, model(images, labels))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        peaks.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                     else peak_resident())
+        for _ in range(GRAPH_STEPS if mode else 1):
+            with autocast():
+                loss = criterion(targets, labels, network(images, labels))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            peaks.append(torch.cuda.max_memory_reserved(device) if mode
+                         else torch.cuda.max_memory_allocated(device))
+        else:
+            peaks.append(peak_resident())
     return peaks
 
 

@@ -154,6 +154,8 @@ class CapsNetOutput(NamedTuple):
 
 
 RECIPES = ("paper", "official")
+# conv1 (9x9) leaves side - 8; PrimaryCaps (9x9, stride 2) needs 9 of those for one position
+SMALLEST_IMAGE = 17
 
 
 class CapsNet(nn.Module):
@@ -178,8 +180,9 @@ class CapsNet(nn.Module):
                                        kernel_size=9, stride=2,
                                        scale=1 / primary_types if official else 1.0)
         grid = ((image_size - 8) - 9) // 2 + 1  # 6 for 28x28 inputs
-        if grid < 1:
-            raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet (>= 25)")
+        if image_size < SMALLEST_IMAGE:
+            raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet "
+                             f"(>= {SMALLEST_IMAGE})")
         self.digits = DigitCapsules(primary_types * grid * grid, primary_dim, num_classes,
                                     class_dim, routing_iterations, detach_routing,
                                     digit_bias or official, leaky_routing)

@@ -14,7 +14,7 @@ from torch import nn
 from .baseline import Baseline, BaselineLoss, widths
 from .errors import UserError
 from .loss import CapsuleLoss
-from .model import CapsNet
+from .model import SMALLEST_IMAGE, CapsNet
 
 SHAPE = ("in_channels", "image_size", "num_classes")  # from the data
 CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
@@ -52,6 +52,7 @@ class Network:
     structure: tuple[str, ...]  # arguments a checkpoint's weights must agree on
     capsules: bool  # a decoder and routing to show
     about: str
+    smallest_image: int = 1  # the smallest input side it takes
 
 
 def make_baseline(**args: Any) -> Baseline:
@@ -62,7 +63,7 @@ def make_baseline(**args: Any) -> Baseline:
 MODELS: dict[str, Network] = {n.name: n for n in (
     Network("capsnet", capsnet_args, CapsNet, capsule_loss,
             SHAPE + ("digit_bias", "recipe") + CAPSNET_WIDTHS, True,
-            "CapsNet with dynamic routing and the reconstruction decoder"),
+            "CapsNet with dynamic routing and the reconstruction decoder", SMALLEST_IMAGE),
     Network("baseline", baseline_args, make_baseline, lambda cfg: BaselineLoss(),
             SHAPE + ("recipe", "channels", "hidden", "objects"), False,
             "the paper's CNN baseline (capsnet/baseline.py)"),

@@ -36,25 +36,29 @@ class Prepared:
 
 
 def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
-            invert: str) -> Prepared:
+            invert: str, fit: str = "") -> Prepared:
     """The image at `path` as the model's input: `side` the dataset's image side, `size` the
-    model's input side (a centre crop of side when smaller), `canvas` > 0 for canvas datasets."""
+    model's input side (a centre crop of side when smaller), `canvas` > 0 for canvas datasets,
+    `fit` the dataset's rule for an image of another size (FITS; "": resized)."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
+    from .datasets.folder import on_white
     try:
         with Image.open(path) as image:
             image.load()
             original = f"{image.width}x{image.height} {image.mode}"
+            image, flattened = on_white(image)
             grey = image.convert("L")
             colour = image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise UserError(f"{path} is not a readable image ({type(error).__name__})") from None
-    done = [f"read {original}"]
+    done = [f"read {original}"] + (["its transparent parts made white"] if flattened else [])
     picture = colour if channels == 3 else grey
     if channels != 3 and colour.getextrema() != grey.convert("RGB").getextrema():
         done.append("made grey")
     target = DIGIT if canvas else side
-    if picture.size != (target, target):
+    fitting = FITS.get(fit) if picture.size != (target, target) and channels == 1 else None
+    if picture.size != (target, target) and fitting is None:
         picture = picture.resize((target, target), Image.BILINEAR)
         done.append(f"resized to {target}x{target}")
     array = np.asarray(picture, dtype=np.float32) / 255.0
@@ -67,6 +71,10 @@ def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
             tensor = 1.0 - tensor
             done.append("inverted (dark ink on a bright ground)" if invert == "auto"
                         else "inverted")
+    if fitting is not None:
+        tensor, how = fitting(tensor[0], target)
+        tensor = tensor[None]
+        done.append(how)
     if canvas:
         placed = torch.zeros(tensor.shape[0], canvas, canvas)
         at = (canvas - DIGIT) // 2
@@ -84,6 +92,63 @@ def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
     return Prepared(tensor, done)
 
 
+INK = 0.25  # of the brightest pixel: what counts as the object when trimming the ground
+
+
+def trimmed(image: torch.Tensor) -> torch.Tensor | None:
+    """The bounding box of the object (white on black, (H, W)); None when there is none."""
+    rows = (image > INK * image.max()).any(dim=1).nonzero()
+    cols = (image > INK * image.max()).any(dim=0).nonzero()
+    if float(image.max()) <= 0 or not len(rows):
+        return None
+    return image[int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+
+
+def scaled(image: torch.Tensor, longest: int) -> torch.Tensor:
+    """(H, W) resized, keeping its aspect ratio, so that its longer side is `longest`."""
+    import torch.nn.functional as F
+    h, w = image.shape
+    shape = (max(1, round(h * longest / max(h, w))), max(1, round(w * longest / max(h, w))))
+    return F.interpolate(image[None, None], size=shape, mode="bilinear", antialias=True,
+                         align_corners=False)[0, 0].clamp(0, 1)
+
+
+def fit_digit(image: torch.Tensor, side: int) -> tuple[torch.Tensor, str]:
+    """As MNIST's digits were made: fitted into a 20x20 box keeping the aspect ratio, then
+    placed in side x side with the centre of mass at the centre."""
+    box = trimmed(image)
+    if box is None:
+        return scaled(image, side), f"resized to {side}x{side} (no ink found)"
+    digit = scaled(box, round(side * 20 / 28))
+    h, w = digit.shape
+    mass = digit.sum()
+    row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)
+    col = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
+    # MNIST's centres of mass lie at pixel index 14 of 28 (13.5 would be the middle)
+    top = min(max(round(side / 2 - row), 0), side - h)
+    left = min(max(round(side / 2 - col), 0), side - w)
+    out = torch.zeros(side, side)
+    out[top:top + h, left:left + w] = digit
+    return out, (f"the digit fitted into a 20x20 box keeping its aspect ratio ({w}x{h}) and "
+                 f"centred by its centre of mass in {side}x{side}, as MNIST's were")
+
+
+def fit_fashion(image: torch.Tensor, side: int) -> tuple[torch.Tensor, str]:
+    """As Fashion-MNIST's images were made: the ground trimmed, the longest edge resized to
+    side, centred."""
+    box = trimmed(image)
+    item = scaled(box if box is not None else image, side)
+    h, w = item.shape
+    out = torch.zeros(side, side)
+    out[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = item
+    return out, (f"its ground trimmed, its longest edge resized to {side} and centred in "
+                 f"{side}x{side}, as Fashion-MNIST's were")
+
+
+# capsnet.datasets.Dataset.fit -> how an image of another size is made that dataset's form
+FITS = {"digit": fit_digit, "fashion": fit_fashion}
+
+
 def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
              ) -> dict[str, Any]:
     from .model import predict
@@ -96,7 +161,7 @@ def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__)
     parser.add_argument("checkpoint", help="a last.pt or best.pt")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -126,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         classes, objects = list(checkpoint["classes"]), entry.objects
         for image in args.images:
             try:
-                prepared = prepare(Path(image), channels, side, size, entry.canvas, args.invert)
+                prepared = prepare(Path(image), channels, side, size, entry.canvas, args.invert,
+                                   entry.fit)
             except UserError as error:
                 failed.append(image)
                 print(f"error: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ make their training steps from these."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from typing import Any, Callable
@@ -31,14 +32,26 @@ def make_criterion(cfg: Any) -> nn.Module:
 Autocast = Callable[[], torch.autocast]
 
 
-def configure_precision(precision: str, device: torch.device) -> Autocast:
-    """Set the float32 matmul mode; return the autocast context for forward passes."""
+def configure_precision(precision: str, device: torch.device,
+                        deterministic: bool = False) -> Autocast:
+    """Set the float32 matmul mode and the kernel choice; return the autocast context for
+    forward passes. cuDNN's benchmark mode picks kernels by timing and some CUDA kernels
+    accumulate with atomics, so a CUDA run repeats bit for bit only with `deterministic`
+    (deterministic kernels, a warning for an operation that has none)."""
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = device.type == "cuda"
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
                              enabled=precision == "bf16")
+
+
+# compile modes that capture CUDA graphs, whose memory pools the memory check must measure
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_model(model: nn.Module, enabled: bool, mode: str = "default"

@@ -115,6 +115,8 @@ class Trainer:
     def __init__(self, cfg: Any, run: RunDir, checkpoint: dict | None = None,
                  source: Path | None = None, allow_other_dataset: bool = False) -> None:
         self.cfg, self.run = cfg, run
+        if checkpoint is not None:  # before any data is read or downloaded
+            check_dataset(checkpoint, cfg, DATASETS[cfg.dataset].classes, allow_other_dataset)
         self.parts = parts = build_run(cfg)
         self.world: World = parts.world
         self.device, self.model, self.network = parts.device, parts.model, parts.train_network
@@ -395,14 +397,17 @@ class Trainer:
 
 def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...], allow: bool) -> None:
     """A checkpoint is used on the dataset it was trained on, or on one that declares it tests
-    that dataset's checkpoints (affNIST: mnist40), unless `allow` says otherwise."""
+    that dataset's checkpoints (affNIST: mnist40), unless `allow` says otherwise. Checked with
+    the dataset's declared classes before any data is read, and with the files' classes after
+    (`classes` (): those of files not read yet)."""
     saved = checkpoint["config"].get("dataset")
     fits = saved == cfg.dataset or saved in DATASETS[cfg.dataset].tests
-    if allow or (fits and tuple(checkpoint["classes"]) == tuple(classes)):
+    if allow or (fits and (not classes or tuple(checkpoint["classes"]) == tuple(classes))):
         return
+    named = f" (classes {', '.join(classes)})" if classes else ""
     raise UserError(f"the checkpoint was trained on {saved} (classes "
-                    f"{', '.join(checkpoint['classes'])}), not on {cfg.dataset} (classes "
-                    f"{', '.join(classes)}); pass --allow-other-dataset to use it anyway")
+                    f"{', '.join(checkpoint['classes'])}), not on {cfg.dataset}{named}; pass "
+                    "--allow-other-dataset to use it anyway")
 
 
 class Ensemble(nn.Module):
@@ -424,6 +429,8 @@ def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset:
                          ) -> tuple[dict[str, float], Any, tuple[str, ...], str]:
     """Test-set loss and accuracy, confusion matrix (rows: true class), class names and what
     was tested (in words) of one checkpoint, or of several of one shape averaged (an ensemble)."""
+    for checkpoint in checkpoints:  # before any data is read or downloaded
+        check_dataset(checkpoint, cfg, DATASETS[cfg.dataset].classes, allow_other_dataset)
     parts = build_run(cfg, train=False)
     members = []
     for checkpoint in checkpoints:

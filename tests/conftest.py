@@ -97,3 +97,22 @@ def fast_network(model):
         poses = weight[:16].expand(batch, 10, 16)
         return CapsNetOutput(lengths, poses, images * torch.sigmoid(weight[0]))
     return network
+
+
+SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]  # a tiny CapsNet
+TINY_BASELINE = ["--model", "baseline", "--baseline-channels", "8,8,4", "--baseline-hidden", "16,8"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """last.pt of one-epoch runs on the made digits, shared by the tests that only read them:
+    a tiny CapsNet ("capsnet") and a tiny baseline ("baseline"). Copy one before changing it."""
+    import train
+    root = tmp_path_factory.mktemp("tiny")
+    made = {}
+    for name, extra in (("capsnet", SMALL), ("baseline", TINY_BASELINE)):
+        assert train.main(["--data-dir", str(data_root), "--no-download", "--epochs", "1",
+                           "--batch-size", "32", "--no-visdom", "--threads", "2",
+                           "--run-dir", str(root / name), *extra]) == 0
+        made[name] = root / name / "last.pt"
+    return made

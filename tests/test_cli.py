@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from conftest import run_main
+from conftest import SMALL, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +119,80 @@ def test_readme_is_short_and_every_page_it_or_the_docs_link_exists():
             assert path.exists(), f"{page.name} links {target}, which does not exist"
             linked.add(path)
     assert all(page.resolve() in linked for page in pages[1:])  # every docs page is reachable
+
+
+def test_an_abbreviated_flag_is_refused_rather_than_guessed(quick_args, capsys):
+    code, err = run_main(quick_args + ["--epoch", "3"], capsys)
+    assert code == 2 and err == "error: unrecognized arguments: --epoch 3 (see train.py --help)"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--crop", "16", "--memory-check"],
+     "error: --crop 16 is too small for capsnet: its inputs must be at least 17x17"),
+    (["--dataset", "folder", "--image-size", "16"],
+     "error: --image-size 16 is too small for capsnet: its inputs must be at least 17x17"),
+])
+def test_images_too_small_for_capsnet_are_one_line_before_any_data_is_read(
+        flags, expected, quick_args, tmp_path, capsys):
+    empty = tmp_path / "empty"  # no dataset here: reading one would fail differently
+    empty.mkdir()
+    args = quick_args + ["--data-dir", str(empty)] + flags
+    code, err = run_main(args, capsys)
+    assert code == 2 and err == expected
+
+
+@pytest.mark.parametrize("action", ["--resume", "--eval"])
+def test_a_checkpoint_of_another_dataset_is_refused_before_any_download(
+        action, tiny_checkpoints, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from capsnet import data
+    monkeypatch.setattr(data, "fetch", lambda *args: pytest.fail("downloaded"))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoints["capsnet"].parent, run)
+    code, err = run_main([action, str(run / "last.pt"), "--dataset", "cifar10", "--download",
+                          "--data-dir", str(tmp_path / "nothing-here")], capsys)
+    assert code == 2
+    assert err.startswith("error: the checkpoint was trained on mnist (classes 0, 1, 2, 3, 4, 5, "
+                          "6, 7, 8, 9), not on cifar10;")
+    assert err.endswith("pass --allow-other-dataset to use it anyway")
+
+
+def test_a_resumed_run_takes_the_machine_settings_of_this_invocation(
+        tiny_checkpoints, data_root, tmp_path, capsys):
+    """compile and the memory check saved with the run are not taken: the suite's environment
+    says CAPSNET_MEMORY_CHECK=0, and no --compile is given."""
+    import shutil
+
+    from capsnet.checkpoint import load_checkpoint, save_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoints["capsnet"].parent, run)
+    checkpoint = load_checkpoint(run / "last.pt")
+    checkpoint.pop("digest", None)
+    checkpoint["config"].update(compile=True, compile_mode="max-autotune", memory_check=True,
+                                threads=7, precision="bf16")
+    save_checkpoint(run / "last.pt", checkpoint)
+    code = train.main(["--resume", str(run / "last.pt"), "--epochs", "2",
+                       "--data-dir", str(data_root)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "in bf16, eager;" in out  # the run's precision, this machine's (no) compile
+    assert "a training step needs about" not in out  # no memory check
+    import json
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["compile"], saved["memory_check"], saved["threads"]) == (False, False, 0)
+
+
+def test_train_main_gives_back_the_sigterm_handler_it_found(quick_args, tmp_path, capsys):
+    import signal
+
+    def mine(number, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert train.main(quick_args + SMALL) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        code, _ = run_main(["--eval", str(tmp_path / "missing.pt")], capsys)
+        assert code == 2 and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

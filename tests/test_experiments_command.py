@@ -98,3 +98,44 @@ def test_bad_experiment_flags_are_one_line(data_root, tmp_path, capsys):
     assert "--seed is set by the experiment" in capsys.readouterr().err
     assert experiments.main(["table1", "--out", str(tmp_path), "--routing-iterations", "0"]) == 2
     assert "--routing-iterations 0 is not allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["--seed=7"], "--seed is set by the experiment for each run; pass --epochs and --seeds"),
+    (["--epoch", "1"], "unrecognized arguments: --epoch 1"),
+    (["--routing-iterations", "2"], "--routing-iterations is set by the routing experiment's runs"),
+    (["--run-dir=elsewhere"], "--run-dir is set by the experiment for each run"),
+    (["--resume", "x/last.pt"], "--resume is not allowed: the experiment resumes"),
+])
+def test_a_setting_the_experiment_owns_is_refused_in_any_form(given, expected, data_root,
+                                                              tmp_path, capsys):
+    try:
+        code = run("routing", tmp_path / "out", data_root, *given)
+    except SystemExit as exit:  # the train.py parser's own refusal
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing was trained
+
+
+def test_a_failed_run_quotes_its_reason_and_its_log_keeps_both_streams(tmp_path, capsys):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert run("routing", out, empty) == 2
+    printed = capsys.readouterr().out
+    failed = [line for line in printed.splitlines() if "FAILED" in line]
+    assert len(failed) == 5
+    assert "FAILED (mnist files are missing (expected train-images-idx3-ubyte" in failed[0]
+    assert f"see {out / 'routing-1-seed0.log'}" in failed[0]
+    assert "error: mnist files are missing" in (out / "routing-1-seed0.log").read_text()
+
+
+def test_help_says_what_each_experiment_trains_and_that_train_flags_pass_through(capsys):
+    with pytest.raises(SystemExit) as done:
+        experiments.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "table1   the baseline; CapsNet with 1 routing iteration" in out
+    assert "routing  test error against routing iterations 1 to 5" in out
+    assert "Any other flag goes to every\nrun, as train.py takes it." in out

@@ -75,8 +75,9 @@ def test_photos_of_other_sizes_and_colours_are_converted_and_a_bad_file_is_one_l
                                             "image (UnidentifiedImageError)")
     lines = captured.out.splitlines()
     assert len(lines) == 2  # the other two are still classified
-    assert "read 50x40 RGB, made grey, resized to 28x28, inverted (dark ink" in lines[0]
-    assert "inverted" not in lines[1] and "resized to 28x28" in lines[1]
+    assert ("read 50x40 RGB, made grey, inverted (dark ink on a bright ground), the digit fitted "
+            "into a 20x20 box") in lines[0]
+    assert "inverted" not in lines[1] and "resized to 28x28 (no ink found)" in lines[1]
     assert (out / "photo-reconstruction.png").exists()
     assert Image.open(out / "photo-reconstruction.png").size == (2 * 28 * 4, 28 * 4)
     assert predict.main([str(checkpoints["capsnet"]), str(tmp_path / "photo.jpg"),
@@ -98,3 +99,62 @@ def test_canvas_and_baseline_checkpoints(checkpoints, tmp_path, capsys):
     assert sum(t["score"] for t in result["top"]) <= 1.0 + 1e-3
     assert predict.main([str(tmp_path / "missing.pt"), str(tmp_path / "d.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def ink_box(tensor):
+    rows = (tensor[0] > 0.25).any(dim=1).nonzero()
+    cols = (tensor[0] > 0.25).any(dim=0).nonzero()
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def test_a_drawn_digit_is_fitted_into_20x20_and_centred_by_its_mass_as_mnist_was(tmp_path):
+    page = Image.new("L", (90, 200), 255)  # a tall, thin dark stroke off the page's centre
+    page.paste(0, (60, 30, 75, 170))
+    page.save(tmp_path / "one.png")
+    prepared = predict.prepare(tmp_path / "one.png", 1, 28, 28, 0, "auto", "digit")
+    height, width = ink_box(prepared.tensor)
+    assert prepared.tensor.shape == (1, 28, 28) and height == 20 and width <= 3
+    image = prepared.tensor[0]
+    rows, cols = torch.arange(28.0), torch.arange(28.0)
+    centre = (float((image.sum(1) * rows).sum() / image.sum()),
+              float((image.sum(0) * cols).sum() / image.sum()))
+    assert centre == pytest.approx((14, 14), abs=0.5)
+    assert prepared.done[1:] == ["inverted (dark ink on a bright ground)",
+                                 "the digit fitted into a 20x20 box keeping its aspect ratio "
+                                 "(2x20) and centred by its centre of mass in 28x28, as MNIST's "
+                                 "were"]
+
+
+def test_a_photo_of_clothing_is_trimmed_and_its_longest_edge_made_28_as_fashion_mnist_was(
+        tmp_path):
+    page = Image.new("L", (300, 200), 255)
+    page.paste(40, (50, 60, 250, 110))  # 200 x 50: a wide dark garment on white
+    page.save(tmp_path / "scarf.png")
+    prepared = predict.prepare(tmp_path / "scarf.png", 1, 28, 28, 0, "auto", "fashion")
+    assert ink_box(prepared.tensor) == (7, 28)
+    rows = (prepared.tensor[0] > 0.25).any(dim=1).nonzero()
+    assert int(rows[0]) == 10  # centred: (28 - 7) // 2
+    assert "its longest edge resized to 28" in prepared.done[-1]
+
+
+def test_dark_ink_on_a_transparent_ground_is_drawn_on_white_first(tmp_path):
+    sheet = Image.new("RGBA", (60, 60), (0, 0, 0, 0))  # transparent black: all black if dropped
+    sheet.paste((0, 0, 0, 255), (25, 10, 35, 50))
+    sheet.save(tmp_path / "ink.png")
+    prepared = predict.prepare(tmp_path / "ink.png", 1, 28, 28, 0, "auto", "digit")
+    assert prepared.done[1] == "its transparent parts made white"
+    assert ink_box(prepared.tensor)[0] == 20 and float(prepared.tensor.max()) > 0.9
+
+
+def test_the_folder_dataset_reads_transparent_images_on_white(tmp_path):
+    from capsnet.datasets import DATASETS
+    from capsnet.datasets.folder import read
+    for split in ("train", "test"):
+        folder = tmp_path / split / "a"
+        folder.mkdir(parents=True)
+        sheet = Image.new("LA", (20, 20), (0, 0))
+        sheet.paste((0, 255), (5, 5, 15, 15))
+        sheet.save(folder / "ink.png")
+    images, _, _ = read(tmp_path, True, DATASETS["folder"], 20)
+    assert images.shape == (1, 1, 20, 20)  # grey, as the files are
+    assert int(images[0, 0, 0, 0]) == 255 and int(images[0, 0, 10, 10]) == 0

@@ -24,3 +24,31 @@ def test_one_epoch_on_3000_images_passes_88_percent(tmp_path):
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         row = next(csv.DictReader(f))
     assert float(row["test_accuracy"]) >= 88.0
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="CAPSNET_DATA_DIR does not hold the MNIST files")
+def test_mnist_digits_drawn_large_and_dark_on_white_are_prepared_back_into_mnists_form(tmp_path):
+    """100 test digits cropped tightly, enlarged 5x, drawn dark on a white page with margins:
+    capsnet.predict makes each what MNIST holds again (a correlation of 0.97 on average, where
+    stretching the page to 28x28 gives 0.50)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from capsnet import predict
+    from capsnet.datasets.idx import read_idx
+    digits = read_idx(Path(DATA) / MNIST.folder / MNIST.test_files[0], 3)[:100] / 255.0
+    correlations = []
+    for k, digit in enumerate(digits):
+        ys, xs = np.nonzero(digit)
+        box = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        ink = Image.fromarray(((1 - box) * 255).astype(np.uint8))
+        ink = ink.resize((ink.width * 5, ink.height * 5), Image.BICUBIC)
+        page = Image.new("L", (ink.width + 40, ink.height + 20), 255)
+        page.paste(ink, (20, 10))
+        page.save(tmp_path / f"{k}.png")
+        prepared = predict.prepare(tmp_path / f"{k}.png", 1, 28, 28, 0, "auto", "digit")
+        both = torch.stack([prepared.tensor[0].flatten(),
+                            torch.from_numpy(digit).float().flatten()])
+        correlations.append(float(torch.corrcoef(both)[0, 1]))
+    assert sum(correlations) / len(correlations) > 0.9

@@ -12,7 +12,11 @@ black canvas, afresh in every training pass and from a fixed seed for the test s
 """
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -33,9 +37,24 @@ class Dataset:
     tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
     shape: tuple[int, int, int] = (1, 28, 28)  # of the files' images; () : as they come (folder)
     batches: str = ""  # module of capsnet.datasets whose BATCHES class serves it (default: plain)
+    fit: str = ""  # how capsnet.predict makes a user's image of another size this dataset's form
+    # (capsnet.predict.FITS: "digit" as MNIST's digits were made, "fashion" as Fashion-MNIST's
+    # were; "": resized)
 
     def files(self, train: bool) -> tuple[str, ...]:
         return self.train_files if train else self.test_files
+
+
+def file_bytes(path: Path) -> tuple[Path, bytes]:
+    """The contents of a dataset file as it is or, when only that is there, of its .gz (as
+    torchvision and NYU serve them), with the path actually read."""
+    if path.exists():
+        return path, path.read_bytes()
+    actual = path.with_name(path.name + ".gz")
+    try:
+        return actual, gzip.decompress(actual.read_bytes())
+    except (EOFError, gzip.BadGzipFile) as error:
+        raise UserError(f"{actual} is not a readable gzip file ({type(error).__name__})") from None
 
 
 MNIST_FILES = ("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -46,26 +65,27 @@ NORB = "smallnorb-5x{}x9x18x6x2x96x96-{}-{}.mat"
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("mnist", "idx", *MNIST_FILES, DIGITS, "MNIST",
-            "handwritten digits, 1x28x28, 60,000 + 10,000"),
+            "handwritten digits, 1x28x28, 60,000 + 10,000", fit="digit"),
     Dataset("mnist40", "idx", *MNIST_FILES, DIGITS, "MNIST",
             "MNIST digits each at a uniformly random place on a black 1x40x40 canvas (the paper's "
-            "expanded MNIST, for affNIST)", canvas=40),
+            "expanded MNIST, for affNIST)", canvas=40, fit="digit"),
     Dataset("multimnist", "idx", *MNIST_FILES, DIGITS, "MNIST",
             "two MNIST digits of different classes, each shifted up to 4 px, overlaid on 1x36x36; "
-            "made on the fly", canvas=36, objects=2),
+            "made on the fly", canvas=36, objects=2, fit="digit"),
     Dataset("affnist", "affnist", "affNIST", (), ("test.mat",), DIGITS, AFFNIST_URL,
             "affNIST's test set: 32 random affine transforms of each of the 10,000 MNIST test "
             "digits, 320,000 images of 1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",),
-            shape=(1, 40, 40)),
+            shape=(1, 40, 40), fit="digit"),
     Dataset("mnist-affine-standin", "idx", "MNIST/raw", (), MNIST_FILES[2], DIGITS, "MNIST",
             "NOT affNIST: MNIST test digits under seeded random affine transforms in affNIST's "
             "ranges, 1x40x40, for use offline (test only)", transform="affine",
-            tests=("mnist40",)),
+            tests=("mnist40",), fit="digit"),
     Dataset("fashion-mnist", "idx", "FashionMNIST/raw",
             ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
             ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
             ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-             "Boot"), "FashionMNIST", "Zalando's clothing images, 1x28x28, 60,000 + 10,000"),
+             "Boot"), "FashionMNIST", "Zalando's clothing images, 1x28x28, 60,000 + 10,000",
+            fit="fashion"),
     Dataset("cifar10", "cifar", "cifar-10-batches-py",
             tuple(f"data_batch_{k}" for k in range(1, 6)) + ("batches.meta",),
             ("test_batch", "batches.meta"), (), "CIFAR10",

@@ -3,6 +3,7 @@ decoded once, resized to image_size x image_size, grey or colour as the files ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,18 @@ from ..errors import UserError
 from . import Dataset
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def on_white(image: Any) -> tuple[Any, bool]:
+    """A PIL image with transparency composited onto white (so dark ink on a transparent ground
+    stays dark on light), and whether it had any; images without it come back as they are."""
+    from PIL import Image
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return image, False
+    grey = image.mode in ("LA", "La") or (image.mode in ("L", "1") and "transparency" in image.info)
+    rgba = image.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return flat.convert("L" if grey else "RGB"), True
 
 
 def class_folders(split: Path) -> list[Path]:
@@ -40,6 +53,7 @@ def read(folder: Path, train: bool, entry: Dataset, image_size: int
             try:
                 with Image.open(path) as image:
                     image.load()
+                    image, _ = on_white(image)
                     grey = image.mode in ("1", "L", "I", "I;16", "F")
                     image = image.convert("L" if grey else "RGB")
             except (OSError, UnidentifiedImageError, ValueError) as error:

@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST: IDX files (big-endian header, then uint8 pixels or labels)."""
+"""MNIST and Fashion-MNIST: IDX files (big-endian header, then uint8 pixels or labels), read as
+they are or gzipped (.gz, as they are served)."""
 from __future__ import annotations
 
 import struct
@@ -9,11 +10,11 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import Dataset
+from . import Dataset, file_bytes
 
 
 def read_idx(path: Path, dims: int) -> np.ndarray:
-    data = path.read_bytes()
+    path, data = file_bytes(path)
     if len(data) < 4 + 4 * dims or data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != dims:
         raise UserError(f"{path} is not an IDX file of {dims}-dimensional uint8 data")
     shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])

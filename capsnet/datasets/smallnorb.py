@@ -14,7 +14,6 @@ for the [0, 1] crop before the brightness, contrast and standardisation (Sample.
 """
 from __future__ import annotations
 
-import gzip
 import math
 import struct
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import Tensor
 
 from ..data import Batches
 from ..errors import UserError
-from . import Dataset
+from . import Dataset, file_bytes
 
 MAGIC = {0x1E3D4C55: np.uint8, 0x1E3D4C54: np.int32}
 SIDE = 48  # the pairs are resized to 48x48 when read
@@ -37,12 +36,7 @@ CHUNK = 1000
 
 def read_matrix(path: Path) -> np.ndarray:
     """A NORB binary matrix file, or its .gz."""
-    actual = path if path.exists() else path.with_name(path.name + ".gz")
-    try:
-        data = (gzip.decompress(actual.read_bytes()) if actual.suffix == ".gz"
-                else actual.read_bytes())
-    except (EOFError, gzip.BadGzipFile) as error:
-        raise UserError(f"{actual} is not a readable gzip file ({type(error).__name__})") from None
+    actual, data = file_bytes(path)
     if len(data) < 8:
         raise UserError(f"{actual} is not a NORB binary matrix (too short)")
     magic, ndim = struct.unpack("<iI", data[:8])
