@@ -11,9 +11,13 @@
 Every run is an ordinary run directory under --out (with its own dashboard environment): runs
 already complete are skipped and interrupted ones resumed, so the command can be stopped and started
 again. It prints a line per run, goes on past a failed run, and writes results.md (each row's mean
-and spread over the seeds beside the paper's number) and curves.png. Any other flag goes to every
-run, as train.py takes it. The runs share this process's data (MNIST is read once); under torchrun
-each run uses all the processes.
+and spread over the seeds beside the paper's number) and curves.png. A failed run's reason is in
+its line, and its log (RUN.log beside it) keeps what it printed and its errors.
+
+Any other flag goes to every run, as train.py takes it, except what the experiment sets itself:
+--seed and --epochs (use --seeds and --epochs here), --run-dir, --visdom-env, --resume, --eval,
+and the settings its rows compare or its protocol fixes (refused in one line). The runs share this
+process's data (MNIST is read once); under torchrun each run uses all the processes.
 """
 from __future__ import annotations
 

@@ -1,15 +1,21 @@
 """Classify your own images with a checkpoint:
 `python -m capsnet.predict CHECKPOINT IMAGE... [--json] [--out DIR] [--invert auto|yes|no]`.
 
-Each image (PNG, JPEG, ...; grey or colour) is made what the checkpoint's dataset gives its model:
-its channels (grey, colour; a two-channel stereo model gets the grey image in both, with a
-warning), its size (resized; a crop size after resizing to the dataset's side, centre-cropped as at
-test), white ink on black for grey data (--invert auto inverts an image whose border is bright: a
-photo of dark ink on paper), and for canvas datasets (mnist40, MultiMNIST) a 28x28 digit in the
-middle of the canvas. It prints the prediction (two classes for MultiMNIST), the scores of the top
-classes (capsule lengths, or the baseline's probabilities) and what was done to the image; --out
-writes the input beside its reconstruction. An image that cannot be read gets one line, and the
-others are still classified.
+Each image (PNG, JPEG, ...; grey or colour; a transparent ground is drawn on white first) is made
+what the checkpoint's dataset gives its model:
+- its channels (grey, colour; a two-channel stereo model gets the grey image in both, with a
+  warning), and white ink on black for grey data (--invert auto inverts an image whose border is
+  bright: a photo of dark ink on paper);
+- its form, for an image not already of the dataset's size: a digit (MNIST, mnist40, MultiMNIST,
+  affNIST) is fitted into a 20x20 box keeping its aspect ratio and centred by its centre of mass
+  in 28x28, as MNIST's digits were made; clothing (Fashion-MNIST) has its ground trimmed and its
+  longest edge resized to 28, centred; other datasets' images are resized (a crop size after
+  resizing to the dataset's side, centre-cropped as at test);
+- for canvas datasets (mnist40, MultiMNIST), the 28x28 digit in the middle of the canvas.
+It prints the prediction (two classes for MultiMNIST), the scores of the top classes (capsule
+lengths, or the baseline's probabilities) and what was done to the image; --out writes the input
+beside its reconstruction. An image that cannot be read gets one line, and the others are still
+classified.
 """
 from __future__ import annotations
 

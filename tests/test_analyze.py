@@ -119,3 +119,11 @@ def test_a_failure_halfway_leaves_no_figures_behind(checkpoint, data_root, tmp_p
     with pytest.raises(UserError, match="No space left on device"):
         analyze.analyze(str(checkpoint), str(out), 1, {"data_dir": str(data_root)})
     assert list(out.iterdir()) == []  # the figures before it are gone, and no index.html
+
+
+def test_a_baseline_checkpoint_is_refused_without_leaving_a_folder(tiny_checkpoints, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "figures"
+    assert analyze.main([str(tiny_checkpoints["baseline"]), "--out", str(out)]) == 2
+    assert "is a baseline checkpoint" in capsys.readouterr().err
+    assert not out.exists()

@@ -15,7 +15,11 @@ def test_bench_measures_and_writes_json(tmp_path, capsys):
     assert result["epoch_seconds"] == pytest.approx(
         60_000 / result["train_images_per_s"] + 10_000 / result["eval_images_per_s"])
     assert (result["batch_size"], result["precision"], result["epoch_measured"]) == (8, "fp32", False)
-    assert result["first_passes_seconds"] > 0 and result["compile_seconds"] >= 0
+    warm = 8  # --warmup 1 batch of 8, trained and tested, and the probe's batch of 8
+    steady = warm / result["train_images_per_s"] + (warm + 8) / result["eval_images_per_s"]
+    assert result["first_passes_seconds"] > 0
+    assert result["compile_seconds"] == pytest.approx(max(0.0, result["first_passes_seconds"]
+                                                          - steady))
     assert len(result["probe_lengths"]) == 8 and len(result["probe_lengths"][0]) == 10
     assert "train images/s" in capsys.readouterr().out
 
@@ -39,3 +43,28 @@ def test_bench_takes_a_dataset_shape_and_a_preset_network(tmp_path, capsys):
     assert "svhn-shaped" in capsys.readouterr().out
     assert bench.main(["--device", "cpu", "--dataset", "affnist"]) == 2
     assert "test set only" in capsys.readouterr().err
+
+
+def test_bench_compile_builds_graphs_of_the_one_batch_shape_train_py_gives(monkeypatch):
+    """Every graph dynamo hands a backend has static shapes with the batch size: the probe of
+    the capsule lengths takes a full batch, so nothing recompiles for a symbolic batch."""
+    import torch
+    shapes = []
+
+    def backend(graph, example_inputs):
+        shapes.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+    original = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: original(model, backend=backend))
+    monkeypatch.setattr(bench, "PROBE", 4)  # fewer lengths kept than a batch holds
+    torch._dynamo.reset()
+    try:
+        result = bench.run("cpu", 8, "fp32", True, steps=2, warmup=1, repeats=1,
+                           network={"conv1_channels": 8, "primary_types": 2, "class_dim": 4})
+    finally:
+        torch._dynamo.reset()
+    assert result["compile"] and shapes
+    images = [s for graph in shapes for s in graph if s[1:] == (1, 28, 28)]  # the batches
+    assert images and all(s[0] == 8 for s in images)
+    assert len(result["probe_lengths"]) == 4
+    assert all(isinstance(d, int) for graph in shapes for s in graph for d in s)

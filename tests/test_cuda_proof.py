@@ -238,3 +238,25 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
         assert modes[-1] == given
     with pytest.raises(UserError, match="--compile-mode 'fast' is not allowed"):
         Config(compile_mode="fast")
+
+
+def test_deterministic_turns_cudnn_benchmark_off_and_asks_for_deterministic_kernels(monkeypatch):
+    """configure_precision for a CUDA device, without one: what --deterministic sets."""
+    from capsnet import recipe
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cuda = torch.device("cuda")
+    try:
+        recipe.configure_precision("fp32", cuda)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+        recipe.configure_precision("fp32", cuda, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's deterministic mode
+        built = Config(deterministic=True, device="cpu")
+        assert built.deterministic  # a flag: --deterministic
+    finally:
+        recipe.configure_precision("fp32", torch.device("cpu"))
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -131,3 +131,24 @@ def test_a_failed_archive_download_leaves_no_empty_folders(tmp_path: Path,
     with pytest.raises(UserError, match="affnist could not be downloaded.*test.mat.*not known"):
         load_split("affnist", str(root), False, download=True)
     assert not root.exists() and tmp_path.exists()
+
+
+def test_gzipped_mnist_files_alone_are_read_without_a_download(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    import gzip
+
+    from capsnet import data
+    plain = write_dataset(tmp_path / "plain")
+    zipped = write_dataset(tmp_path / "zipped")
+    raw = zipped / "MNIST" / "raw"
+    for path in list(raw.iterdir()):
+        (raw / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    monkeypatch.setattr(data, "fetch", lambda *args: pytest.fail("downloaded"))
+    for train in (True, False):
+        want = load_split("mnist", str(plain), train, download=False)
+        got = load_split("mnist", str(zipped), train, download=True)
+        assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip file"):
+        load_split("mnist", str(zipped), False, download=False)

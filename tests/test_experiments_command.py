@@ -138,4 +138,4 @@ def test_help_says_what_each_experiment_trains_and_that_train_flags_pass_through
     assert done.value.code == 0
     assert "table1   the baseline; CapsNet with 1 routing iteration" in out
     assert "routing  test error against routing iterations 1 to 5" in out
-    assert "Any other flag goes to every\nrun, as train.py takes it." in out
+    assert "Any other flag goes to every run, as train.py takes it, except" in out

@@ -66,3 +66,34 @@ def test_a_test_set_the_gpu_has_no_room_for_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(footprint, "available", lambda device: 2.0 * 2 ** 30)
     footprint.check_data({"train": None, "test": test}, cuda)  # room enough: no complaint
     footprint.check_data({"train": None, "test": test}, torch.device("cpu"))  # already in memory
+
+
+def test_with_cuda_graph_modes_the_probe_measures_the_compiled_step(monkeypatch):
+    """reduce-overhead and max-autotune keep CUDA graphs' memory pools: on CUDA the probe
+    compiles the step in that mode and runs it until a graph replays; otherwise an eager step."""
+    from capsnet import recipe
+    cfg = Config(batch_size=8, compile=True, compile_mode="reduce-overhead", conv1_channels=8,
+                 primary_types=2)
+    args = model_args(cfg, noise_digits(4))
+    assert footprint.spec_of(cfg, args, 1, torch.device("cuda"))["compile_mode"] == \
+        "reduce-overhead"
+    assert footprint.spec_of(cfg, args, 1, torch.device("cpu"))["compile_mode"] == ""
+    for mode, graphs in (("default", ""), ("max-autotune-no-cudagraphs", ""),
+                         ("max-autotune", "max-autotune")):
+        other = Config(compile=True, compile_mode=mode)
+        assert footprint.spec_of(other, args, 1, torch.device("cuda"))["compile_mode"] == graphs
+    spec = {**footprint.spec_of(cfg, args, 1, torch.device("cpu")), "compile_mode": "max-autotune"}
+    compiled, calls = [], []
+
+    def compile_model(model, enabled, mode="default"):
+        compiled.append((enabled, mode))
+        return lambda *inputs: calls.append(len(inputs[0])) or model(*inputs)
+    monkeypatch.setattr(recipe, "compile_model", compile_model)
+    assert len(footprint.probe(spec)) == 2
+    assert compiled == [(True, "max-autotune")] * 2  # afresh for each batch size
+    assert calls == [4] * footprint.GRAPH_STEPS + [8] * footprint.GRAPH_STEPS
+    monkeypatch.setattr(footprint.subprocess, "run", lambda *a, **k: type(
+        "Done", (), {"returncode": 0, "stdout": "[100.0, 180.0]\n", "stderr": ""})())
+    measured = footprint.measure(spec)
+    assert (measured.fixed, measured.per_example) == (20.0, 20.0)
+    assert measured.how == "a step compiled in max-autotune mode with its CUDA graphs' memory pools"

@@ -221,3 +221,11 @@ def test_none_of_the_above_routing_takes_probability_mass():
             logits = logits + torch.einsum("bjid,bjd->bji", u_hat, v_ref)
     assert torch.allclose(coupling, c, atol=1e-6) and torch.allclose(v, v_ref, atol=1e-6)
     assert (coupling.sum(dim=1) < 1).all()
+
+
+def test_17x17_is_the_smallest_image_capsnet_takes():
+    import pytest
+    model = CapsNet(image_size=17, conv1_channels=8, primary_types=2)
+    assert model(torch.rand(2, 1, 17, 17)).lengths.shape == (2, 10)
+    with pytest.raises(ValueError, match=r"images of 16x16 are too small for CapsNet \(>= 17\)"):
+        CapsNet(image_size=16, conv1_channels=8, primary_types=2)

@@ -158,3 +158,10 @@ def test_the_folder_dataset_reads_transparent_images_on_white(tmp_path):
     images, _, _ = read(tmp_path, True, DATASETS["folder"], 20)
     assert images.shape == (1, 1, 20, 20)  # grey, as the files are
     assert int(images[0, 0, 0, 0]) == 255 and int(images[0, 0, 10, 10]) == 0
+
+
+def test_help_says_how_an_image_is_prepared(capsys):
+    with pytest.raises(SystemExit) as done:
+        predict.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "fitted into a 20x20 box" in out and "--invert auto" in out
