@@ -8,6 +8,7 @@ are also what the dashboard shows live.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import io
@@ -389,17 +390,18 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     if not MODELS[cfg.model].capsules:
         raise UserError(f"{checkpoint_path} is a {cfg.model} checkpoint: the figures are of "
                         "capsules, which it has none of; python train.py --eval tests it")
-    parts = build_run(cfg, train=False)
-    check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
-    model = parts.model
-    load_state(model, checkpoint["model"], "model")
-    model.eval()
-    pred = predict(model, parts.test_batches)
-    ctx = Context(model, pred, parts.classes, per_class, parts.device)
-    figures = FIGURES + (PAIR_FIGURES if parts.objects > 1 else [])
-    make_dir(folder)  # only once there is something to write into it
+    created = not folder.exists()
+    make_dir(folder)  # before the work: an unwritable place fails at once
     written: list[Path] = []
     try:
+        parts = build_run(cfg, train=False)
+        check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
+        model = parts.model
+        load_state(model, checkpoint["model"], "model")
+        model.eval()
+        pred = predict(model, parts.test_batches)
+        ctx = Context(model, pred, parts.classes, per_class, parts.device)
+        figures = FIGURES + (PAIR_FIGURES if parts.objects > 1 else [])
         for name, _, draw in tqdm(figures, desc="figures", unit="figure", leave=False):
             path = folder / name
             write_file(path, png(draw(ctx)))
@@ -412,6 +414,9 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # a folder made for this run leaves with it
         raise
     return folder
 
