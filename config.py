@@ -12,9 +12,9 @@ from typing import Any
 
 from capsnet.datasets import DATASETS
 from capsnet.errors import UserError
+from capsnet.model import RECIPES
+from capsnet.networks import MODELS
 
-RECIPES = ("paper", "official")
-MODELS = ("capsnet", "baseline")  # capsnet.networks.MODELS
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
 # torch.compile's modes; reduce-overhead and max-autotune capture CUDA graphs, which replay one
@@ -46,7 +46,7 @@ class Config:
                         "(0: none)")
     # Model
     model: str = setting("capsnet", "capsnet, or baseline: the paper's CNN baseline "
-                         "(docs/models.md)", MODELS)
+                         "(docs/models.md)", tuple(MODELS))
     recipe: str = setting("paper", "paper: as the paper's text says; official: as the authors' "
                           "released code does (CapsNet: margin loss halved and averaged over "
                           "classes, PrimaryCaps conv/32, digit-capsule bias, its initial weights; "

@@ -1,15 +1,13 @@
 """capsnet: Capsule Networks with dynamic routing, trained with torchnet.
 
 The model and loss load on first use, so that torch-free parts (the dashboard server) start fast.
+Importing the package changes nothing in the process: the commands that train (train.py, the
+benchmark, the experiments) tune the allocator themselves (capsnet.memory).
 """
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
-
-from .memory import tune_allocator
-
-tune_allocator()  # before torch allocates: page faults cost a third of CPU training time
 
 _EXPORTS = {"CapsNet": "model", "CapsNetOutput": "model", "dynamic_routing": "model",
             "squash": "model", "CapsuleLoss": "loss", "margin_loss": "loss",

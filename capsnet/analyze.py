@@ -27,7 +27,7 @@ from .model import CapsNet
 
 STEPS = torch.linspace(-0.25, 0.25, 11)  # the paper's Fig. 4 tweaks, 0 in the middle
 MISTAKES = 32
-ROUTED = 4  # test images whose coupling coefficients are drawn
+ROUTED = 4  # test images whose coupling coefficients are drawn (here and on the dashboard)
 PAIRS = 16  # MultiMNIST test images drawn with their two reconstructions
 
 
@@ -430,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=2, metavar="N",
                         help="test images per class in the reconstruction figure (1-20; "
                         "default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    from config import DEVICES
+    parser.add_argument("--device", choices=DEVICES)
     parser.add_argument("--data-dir", metavar="DIR", help="dataset root (default: the "
                         "checkpoint's, or $CAPSNET_DATA_DIR)")
     parser.add_argument("--test-samples", type=int, metavar="N",

@@ -33,6 +33,7 @@ from .data import Batches, Split
 from .datasets import DATASETS
 from .distributed import World
 from .errors import UserError
+from .memory import tune_allocator
 from .footprint import measure, spec_of
 from .hooks import subscribe
 from .storage import write_file
@@ -203,11 +204,12 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import COMPILE_MODES, PRESETS, Config, flag
+    tune_allocator()  # the runs' allocator, before their first tensor
+    from config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS, Config, flag
     parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                         help="torch.compile mode (reduce-overhead, max-autotune: CUDA graphs)")

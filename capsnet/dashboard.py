@@ -33,7 +33,6 @@ IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, sid
 FIGURE_WINDOWS = {"by_mask": {"width": 440, "height": 460},  # pixels, fitting each grid's shape
                   "perturbation": {"width": 340, "height": 500},
                   "routing": {"width": 480, "height": 230}}
-ROUTED = 4  # test images whose routing maps are shown
 RECONSTRUCTED = ("predicted class", "the two predicted digits in red and green")
 warnings.filterwarnings("ignore", message="The 'warn' method is deprecated",
                         category=DeprecationWarning)  # inside visdom's client
@@ -214,7 +213,7 @@ class Dashboard:
         image's capsule dimensions perturbed, and routing maps beside their inputs."""
         import torch
         import torch.nn.functional as F
-        from .analyze import by_mask, perturbed, routing_maps
+        from .analyze import ROUTED, by_mask, perturbed, routing_maps
         model, images = self.trainer.model, self.figure_samples
         model.eval()
         with torch.inference_mode(), self.trainer.autocast():

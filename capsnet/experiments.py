@@ -33,6 +33,7 @@ from typing import Any, TextIO
 from . import distributed
 from .cli import MACHINE_SETTINGS, ArgumentParser, exit_status
 from .errors import UserError
+from .memory import tune_allocator
 from .storage import write_file
 
 AFFNIST_TARGET = 99.23  # the paper's mnist40 accuracy at which training stops
@@ -362,6 +363,7 @@ def plot(path: Path, curves: list[tuple[str, list[list[tuple[int, float]]]]], ti
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # the runs' allocator, before their first tensor
     parser = ArgumentParser(prog="python -m capsnet.experiments", allow_abbrev=False,
                             description=__doc__)
     parser.add_argument("name", choices=sorted(EXPERIMENTS))

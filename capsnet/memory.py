@@ -1,4 +1,5 @@
-"""Allocator settings for fast CPU training, applied when capsnet is imported.
+"""Allocator settings for fast CPU training, applied by the commands that train (train.py,
+capsnet.bench, capsnet.experiments and the memory probe) before their first tensor.
 
 A training step allocates and frees tensors of tens to hundreds of MB. By default glibc hands
 each one back to the kernel when it is freed, and the next step's allocation page-faults it in

@@ -167,6 +167,7 @@ def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
 
 
 def main(argv: list[str] | None = None) -> int:
+    from config import DEVICES
     parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__)
     parser.add_argument("checkpoint", help="a last.pt or best.pt")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="grey images: make dark ink on a bright ground white on black "
                         "(auto: when the border is bright; default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     args = parser.parse_args(argv)
     failed: list[str] = []
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-# The suite trains dozens of models in one process. capsnet keeps freed memory for reuse, which
-# suits one long run (see capsnet/memory.py) but lets this process's resident size grow from run
-# to run; the tests hand it back. (test_memory.py checks the setting itself.)
+# The suite trains dozens of models in one process through train.main, which keeps freed memory
+# for reuse: that suits one long run (see capsnet/memory.py) but lets this process's resident size
+# grow from run to run; the tests hand it back. (test_memory.py checks the setting itself.)
 os.environ.setdefault("CAPSNET_KEEP_FREED_MEMORY", "0")
 # Each training run would first measure a step in a separate process (a few seconds); the suite
 # starts dozens of runs, so the check is off here and tested on its own (test_footprint.py).
 os.environ.setdefault("CAPSNET_MEMORY_CHECK", "0")
 
+SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]  # a tiny CapsNet
 TRAIN, TEST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), \
     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -71,9 +72,10 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def quick_args(data_root: Path, tmp_path: Path) -> list[str]:
-    """train.py flags for a run of a few seconds on the made data."""
+    """train.py flags for a run of a second or two on the made data, with a tiny CapsNet (the
+    tests of the paper's widths give their own)."""
     return ["--data-dir", str(data_root), "--no-download", "--epochs", "1", "--batch-size", "32",
-            "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run")]
+            "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run"), *SMALL]
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +101,6 @@ def fast_network(model):
     return network
 
 
-SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]  # a tiny CapsNet
 TINY_BASELINE = ["--model", "baseline", "--baseline-channels", "8,8,4", "--baseline-hidden", "16,8"]
 
 

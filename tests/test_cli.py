@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from conftest import SMALL, run_main
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +190,7 @@ def test_train_main_gives_back_the_sigterm_handler_it_found(quick_args, tmp_path
         pass
     previous = signal.signal(signal.SIGTERM, mine)
     try:
-        assert train.main(quick_args + SMALL) == 0
+        assert train.main(quick_args) == 0
         assert signal.getsignal(signal.SIGTERM) is mine
         code, _ = run_main(["--eval", str(tmp_path / "missing.pt")], capsys)
         assert code == 2 and signal.getsignal(signal.SIGTERM) is mine

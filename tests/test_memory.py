@@ -36,3 +36,20 @@ def test_a_libc_without_mallopt_is_left_alone(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(memory.sys, "platform", "linux")
     monkeypatch.delenv("CAPSNET_KEEP_FREED_MEMORY", raising=False)
     memory.tune_allocator()  # no error
+
+
+def test_importing_capsnet_changes_nothing_in_the_process():
+    """No allocator call and no torch on `import capsnet`: the commands that train tune it."""
+    import subprocess
+    import sys
+    code = ("import ctypes, sys\n"
+            "ctypes.CDLL = lambda name: sys.exit('mallopt called on import')\n"
+            "import capsnet\n"
+            "print('torch' in sys.modules)\n")
+    import os
+    from pathlib import Path
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(Path(__file__).resolve().parents[1]),
+                          env={**os.environ, "CAPSNET_KEEP_FREED_MEMORY": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
