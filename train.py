@@ -1,141 +1,26 @@
-"""Train CapsNet: `python train.py [--epochs N ...]`; see `--help` and config.py."""
+"""The training command: its flags (capsnet.runner.parse; config.py holds the defaults) in, one run
+or evaluation (capsnet.runner) out; Ctrl-C or SIGTERM saves and stops between batches."""
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
-from pathlib import Path
 
-from capsnet.checkpoint import load_checkpoint
-from capsnet.cli import (ArgumentParser, add_settings, exit_status, overrides,
-                         resumed_settings)
+from capsnet.cli import exit_status
 from capsnet.distributed import leave
 from capsnet.memory import tune_allocator
-from config import PRESETS, Config, flag
-
-
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="train.py", description=__doc__, allow_abbrev=False)
-    actions = parser.add_mutually_exclusive_group()
-    actions.add_argument("--resume", metavar="PATH", help="continue the run of this checkpoint, "
-                         "in its directory; flags given here override its saved settings (see "
-                         "README: Resume, evaluate, interrupt)")
-    actions.add_argument("--eval", metavar="PATH", nargs="+", help="evaluate this checkpoint on "
-                         "the test set; several: their ensemble (mean capsule lengths)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a "
-                        "dataset: " + "; ".join(f"{name}: " + ", ".join(
-                            f"{flag(k)} {v}" for k, v in values.items())
-                            for name, values in PRESETS.items()) + " (flags given win)")
-    parser.add_argument("--allow-other-dataset", action="store_true",
-                        help="let --resume or --eval use a checkpoint on a dataset other than "
-                        "the one it was trained on")
-    add_settings(parser, Config)
-    return parser.parse_args(argv)
-
-
-def evaluate(paths: list[str], given: dict, allow_other_dataset: bool) -> None:
-    from capsnet.meters import accuracy_text
-    from capsnet.training import evaluate_checkpoints
-    checkpoints = [load_checkpoint(path) for path in paths]
-    # The whole test set, unless --test-samples is given here: never the training run's subset.
-    saved = {**checkpoints[0]["config"], "test_samples": 0}
-    cfg = resumed_settings(Config, saved, given)
-    summary, confusion, classes, tested = evaluate_checkpoints(cfg, checkpoints,
-                                                               allow_other_dataset)
-    what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
-            f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
-    print(f"{what} on {cfg.dataset} ({tested}), test loss {summary['loss']:.4f}, "
-          f"{accuracy_text(summary)} "
-          f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
-    width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
-    print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")
-    print(" " * width + "".join(f"{c:>{width + 1}}" for c in classes) + "  accuracy")
-    for k, (name, row) in enumerate(zip(classes, confusion)):
-        accuracy = f"{100 * row[k] / row.sum():.2f}%" if row.sum() else "-"
-        print(f"{name:>{width}}" + "".join(f"{n:>{width + 1}}" for n in row) + f"  {accuracy:>8}")
-
-
-def train(given: dict, resume: str | None, allow_other_dataset: bool) -> None:
-    from capsnet.distributed import join
-    from capsnet.rundir import RunDir
-    from capsnet.training import Trainer
-    checkpoint = load_checkpoint(resume) if resume else None
-    if checkpoint is not None:
-        cfg = resumed_settings(Config, checkpoint["config"],
-                               {**given, "run_dir": str(Path(resume).parent)})
-    else:
-        cfg = Config(**given)
-    world = join(cfg.device)
-    if checkpoint is None:  # rank 0 names a new run's directory for every process
-        cfg.run_dir = world.broadcast(str(RunDir.create(cfg.run_dir).path) if world.main else "")
-    run = RunDir(Path(cfg.run_dir))
-    if world.main:
-        run.lock(new=checkpoint is None)
-    try:
-        trainer = Trainer(cfg, run, checkpoint, Path(resume) if resume else None,
-                          allow_other_dataset)
-        if world.main:
-            start(cfg, run, trainer, resume)
-        try:
-            trainer.fit()
-        except KeyboardInterrupt:
-            if world.main:
-                print(f"\ninterrupted: saved {run.last} ({trainer.where()}); continue with "
-                      f"python train.py --resume {run.last}", file=sys.stderr)
-            raise SystemExit(130) from None
-    finally:
-        run.unlock()
-    if world.main:
-        metric = "pair accuracy" if trainer.objects > 1 else "accuracy"
-        if trainer.validator:
-            chosen = (f"best validation {metric} {trainer.best_accuracy:.2f}% at epoch "
-                      f"{trainer.best_epoch} ({trainer.validator.batches.describe()} held out of "
-                      f"the training set), whose test {metric} is "
-                      f"{trainer.best_test_accuracy:.2f}%")
-        else:
-            chosen = (f"best test {metric} {trainer.best_accuracy:.2f}% at epoch "
-                      f"{trainer.best_epoch} (selected on the test set: no --validation-samples)")
-        print(f"done: {chosen}; metrics in {run.metrics}, checkpoints {run.last} and "
-              f"{run.best}")
-
-
-def start(cfg: Config, run, trainer, resume: str | None) -> None:
-    """Rank 0's part of starting a run: config.json, metrics.csv, the dashboard, a first line."""
-    run.write_config(cfg)
-    if resume:
-        run.keep_epochs(trainer.epoch)
-    if cfg.visdom:
-        from capsnet.dashboard import attach
-        attach(cfg, trainer)
-    world = trainer.world
-    processes = (f"{world.size} processes, global batch {world.size * cfg.batch_size}; "
-                 if world.distributed else "")
-    resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
-    footprint = trainer.parts.footprint
-    memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB "
-              f"(measured: {footprint.how}); "
-              if footprint else "")
-    held_out = (f", validating on {trainer.validator.batches.describe()} held out"
-                if trainer.validator else "")
-    print(f"capsnet: {cfg.dataset}, {cfg.model}, {trainer.train_images:,} training examples"
-          f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
-          f"{trainer.parameter_count:,} parameters, on {trainer.device} in {cfg.precision}, "
-          f"{f'compiled ({cfg.compile_mode} mode)' if cfg.compile else 'eager'}; {processes}{memory}"
-          f"epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
-          + "".join(f"; {note}" for note in trainer.notes)
-          + f"; run directory {run.path}", flush=True)
+from capsnet.runner import evaluate_run, parse, settings_of, train_run
 
 
 def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # before tensors are made: page faults cost a third of CPU training time
     args = parse(argv)
-    given = {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
+    given = settings_of(args)
 
     def work() -> None:
         if args.eval:
-            evaluate(args.eval, given, args.allow_other_dataset)
+            evaluate_run(args.eval, given, args.allow_other_dataset)
         else:
-            train(given, args.resume, args.allow_other_dataset)
+            train_run(given, args.resume, args.allow_other_dataset)
         leave()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import statistics
 import sys
 import time
@@ -80,25 +81,13 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
 
 
-def flags_of(settings: dict[str, Any]) -> list[str]:
-    """train.py flags for settings: {"routing_iterations": 1} -> ["--routing-iterations", "1"]."""
-    from config import flag
-    out: list[str] = []
-    for name, value in settings.items():
-        if isinstance(value, bool):
-            out.append(flag(name) if value else "--no-" + flag(name)[2:])
-        else:
-            out += [flag(name), str(value)]
-    return out
-
-
 class Runner:
     """The runs of one experiment, in order, each skipped, resumed or started."""
 
     def __init__(self, experiment: Experiment, out: Path, epochs: int, seeds: int,
-                 passed: list[str], dataset: str) -> None:
+                 passed: dict[str, Any], dataset: str) -> None:
         self.experiment, self.out, self.epochs, self.seeds = experiment, out, epochs, seeds
-        self.passed, self.dataset = passed, dataset
+        self.passed, self.dataset = passed, dataset  # passed: the settings given to every run
         self.failed: list[str] = []
         self.main = True  # under torchrun: rank 0 alone prints and writes
 
@@ -118,13 +107,13 @@ class Runner:
                 self.run_one(row, seed, f"[{done}/{total}]")
 
     def run_one(self, row: Row, seed: int, counter: str) -> None:
-        import train
         from .checkpoint import load_checkpoint
         from .rundir import RunDir
+        from .runner import train_run
         run = self.run_dir(row, seed)
         name = f"{row.label}, seed {seed}"
         last = run / "last.pt"
-        state = "start"
+        resume = None
         if last.exists():
             try:
                 checkpoint = load_checkpoint(last)
@@ -135,32 +124,30 @@ class Runner:
                 self.say(f"{counter} {name}: complete, skipped ({run})")
                 self.after(row, run, name, counter)
                 return
-            state = "resume"
+            resume = str(last)
         elif run.exists():  # started but no checkpoint yet: nothing to keep
             for path in run.iterdir():
                 path.unlink()
             run.rmdir()
-        settings = {**self.experiment.fixed, **row.flags}
-        if state == "resume":
-            argv = ["--resume", str(last), "--epochs", str(self.epochs)]
+        if resume:  # the rest of its settings are in its checkpoint
+            given = {k: v for k, v in self.passed.items() if k in ON_RESUME}
         else:
-            argv = [*flags_of(settings), "--epochs", str(self.epochs), "--seed", str(seed),
-                    "--run-dir", str(run), "--visdom-env",
-                    f"{self.experiment.name}-{run.name}"]
-        argv += self.passed if state == "start" else passed_on_resume(self.passed)
-        log = self.out / f"{run.name}.log"  # train.py's lines, and its stderr's but the bars
-        self.say(f"{counter} {name}: {'resuming' if state == 'resume' else 'training'} in {run} "
+            given = {**self.passed, **self.experiment.fixed, **row.flags, "seed": seed,
+                     "run_dir": str(run), "visdom_env": f"{self.experiment.name}-{run.name}"}
+        log = self.out / f"{run.name}.log"  # the run's lines, and its stderr's but the bars
+        self.say(f"{counter} {name}: {'resuming' if resume else 'training'} in {run} "
                  f"(log: {log})")
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as sink:
-            errors = Tee(sink, sys.stderr)
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(errors):
-                code = train.main(argv)
-        if code != 0:
-            self.fail(name, counter, f"{errors.last_error or f'train.py exited with {code}'}; "
-                      f"see {log}")
-            return
+            try:
+                with contextlib.redirect_stdout(sink), \
+                        contextlib.redirect_stderr(Tee(sink, sys.stderr)):
+                    train_run({**given, "epochs": self.epochs}, resume)
+            except UserError as error:
+                print(f"error: {error}", file=sink)
+                self.fail(name, counter, f"{error}; see {log}")
+                return
         rows = RunDir(run).read_metrics()
         self.say(f"{counter} {name}: {len(rows)} epochs in {time.monotonic() - started:.1f} s, "
                  f"test error {100 - float(rows[-1]['test_accuracy']):.2f}%")
@@ -176,7 +163,7 @@ class Runner:
         from .training import evaluate_checkpoints
         checkpoint = load_checkpoint(run / "best.pt")
         given = {"dataset": self.dataset, "test_samples": 0,
-                 **{k: v for k, v in passed_settings(self.passed).items()
+                 **{k: v for k, v in self.passed.items()
                     if k in ("data_dir", "device", "threads", "test_samples")}}
         cfg = resumed_settings(Config, {**checkpoint["config"], "test_samples": 0}, given)
         try:
@@ -194,20 +181,15 @@ class Runner:
 
 
 class Tee(io.TextIOBase):
-    """A run's stderr: to the terminal as it comes, and to its log without the progress bars'
-    redrawn lines; keeps the last "error: ..." line for the FAILED line."""
+    """A run's stderr (warnings, the interrupt's line): to the terminal as it comes, and to its
+    log without the progress bars' redrawn lines."""
 
     def __init__(self, log: TextIO, terminal: TextIO) -> None:
         self.log, self.terminal = log, terminal
-        self.last_error = ""
 
     def write(self, text: str) -> int:
         self.terminal.write(text)
-        for line in text.splitlines(keepends=True):
-            if "\r" not in line:
-                self.log.write(line)
-                if line.startswith("error: "):
-                    self.last_error = line.strip()[len("error: "):]
+        self.log.writelines(line for line in text.splitlines(keepends=True) if "\r" not in line)
         return len(text)
 
     def flush(self) -> None:
@@ -227,16 +209,17 @@ def complete(checkpoint: dict[str, Any], epochs: int) -> bool:
 
 
 def passed_settings(passed: list[str]) -> dict[str, Any]:
-    """The Config settings among the flags passed on (a --preset's too), parsed as train.py
-    parses them: a bad flag or an abbreviation is refused there in one line."""
-    import train
-    from config import PRESETS, Config
-    from .cli import overrides
-    args = train.parse(passed)
+    """The Config settings among the flags passed on (a --preset's too), parsed and checked as
+    train.py does: a bad flag, value or abbreviation is refused in one line before any run."""
+    from config import Config
+    from .runner import parse, settings_of
+    args = parse(passed)
     if args.resume or args.eval:
         raise UserError(f"--{'resume' if args.resume else 'eval'} is not allowed: the experiment "
                         "resumes its interrupted runs itself (run it again) and tests every run")
-    return {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
+    settings = settings_of(args)
+    Config(**settings)
+    return settings
 
 
 # Settings the experiment sets for every run itself, besides what its rows vary.
@@ -263,11 +246,6 @@ def check_owned(experiment: Experiment, settings: dict[str, Any]) -> None:
 # What a resumed run takes from this invocation: where the data and the machine are, and the
 # dashboard's place (the rest of its settings are in its checkpoint).
 ON_RESUME = MACHINE_SETTINGS + ("data_dir", "download", "visdom", "visdom_host", "visdom_port")
-
-
-def passed_on_resume(passed: list[str]) -> list[str]:
-    """Of the flags passed on, those a resumed run takes (ON_RESUME)."""
-    return flags_of({k: v for k, v in passed_settings(passed).items() if k in ON_RESUME})
 
 
 def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:
@@ -391,10 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(settings.get("data_dir", Config.__dataclass_fields__["data_dir"].default))
             dataset = "affnist" if (root / "affNIST" / "test.mat").exists() \
                 else "mnist-affine-standin"
-            if "validation_samples" not in settings:
-                passed.extend(["--validation-samples", "10000"])
+            settings.setdefault("validation_samples", 10000)  # as the authors' code holds out
         check_owned(experiment, settings)
-        runner = Runner(experiment, out, args.epochs, args.seeds, passed, dataset)
+        runner = Runner(experiment, out, args.epochs, args.seeds, settings, dataset)
         runner.main = distributed.join(settings.get("device", "auto")).main
         runner.say(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} "
                    f"epochs into {out}"
@@ -410,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         if runner.failed:
             raise UserError(f"{len(runner.failed)} of the runs failed: "
                             + "; ".join(runner.failed))
-    return exit_status(work)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
+    try:
+        return exit_status(work)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
     assert (straight / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # interrupted in the third run's second epoch, then started again
     interrupted = tmp_path / "interrupted"
+    import capsnet.runner as runner
     import capsnet.training as training
-    original_train, original_add = train.train, training.add_to_meters
+    original_train, original_add = runner.train_run, training.add_to_meters
     starts, fired = [], []
 
     def counting(*args, **kwargs):
@@ -50,7 +51,7 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
         if len(starts) == 3 and state["train"] and state["t"] == 2 and not fired:
             fired.append(1)
             signal.raise_signal(signal.SIGINT)
-    monkeypatch.setattr(train, "train", counting)
+    monkeypatch.setattr(runner, "train_run", counting)
     monkeypatch.setattr(training, "add_to_meters", add_and_maybe_interrupt)
     with pytest.raises(SystemExit) as stopped:
         run("table1", interrupted, data_root)

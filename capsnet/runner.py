@@ -1,0 +1,161 @@
+"""A run as a library call: `train_run(settings)` trains (or resumes) one run and returns its
+result; `evaluate_run(paths, settings)` tests checkpoints. `parse` reads train.py's flags and
+`settings_of` turns them into those settings; the experiments command parses the flags it passes
+on the same way and calls the same functions for each of its runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .cli import ArgumentParser, add_settings, overrides, resumed_settings
+
+TRAIN_HELP = "Train CapsNet: `python train.py [--epochs N ...]`; config.py holds the defaults."
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """train.py's flags: --resume, --eval, --preset, --allow-other-dataset and one per Config
+    field; no abbreviations, so a flag means what it says."""
+    from config import PRESETS, Config, flag
+    parser = ArgumentParser(prog="train.py", description=TRAIN_HELP, allow_abbrev=False)
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("--resume", metavar="PATH", help="continue the run of this checkpoint, "
+                         "in its directory; flags given here override its saved settings (see "
+                         "README: Resume, evaluate, interrupt)")
+    actions.add_argument("--eval", metavar="PATH", nargs="+", help="evaluate this checkpoint on "
+                         "the test set; several: their ensemble (mean capsule lengths)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a "
+                        "dataset: " + "; ".join(f"{name}: " + ", ".join(
+                            f"{flag(k)} {v}" for k, v in values.items())
+                            for name, values in PRESETS.items()) + " (flags given win)")
+    parser.add_argument("--allow-other-dataset", action="store_true",
+                        help="let --resume or --eval use a checkpoint on a dataset other than "
+                        "the one it was trained on")
+    add_settings(parser, Config)
+    return parser.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config settings given: a --preset's, then the flags'."""
+    from config import PRESETS, Config
+    return {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports: where it is and the epoch it selected."""
+    run_dir: Path
+    epochs: int  # epochs trained, in all
+    best_epoch: int
+    best_accuracy: float  # the selection accuracy (validation, else test) of best_epoch
+    test_accuracy: float  # best_epoch's test accuracy
+    validated: bool  # selected on a held-out validation split (else on the test set)
+
+
+def train_run(given: dict[str, Any], resume: str | None = None,
+              allow_other_dataset: bool = False) -> RunResult:
+    """Train a new run of the settings `given` (Config field -> value), or resume the run of
+    the checkpoint `resume` with `given` overriding its saved settings. Prints the run's first
+    and last lines; Ctrl-C or SIGTERM saves last.pt and exits with status 130."""
+    from config import Config
+    from .distributed import join
+    from .rundir import RunDir
+    from .training import Trainer
+    checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint is not None:
+        cfg = resumed_settings(Config, checkpoint["config"],
+                               {**given, "run_dir": str(Path(resume).parent)})
+    else:
+        cfg = Config(**given)
+    world = join(cfg.device)
+    if checkpoint is None:  # rank 0 names a new run's directory for every process
+        cfg.run_dir = world.broadcast(str(RunDir.create(cfg.run_dir).path) if world.main else "")
+    run = RunDir(Path(cfg.run_dir))
+    if world.main:
+        run.lock(new=checkpoint is None)
+    try:
+        trainer = Trainer(cfg, run, checkpoint, Path(resume) if resume else None,
+                          allow_other_dataset)
+        if world.main:
+            start(cfg, run, trainer, resume)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            if world.main:
+                print(f"\ninterrupted: saved {run.last} ({trainer.where()}); continue with "
+                      f"python train.py --resume {run.last}", file=sys.stderr)
+            raise SystemExit(130) from None
+    finally:
+        run.unlock()
+    validated = trainer.validator is not None
+    result = RunResult(run.path, trainer.epoch, trainer.best_epoch, trainer.best_accuracy,
+                       trainer.best_test_accuracy, validated)
+    if world.main:
+        metric = "pair accuracy" if trainer.objects > 1 else "accuracy"
+        if validated:
+            chosen = (f"best validation {metric} {result.best_accuracy:.2f}% at epoch "
+                      f"{result.best_epoch} ({trainer.validator.batches.describe()} held out of "
+                      f"the training set), whose test {metric} is {result.test_accuracy:.2f}%")
+        else:
+            chosen = (f"best test {metric} {result.best_accuracy:.2f}% at epoch "
+                      f"{result.best_epoch} (selected on the test set: no --validation-samples)")
+        print(f"done: {chosen}; metrics in {run.metrics}, checkpoints {run.last} and "
+              f"{run.best}")
+    return result
+
+
+def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
+    """Rank 0's part of starting a run: config.json, metrics.csv, the dashboard, a first line."""
+    run.write_config(cfg)
+    if resume:
+        run.keep_epochs(trainer.epoch)
+    if cfg.visdom:
+        from .dashboard import attach
+        attach(cfg, trainer)
+    world = trainer.world
+    processes = (f"{world.size} processes, global batch {world.size * cfg.batch_size}; "
+                 if world.distributed else "")
+    resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
+    footprint = trainer.parts.footprint
+    memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB "
+              f"(measured: {footprint.how}); " if footprint else "")
+    held_out = (f", validating on {trainer.validator.batches.describe()} held out"
+                if trainer.validator else "")
+    compiled = f"compiled ({cfg.compile_mode} mode)" if cfg.compile else "eager"
+    print(f"capsnet: {cfg.dataset}, {cfg.model}, {trainer.train_images:,} training examples"
+          f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
+          f"{trainer.parameter_count:,} parameters, on {trainer.device} in {cfg.precision}, "
+          f"{compiled}; {processes}{memory}epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
+          + "".join(f"; {note}" for note in trainer.notes)
+          + f"; run directory {run.path}", flush=True)
+
+
+def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: bool = False
+                 ) -> dict[str, float]:
+    """Test one checkpoint, or the ensemble of several (mean capsule lengths), on the whole test
+    set unless `given` says test_samples; print the result and the confusion matrix, return the
+    summary (loss, accuracy, margin, reconstruction)."""
+    from config import Config
+    from .meters import accuracy_text
+    from .training import evaluate_checkpoints
+    checkpoints = [load_checkpoint(path) for path in paths]
+    # The whole test set, unless --test-samples is given here: never the training run's subset.
+    saved = {**checkpoints[0]["config"], "test_samples": 0}
+    cfg = resumed_settings(Config, saved, given)
+    summary, confusion, classes, tested = evaluate_checkpoints(cfg, checkpoints,
+                                                               allow_other_dataset)
+    what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
+            f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
+    print(f"{what} on {cfg.dataset} ({tested}), test loss {summary['loss']:.4f}, "
+          f"{accuracy_text(summary)} "
+          f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
+    width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
+    print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")
+    print(" " * width + "".join(f"{c:>{width + 1}}" for c in classes) + "  accuracy")
+    for k, (name, row) in enumerate(zip(classes, confusion)):
+        accuracy = f"{100 * row[k] / row.sum():.2f}%" if row.sum() else "-"
+        print(f"{name:>{width}}" + "".join(f"{n:>{width + 1}}" for n in row) + f"  {accuracy:>8}")
+    return summary
