@@ -23,56 +23,11 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .meters import hits
+from .figures import ROUTED, STEPS, by_mask, first_per_class, overlay, perturbed, routing_maps
 from .model import CapsNet
 
-STEPS = torch.linspace(-0.25, 0.25, 11)  # the paper's Fig. 4 tweaks, 0 in the middle
 MISTAKES = 32
-ROUTED = 4  # test images whose coupling coefficients are drawn (here and on the dashboard)
 PAIRS = 16  # MultiMNIST test images drawn with their two reconstructions
-
-
-# The grids: (rows, columns, C, H, W) images in [0, 1], on the model's device.
-
-@torch.no_grad()
-def by_mask(model: CapsNet, images: Tensor) -> Tensor:
-    """Each image, then the decoder's reconstruction from each class's capsule in turn:
-    (B, 1 + classes, C, H, W)."""
-    output = model(images)
-    columns = [images] + [model.reconstruct(output.poses, torch.full_like(output.lengths[:, 0], k,
-                                                                          dtype=torch.long))
-                          for k in range(model.num_classes)]
-    return torch.stack(columns, dim=1)
-
-
-@torch.no_grad()
-def perturbed(model: CapsNet, image: Tensor) -> tuple[Tensor, int]:
-    """Reconstructions of one image (C, H, W) from its predicted class's capsule with each of its
-    dimensions tweaked by each of STEPS: (dims, len(STEPS), C, H, W), and the class."""
-    output = model(image[None])
-    predicted = int(output.lengths.argmax())
-    dims = output.poses.shape[-1]
-    steps = STEPS.to(image.device, output.poses.dtype)
-    poses = output.poses.repeat(dims * len(steps), 1, 1)  # (dims*steps, classes, 16)
-    rows = torch.arange(dims, device=image.device).repeat_interleave(len(steps))
-    poses[torch.arange(len(poses)), predicted, rows] += steps.repeat(dims)
-    classes = torch.full((len(poses),), predicted, device=image.device)
-    return model.reconstruct(poses, classes).view(dims, len(steps), *image.shape), predicted
-
-
-@torch.no_grad()
-def routing_maps(model: CapsNet, images: Tensor) -> Tensor:
-    """The last routing iteration's c_ij summed over the primary capsule types, per class, over
-    the primary capsules' grid: (B, classes, grid, grid)."""
-    coupling = model(images).coupling  # (B, classes, types*grid*grid)
-    batch, classes, _ = coupling.shape
-    return coupling.view(batch, classes, -1, model.grid, model.grid).sum(dim=2)
-
-
-@torch.no_grad()
-def overlay(images: Tensor) -> Tensor:
-    """Two grey images per example (B, 2, 1, H, W) drawn on one in two colours, the first red
-    and the second green (yellow where both are), as in the paper's Fig. 5: (B, 3, H, W)."""
-    return torch.cat([images[:, 0], images[:, 1], torch.zeros_like(images[:, 0])], dim=1)
 
 
 @dataclass
@@ -124,11 +79,6 @@ class Context:
     classes: tuple[str, ...]
     per_class: int
     device: torch.device
-
-
-def first_per_class(labels: Tensor, classes: int, n: int) -> Tensor:
-    """Indices of the first n examples of each class, class by class."""
-    return torch.cat([(labels == k).nonzero().flatten()[:n] for k in range(classes)])
 
 
 # Figures, drawn with matplotlib.

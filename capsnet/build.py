@@ -21,7 +21,7 @@ from .footprint import check as check_footprint
 from .footprint import check_data
 from .model import CapsNetOutput
 from .networks import MODELS
-from .recipe import Autocast, compile_model, configure_precision, make_criterion, make_optimizer
+from .recipe import Autocast, compile_model, configure_precision, make_optimizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,8 +149,9 @@ def build_run(cfg: Any, train: bool = True,
                                           else None)
         train_network = compile_model(wrapped, cfg.compile, cfg.compile_mode)
     optimizer, scheduler = make_optimizer(model, cfg)
-    parts = RunParts(cfg, world, device, model, train_network, eval_network, make_criterion(cfg),
-                     configure_precision(cfg.precision, device, cfg.deterministic), optimizer, scheduler, generator,
+    autocast = configure_precision(cfg.precision, device, cfg.deterministic)
+    parts = RunParts(cfg, world, device, model, train_network, eval_network,
+                     MODELS[cfg.model].criterion(cfg), autocast, optimizer, scheduler, generator,
                      args, test_split.classes, None, None, footprint)  # type: ignore[arg-type]
     parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
     parts.test_batches = parts.batches(test_split, False, cfg.test_samples)

@@ -87,7 +87,7 @@ class Dashboard:
             "throughput": Lines("Training throughput", "images/s"),
         }
         self.snapshots: dict[str, Snapshot] = {}
-        from .analyze import first_per_class
+        from .figures import first_per_class
         from .data import head
         pool = head(trainer.evaluator.batches, POOL)  # the test pass's first examples
         self.samples = pool.images[:SAMPLES]  # (<=32, C, H, W), on the device
@@ -213,7 +213,7 @@ class Dashboard:
         image's capsule dimensions perturbed, and routing maps beside their inputs."""
         import torch
         import torch.nn.functional as F
-        from .analyze import ROUTED, by_mask, perturbed, routing_maps
+        from .figures import ROUTED, by_mask, perturbed, routing_maps
         model, images = self.trainer.model, self.figure_samples
         model.eval()
         with torch.inference_mode(), self.trainer.autocast():
@@ -247,7 +247,7 @@ class Dashboard:
         model.train()
         rebuilt = output.reconstructions
         if rebuilt.dim() == 5:  # two digits: both on one image, in two colours
-            from .analyze import overlay
+            from .figures import overlay
             rebuilt = overlay(rebuilt)
         return self.sample_grid, rebuilt.float().cpu().numpy()
 

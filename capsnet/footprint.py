@@ -149,14 +149,14 @@ def probe(spec: dict[str, Any]) -> list[float]:
     With a CUDA-graph compile mode, the step is compiled afresh for each batch and run
     GRAPH_STEPS times, and the peak counts what the allocator reserved, graph pools included."""
     from .networks import MODELS
-    from .recipe import compile_model, configure_precision, make_criterion, make_optimizer
+    from .recipe import compile_model, configure_precision, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     model = MODELS[spec["settings"]["model"]].make(**spec["model_args"]).to(device)
     settings = SimpleNamespace(**spec["settings"])
     optimizer, _ = make_optimizer(model, settings)
-    criterion = make_criterion(settings)
+    criterion = MODELS[settings.model].criterion(settings)
     autocast = configure_precision(spec["precision"], device)
     classes, objects = spec["model_args"]["num_classes"], spec["objects"]
     mode = spec.get("compile_mode", "")

@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import spectral
-
 EPS = 1e-8
 
 
@@ -192,10 +190,9 @@ class CapsNet(nn.Module):
             official_init(self)
 
     def primary_capsules(self, images: Tensor) -> Tensor:
-        """Conv1 -> ReLU -> PrimaryCaps: u_i (B, 32*6*6, 8). The two convolutions run through
-        capsnet.spectral, which picks the fastest kernels for the device."""
-        out = spectral.conv1_primary(images, self.conv1, self.primary.conv)  # (B, 6, 6, 256)
-        return self.primary.capsules(out)
+        """Conv1 -> ReLU -> PrimaryCaps: u_i (B, 32*6*6, 8). (The run builder swaps in
+        capsnet.spectral's faster CPU kernels for the same two convolutions.)"""
+        return self.primary(F.relu(self.conv1(images)))  # conv1: (B, 256, 20, 20)
 
     def forward(self, images: Tensor, labels: Tensor | None = None,
                 objects: int = 1) -> CapsNetOutput:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from . import spectral
 from .baseline import Baseline, BaselineLoss, widths
 from .errors import UserError
 from .loss import CapsuleLoss
@@ -55,13 +56,18 @@ class Network:
     smallest_image: int = 1  # the smallest input side it takes
 
 
+def make_capsnet(**args: Any) -> CapsNet:
+    """The paper's CapsNet, with the CPU kernels of capsnet.spectral for its convolutions."""
+    return spectral.install(CapsNet(**args))
+
+
 def make_baseline(**args: Any) -> Baseline:
     return Baseline(**{**args, "channels": tuple(args.get("channels", ())),
                        "hidden": tuple(args.get("hidden", ()))})
 
 
 MODELS: dict[str, Network] = {n.name: n for n in (
-    Network("capsnet", capsnet_args, CapsNet, capsule_loss,
+    Network("capsnet", capsnet_args, make_capsnet, capsule_loss,
             SHAPE + ("digit_bias", "recipe") + CAPSNET_WIDTHS, True,
             "CapsNet with dynamic routing and the reconstruction decoder", SMALLEST_IMAGE),
     Network("baseline", baseline_args, make_baseline, lambda cfg: BaselineLoss(),

@@ -236,7 +236,7 @@ def write_pair(folder: Path, image: Path, tensor: torch.Tensor, rebuilt: torch.T
     from PIL import Image
     from .storage import make_dir, write_file
     if rebuilt.dim() == 4:  # (K, C, H, W): MultiMNIST's two digits
-        from .analyze import overlay
+        from .figures import overlay
         rebuilt = overlay(rebuilt[None].float().cpu())[0]
     shown = [tensor.float().cpu(), rebuilt.float().cpu()]
     if shown[1].shape[0] == 3 and shown[0].shape[0] != 3:

@@ -1,6 +1,6 @@
-"""How a run trains, from its settings: the optimiser and its schedule, the loss, the precision
-and the compiler. The run builder (capsnet.build) and the memory probe (capsnet.footprint) both
-make their training steps from these."""
+"""How a run trains, from its settings: the optimiser and its schedule, the precision and the
+compiler (the loss is its model's: capsnet.networks). The run builder (capsnet.build) and the
+memory probe (capsnet.footprint) both make their training steps from these."""
 from __future__ import annotations
 
 import functools
@@ -21,12 +21,6 @@ def make_optimizer(model: nn.Module, cfg: Any) -> tuple[torch.optim.Adam,
     scheduler = torch.optim.lr_scheduler.ExponentialLR(
         optimizer, gamma=cfg.lr_decay ** (1.0 / cfg.lr_decay_steps))
     return optimizer, scheduler
-
-
-def make_criterion(cfg: Any) -> nn.Module:
-    """The loss of the run's model (capsnet.networks; settings without --model: CapsNet's)."""
-    from .networks import MODELS
-    return MODELS[getattr(cfg, "model", "capsnet")].criterion(cfg)
 
 
 Autocast = Callable[[], torch.autocast]

@@ -8,13 +8,15 @@ transform, each of those becomes one product per frequency, and one matrix produ
 contracts all four phases and 256 channels at once. That costs a third of the multiply-adds of the
 direct convolution. Every transform here is a small matrix product, so autograd derives the
 backward pass. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up
-to float32 rounding (tests/test_spectral.py).
+to float32 rounding (tests/test_spectral.py). `install(model)` swaps these kernels into a CapsNet;
+the run builder does (capsnet.networks), so model.py stays the paper's layers.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
+import types
 import weakref
 from typing import Any, Callable, Iterator
 
@@ -157,6 +159,19 @@ def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tenso
     out = (images.shape[-1] - conv1.kernel_size[0] + 1 - primary.kernel_size[0]) // 2 + 1
     phases = conv1_phases(images, conv1, n)  # (n*n, B*4*C)
     return primary_conv(phases, weight_spectrum(primary.weight, n), primary, out)
+
+
+def install(model: nn.Module) -> nn.Module:
+    """`model` (a CapsNet) with its conv1 -> PrimaryCaps computed by conv1_primary: the same
+    capsules up to float32 rounding, faster on the CPU. A bound method, so copies of the model
+    (copy.deepcopy) compute with their own layers."""
+    model.primary_capsules = types.MethodType(primary_capsules, model)
+    return model
+
+
+def primary_capsules(model: nn.Module, images: Tensor) -> Tensor:
+    """CapsNet.primary_capsules through conv1_primary."""
+    return model.primary.capsules(conv1_primary(images, model.conv1, model.primary.conv))
 
 
 _kept: dict[int, tuple] = {}  # id(weight) -> (key, spectrum), dropped with the weight

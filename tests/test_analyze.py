@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from capsnet import analyze, dynamic_routing
+from capsnet import analyze, dynamic_routing, figures
 from capsnet.model import CapsNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def images() -> torch.Tensor:
 
 
 def test_perturbation_middle_column_is_the_plain_reconstruction(model, images):
-    grid, predicted = analyze.perturbed(model, images[0])
+    grid, predicted = figures.perturbed(model, images[0])
     assert grid.shape == (16, 11, 1, 28, 28)
     with torch.no_grad():
         plain = model(images[:1]).reconstructions[0]  # masked by the predicted class
@@ -37,7 +37,7 @@ def test_perturbation_middle_column_is_the_plain_reconstruction(model, images):
 
 def test_by_mask_true_class_column_is_the_reconstruction_masked_by_the_label(model, images):
     labels = torch.tensor([4, 0, 7])
-    grid = analyze.by_mask(model, images)
+    grid = figures.by_mask(model, images)
     assert grid.shape == (3, 11, 1, 28, 28) and torch.equal(grid[:, 0], images)
     with torch.no_grad():
         expected = model(images, labels).reconstructions
@@ -53,7 +53,7 @@ def test_coupling_sums_to_one_and_is_what_routing_returns(model, images):
     assert output.coupling.shape == (3, 10, 1152)
     assert torch.allclose(output.coupling.sum(dim=1), torch.ones(3, 1152), atol=1e-5)
     assert torch.allclose(output.coupling, coupling)
-    maps = analyze.routing_maps(model, images)
+    maps = figures.routing_maps(model, images)
     assert maps.shape == (3, 10, 6, 6)
     assert torch.allclose(maps.sum(dim=1), torch.full((3, 6, 6), 32.0), atol=1e-3)
 

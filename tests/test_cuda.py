@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from capsnet.recipe import configure_precision, make_criterion
+from capsnet.networks import MODELS
+from capsnet.recipe import configure_precision
 from capsnet.checkpoint import load_checkpoint
 from capsnet.data import Batches, load_split
 from capsnet.model import CapsNet
@@ -30,7 +31,7 @@ def loss_and_grads(model: CapsNet, images: torch.Tensor, labels: torch.Tensor,
     model.zero_grad()
     with autocast() if autocast else torch.autocast("cuda", enabled=False):
         output = model(images, labels)
-        loss = make_criterion(Config()).parts(images, labels, output).total
+        loss = MODELS['capsnet'].criterion(Config()).parts(images, labels, output).total
     loss.backward()
     return output.lengths.detach().float().cpu(), [p.grad.float().cpu() for p in model.parameters()]
 

@@ -27,7 +27,7 @@ from capsnet.datasets.canvas import CanvasBatches
 from capsnet.loss import CapsuleLoss
 from capsnet.meters import Meters
 from capsnet.model import CapsNet
-from capsnet.recipe import make_criterion
+from capsnet.networks import MODELS
 from config import PRESETS, Config
 
 aten = torch.ops.aten
@@ -86,7 +86,7 @@ def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, precision
     shape = (3, 32, 32) if preset else (1, 28, 28)
     args = model_args(cfg, digits(1, shape))
     model = CapsNet(**args)  # on the CPU: the official init draws data-dependent values
-    criterion = make_criterion(cfg)
+    criterion = MODELS[cfg.model].criterion(cfg)
     size = args["image_size"]
     with fake_cuda():
         model = model.to(CUDA)

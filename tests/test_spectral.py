@@ -36,7 +36,7 @@ def test_spectral_convolutions_equal_conv2d_with_gradients(size: int, kernel: in
 
 def test_capsnet_on_the_cpu_matches_plain_convolutions_in_float32():
     torch.manual_seed(0)
-    model = CapsNet()
+    model = spectral.install(CapsNet())
     images = torch.rand(4, 1, 28, 28)
     expected = model.primary(F.relu(model.conv1(images)))
     got = model.primary_capsules(images)
@@ -45,7 +45,7 @@ def test_capsnet_on_the_cpu_matches_plain_convolutions_in_float32():
 
 def test_the_kept_spectrum_follows_every_weight_change():
     torch.manual_seed(0)
-    model = CapsNet()
+    model = spectral.install(CapsNet())
     images = torch.rand(2, 1, 28, 28)
     weight = model.primary.conv.weight
 
@@ -66,8 +66,10 @@ def test_the_kept_spectrum_follows_every_weight_change():
 
 INFERENCE_THEN_TRAINING = """
 import torch
+from capsnet import spectral
 from capsnet.model import CapsNet
-model, images, labels = CapsNet(), torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
+model = spectral.install(CapsNet())
+images, labels = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
 first, second = {orders}
 def forward(mode):
     if mode == "inference":
@@ -94,3 +96,27 @@ def test_the_cached_transforms_serve_training_and_inference_in_either_order(orde
     done = subprocess.run([sys.executable, "-c", INFERENCE_THEN_TRAINING.format(orders=orders)],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_model_is_the_papers_layers_and_the_kernels_are_swapped_in_by_the_builder():
+    import copy
+
+    from capsnet.networks import MODELS
+    torch.manual_seed(0)
+    plain = CapsNet(conv1_channels=16, primary_types=4)
+    built = MODELS["capsnet"].make(conv1_channels=16, primary_types=4)
+    built.load_state_dict(plain.state_dict())
+    images = torch.rand(3, 1, 28, 28)
+    calls = []
+    original = spectral.conv1_primary
+    spectral.conv1_primary = lambda *args: calls.append(1) or original(*args)
+    try:
+        assert torch.allclose(built.primary_capsules(images), plain.primary_capsules(images),
+                              atol=1e-5)
+        assert len(calls) == 1  # the builder's model took the kernel; the plain one did not
+        twin = copy.deepcopy(built)
+        with torch.no_grad():
+            twin.conv1.weight.mul_(2)
+        assert not torch.allclose(twin.primary_capsules(images), built.primary_capsules(images))
+    finally:
+        spectral.conv1_primary = original
