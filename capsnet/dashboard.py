@@ -116,8 +116,8 @@ class Dashboard:
         """Loss, margin and reconstruction sums, errors and examples of the epoch so far (over
         all processes), as the trainer last summed them, and the seconds its training steps
         took."""
-        loss, margin, reconstruction, _, errors, count = self.trainer.running[:6].tolist()
-        return loss, margin, reconstruction, errors, count, self.trainer.step_seconds
+        t = self.trainer.running
+        return t.loss, t.margin, t.reconstruction, t.errors, t.counted, self.trainer.step_seconds
 
     def on_start_epoch(self, state: dict) -> None:
         self.last = self.interval_sums()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -145,41 +145,55 @@ class Meters:
             vars(getattr(self, name)).update(state[name])
         self.confusion.conf[...] = state["confusion"].numpy()
 
-    def totals(self) -> Tensor:
-        """What the meters counted, as one float64 vector that sums across processes: loss,
-        margin and reconstruction sums, examples, errors, examples counted, examples with at
-        least one label right, then the confusion matrix."""
+    def totals(self) -> Totals:
+        """What the meters counted, flushed."""
         self.flush()
-        counts = [self.loss.sum, self.margin.sum, self.reconstruction.sum, self.loss.n,
-                  self.correct.n - self.correct.sum, self.correct.n, self.partly.sum]
-        confusion = torch.from_numpy(self.confusion.conf).to(torch.float64).flatten()
-        return torch.cat([torch.tensor(counts, dtype=torch.float64), confusion])
+        return Totals(self.loss.sum, self.margin.sum, self.reconstruction.sum, self.loss.n,
+                      self.correct.n - self.correct.sum, self.correct.n, self.partly.sum,
+                      torch.from_numpy(self.confusion.conf).to(torch.float64))
 
 
-COUNTS = 7  # the numbers before the confusion matrix in Meters.totals()
+class Totals(NamedTuple):
+    """The counts of a pass so far: sums of the loss parts over the examples, the example
+    counts, and the confusion matrix (rows: true class). `vector()` and `of()` carry them through
+    one sum across processes."""
+    loss: float  # summed over examples
+    margin: float
+    reconstruction: float
+    examples: float  # examples the loss parts were summed over
+    errors: float  # examples not (all) right
+    counted: float  # examples the accuracy counts
+    partly: float  # examples with at least one label right
+    confusion: Tensor  # (classes, classes) float64
 
+    def vector(self) -> Tensor:
+        return torch.cat([torch.tensor(self[:-1], dtype=torch.float64), self.confusion.flatten()])
 
-def summary_of(totals: Tensor, objects: int = 1) -> dict[str, float]:
-    """Mean loss, margin and reconstruction parts, and accuracy in percent, of Meters.totals();
-    for `objects` > 1 labels per example, accuracy is of whole examples (all labels right) and
-    at_least_one the percentage with at least one right."""
-    loss, margin, reconstruction, n, errors, count, partly = totals[:COUNTS].tolist()
-    summary = {"loss": loss / max(n, 1), "margin": margin / max(n, 1),
-               "reconstruction": reconstruction / max(n, 1),
-               "accuracy": 100.0 * (1.0 - errors / max(count, 1))}
-    if objects > 1:
-        summary["at_least_one"] = 100.0 * partly / max(count, 1)
-    return summary
+    @classmethod
+    def of(cls, vector: Tensor) -> Totals:
+        """The Totals whose vector() this is (summed over processes, say)."""
+        counts = len(cls._fields) - 1
+        classes = int(round((vector.numel() - counts) ** 0.5))
+        return cls(*vector[:counts].tolist(), vector[counts:].view(classes, classes))
 
+    def summary(self, objects: int = 1) -> dict[str, float]:
+        """Mean loss, margin and reconstruction parts, and accuracy in percent; for `objects` > 1
+        labels per example, accuracy is of whole examples (all labels right) and at_least_one
+        the percentage with at least one right."""
+        n, count = max(self.examples, 1), max(self.counted, 1)
+        summary = {"loss": self.loss / n, "margin": self.margin / n,
+                   "reconstruction": self.reconstruction / n,
+                   "accuracy": 100.0 * (1.0 - self.errors / count)}
+        if objects > 1:
+            summary["at_least_one"] = 100.0 * self.partly / count
+        return summary
 
-def confusion_of(totals: Tensor) -> Tensor:
-    """The confusion matrix (rows: true class) of Meters.totals(), as int64."""
-    classes = int(round((totals.numel() - COUNTS) ** 0.5))
-    return totals[COUNTS:].view(classes, classes).round().long()
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in (self.loss, self.margin, self.reconstruction))
 
 
 def accuracy_text(summary: dict[str, float]) -> str:
-    """The accuracy of a summary_of() in words: "accuracy 99.10%", or for two labels per
+    """The accuracy of a Totals.summary() in words: "accuracy 99.10%", or for two labels per
     example "pair accuracy 94.80% (at least one right 99.90%)"."""
     if "at_least_one" in summary:
         return (f"pair accuracy {summary['accuracy']:.2f}% "

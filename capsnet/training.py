@@ -21,7 +21,7 @@ from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
 from .data import Batches, Sample
 from .datasets import DATASETS
-from .meters import Meters, accuracy_text, align_reconstructions, confusion_of, summary_of
+from .meters import Meters, Totals, accuracy_text, align_reconstructions
 from .model import CapsNetOutput
 from .networks import MODELS
 from .recipe import Autocast
@@ -86,9 +86,9 @@ class Evaluator:
                 self.engine.test(self.step, bar)
         finally:
             bar.close()
-        totals = self.world.sum(self.meters.totals())
-        self.confusion = confusion_of(totals).numpy()
-        return summary_of(totals, self.objects)
+        totals = Totals.of(self.world.sum(self.meters.totals().vector()))
+        self.confusion = totals.confusion.round().long().numpy()
+        return totals.summary(self.objects)
 
 
 class Diverged(UserError):
@@ -204,7 +204,7 @@ class Trainer:
         if self.batch == 0:  # a new epoch; a resumed one keeps its restored meters
             self.epoch_rng = self.generator.get_state()
             self.meters.reset()
-        self.running = self.world.sum(self.meters.totals())
+        self.running = Totals.of(self.world.sum(self.meters.totals().vector()))
         self.first_batch, self.step_seconds = self.batch, 0.0
         self.epoch_started = time.perf_counter()
         # A fresh bar over the base batches each epoch: never a wrapper of last epoch's wrapper.
@@ -229,7 +229,7 @@ class Trainer:
         add_to_meters(self.meters, state)
         if self.logs_after(self.batch + 1):
             self.flush_meters(in_batch=True)
-            summary = summary_of(self.running, self.objects)
+            summary = self.running.summary(self.objects)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{summary['loss']:.4f}",
                                      acc=f"{summary['accuracy']:.2f}%", refresh=False)
@@ -241,9 +241,10 @@ class Trainer:
         queued = len(self.meters.pending)
         bad = self.meters.flush()
         stop = float(bool(interrupt.requested))
-        summed = self.world.sum(torch.cat([self.meters.totals(), torch.tensor([stop])]))
-        self.running, self.stopping = summed[:-1], self.stopping or bool(summed[-1] > 0)
-        if bad is not None or not torch.isfinite(self.running[:3]).all():
+        summed = self.world.sum(torch.cat([self.meters.totals().vector(), torch.tensor([stop])]))
+        self.running = Totals.of(summed[:-1])
+        self.stopping = self.stopping or bool(summed[-1] > 0)
+        if bad is not None or not self.running.finite():
             first = int(in_batch) - queued + 1 + (bad if bad is not None else queued - 1)
             raise Diverged(f"training diverged: the loss is not finite at epoch {self.epoch + 1}, "
                            f"batch {self.batch + first} (step {self.step + first}), and "
@@ -261,7 +262,7 @@ class Trainer:
         trained = (self.batch - self.first_batch) * self.cfg.batch_size * self.world.size
         lr = self.optimizer.param_groups[0]["lr"]
         self.flush_meters()
-        train = summary_of(self.running, self.objects)
+        train = self.running.summary(self.objects)
         validation = self.validator.run() if self.validator else None
         test = self.evaluator.run()
         self.epoch, self.batch = state["epoch"], 0

@@ -11,7 +11,7 @@ from capsnet.data import Split, load_split
 from capsnet.datasets import affine
 from capsnet.datasets.canvas import CanvasBatches
 from capsnet.loss import CapsuleLoss, LossParts, margin_loss
-from capsnet.meters import Meters, confusion_of, summary_of
+from capsnet.meters import Meters
 from capsnet.model import CapsNet, CapsNetOutput, predict
 from conftest import run_main, write_dataset
 
@@ -173,10 +173,10 @@ def test_pair_metric_on_crafted_capsule_lengths():
     swapped = base.copy(); swapped[5], swapped[7] = 0.9, 0.8  # 5 right, 7 wrong (true 2 and 5)
     tie = base.copy(); tie[0], tie[1], tie[2] = 0.9, 0.5, 0.5  # tie: the lower class (1) wins
     meters = pair_meters([both, swapped, tie, tie], [[2, 5], [2, 5], [0, 2], [0, 1]])
-    summary = summary_of(meters.totals(), objects=2)
+    summary = meters.totals().summary(objects=2)
     assert summary["accuracy"] == pytest.approx(50.0)  # examples 1 and 4
     assert summary["at_least_one"] == pytest.approx(100.0)
-    confusion = confusion_of(meters.totals())
+    confusion = meters.totals().confusion.round().long()
     assert confusion.sum() == 8  # every digit counted
     assert confusion[5, 5] == 2 and confusion[2, 7] == 1  # 5 matched in its slot, 2 taken for 7
     assert confusion[2, 1] == 1 and confusion[0, 0] == 2 and confusion[1, 1] == 1
@@ -186,7 +186,7 @@ def test_one_label_meters_are_plain_accuracy():
     meters = Meters(10)
     lengths = torch.eye(10)[[3, 3, 7]]
     meters.add(lengths, torch.tensor([3, 4, 7]), NO_LOSS)
-    summary = summary_of(meters.totals())
+    summary = meters.totals().summary()
     assert summary["accuracy"] == pytest.approx(200 / 3) and "at_least_one" not in summary
 
 

@@ -53,7 +53,7 @@ def test_a_filled_up_batch_gives_the_loss_gradients_and_counts_of_its_own_exampl
     """A pass's last batch is filled up to the batch size with weight-0 copies of its first
     examples (one shape for CUDA graphs): the loss, the gradients and the meters are those of
     the batch's own examples."""
-    from capsnet.meters import Meters, summary_of
+    from capsnet.meters import Meters
     from capsnet.model import CapsNet
     torch.manual_seed(0)
     model = CapsNet(conv1_channels=16, primary_types=4, class_dim=8)
@@ -77,6 +77,6 @@ def test_a_filled_up_batch_gives_the_loss_gradients_and_counts_of_its_own_exampl
     assert torch.allclose(full.reconstruction, short.reconstruction, rtol=1e-6)
     for a, b in zip(full_grads, short_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
-    assert torch.allclose(full_totals, short_totals, rtol=1e-6)
-    assert summary_of(full_totals)["loss"] == pytest.approx(float(short.total), rel=1e-6)
-    assert full_totals[3] == 5 and full_totals[7:].sum() == 5  # examples, confusion cells
+    assert torch.allclose(full_totals.vector(), short_totals.vector(), rtol=1e-6)
+    assert full_totals.summary()["loss"] == pytest.approx(float(short.total), rel=1e-6)
+    assert full_totals.examples == 5 and full_totals.confusion.sum() == 5  # and confusion cells
