@@ -1,4 +1,5 @@
-"""Live Visdom dashboard of a training run, subscribed to the Trainer's engine hooks.
+"""Live Visdom dashboard of a training run: a listener of the Trainer, which it knows only by the
+records of capsnet.records (RunStart, Progress, EpochEnd).
 
 The training thread only records numbers; a sender thread ships them to Visdom, so a slow,
 dead or restarted server never stalls training: one warning when it cannot be reached, and
@@ -14,21 +15,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
-from .hooks import subscribe
-from .networks import MODELS
+from .records import EpochEnd, Progress, RunStart
 from .server import DEFAULT_ENV_PATH, answers, credentials, serve, start_background, url
 
-if TYPE_CHECKING:
-    from .training import Trainer
-
 SAMPLES = 32  # test images shown beside their reconstructions
-POOL = 1000  # first test images searched for one of each class (the live figures)
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
 FIGURE_WINDOWS = {"by_mask": {"width": 440, "height": 460},  # pixels, fitting each grid's shape
                   "perturbation": {"width": 340, "height": 500},
@@ -71,76 +67,70 @@ class Snapshot:
 class Dashboard:
     """Loss, accuracy, loss parts, learning rate, throughput, confusion and reconstructions."""
 
-    def __init__(self, trainer: Trainer, host: str, port: int, env: str, every: int,
+    def __init__(self, start: RunStart, host: str, port: int, env: str, every: int,
                  figures_every: int = 1) -> None:
-        self.trainer, self.host, self.port, self.env, self.every = trainer, host, port, env, every
-        self.figures_every = figures_every
+        self.host, self.port, self.env, self.every = host, port, env, every
+        self.showcase, self.figures_every = start.showcase, figures_every
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
         self.lines = {
             "loss": Lines("Loss", "loss"),
             "accuracy": (Lines("Pair accuracy (both digits right)", "pair accuracy (%)")
-                         if trainer.objects > 1 else Lines("Accuracy", "accuracy (%)")),
+                         if self.showcase.objects > 1 else Lines("Accuracy", "accuracy (%)")),
             "parts": Lines("Loss parts", "loss"),
             "lr": Lines("Learning rate", "learning rate"),
             "throughput": Lines("Training throughput", "images/s"),
         }
         self.snapshots: dict[str, Snapshot] = {}
         from .figures import first_per_class
-        from .data import head
-        pool = head(trainer.evaluator.batches, POOL)  # the test pass's first examples
+        pool = self.showcase.samples  # the test pass's first examples
         self.samples = pool.images[:SAMPLES]  # (<=32, C, H, W), on the device
         # shown: what the reconstructions rebuild (smallNORB's [0, 1] crops, not the network's
         # standardised input)
         self.sample_grid = (pool.targets if pool.labels.dim() == 1 else pool.images)[:SAMPLES] \
             .cpu().numpy()
         firsts = pool.labels if pool.labels.dim() == 1 else pool.labels[:, 0]
-        shown = first_per_class(firsts.cpu(), len(trainer.classes), 1).to(firsts.device)
+        shown = first_per_class(firsts.cpu(), len(self.showcase.classes), 1).to(firsts.device)
         self.figure_samples = pool.images[shown]  # one per class, as far as the pool has them
-        self.last = self.interval_sums()
+        self.last: tuple[float, ...] = ()
         self.client: Any = None
         self.reachable = True
-        self.add_history(trainer.run.read_metrics())
-        for event, hook in (("on_start_epoch", self.on_start_epoch),
-                            ("on_update", self.on_update), ("on_end_epoch", self.on_end_epoch),
-                            ("on_end", lambda state: self.close())):
-            subscribe(trainer.engine, event, hook)
+        self.add_history(start.history, start.resumed_at)
         self.thread = threading.Thread(target=self.send_loop, name="dashboard", daemon=True)
         self.wake.set()  # connect at once: a page opened on an environment not yet created stays empty
         self.thread.start()
 
     # Training thread: record numbers, never wait for the server.
 
-    def interval_sums(self) -> tuple[float, ...]:
+    @staticmethod
+    def interval_sums(progress: Progress) -> tuple[float, ...]:
         """Loss, margin and reconstruction sums, errors and examples of the epoch so far (over
-        all processes), as the trainer last summed them, and the seconds its training steps
-        took."""
-        t = self.trainer.running
-        return t.loss, t.margin, t.reconstruction, t.errors, t.counted, self.trainer.step_seconds
+        all processes), and the seconds its training steps took."""
+        t = progress.totals
+        return t.loss, t.margin, t.reconstruction, t.errors, t.counted, progress.step_seconds
 
-    def on_start_epoch(self, state: dict) -> None:
-        self.last = self.interval_sums()
+    def on_start_epoch(self, progress: Progress) -> None:
+        self.last = self.interval_sums(progress)
 
-    def on_update(self, state: dict) -> None:
+    def on_progress(self, progress: Progress) -> None:
         """A running point every `every` batches, after the batch's update: the means over the
         batches since the last point, and their throughput over the time of their training
         steps alone (forward, backward and update; not the work between steps)."""
-        done = self.trainer.batch  # batches of this epoch done, the one just updated included
-        if done % self.every:
+        if progress.batch % self.every:
             return
-        sums = self.interval_sums()
+        sums = self.interval_sums(progress)
         loss, margin, reconstruction, errors, count, seconds = (
             a - b for a, b in zip(sums, self.last))
         if count <= 0:
             return
-        x = state["epoch"] + done / len(self.trainer.train_batches)
+        x = progress.epoch + progress.batch / progress.batches
         with self.lock:
             self.lines["loss"].add("train (running)", x, loss / count)
             self.lines["accuracy"].add("train (running)", x, 100.0 * (1 - errors / count))
             self.lines["parts"].add("train margin (running)", x, margin / count)
             self.lines["parts"].add("train reconstruction (running)", x, reconstruction / count)
-            self.lines["lr"].add("lr", x, self.trainer.optimizer.param_groups[0]["lr"])
+            self.lines["lr"].add("lr", x, progress.lr)
             self.lines["throughput"].add("train (running)", x, count / max(seconds, 1e-9))
         self.last = sums
         self.wake.set()
@@ -164,31 +154,28 @@ class Dashboard:
         self.lines["parts"].add("test margin", x, row["test_margin"])
         self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
 
-    def add_history(self, rows: list[dict[str, str]]) -> None:
+    def add_history(self, rows: list[dict[str, str]], resumed_at: float | None) -> None:
         """A resumed run's earlier epochs, from metrics.csv: the points of each epoch's row, as
         a live run draws them, and a vertical 'resumed' line on the loss and accuracy plots at
         the epoch where training continues."""
-        epochs = [row for row in rows if int(row["epoch"]) <= self.trainer.epoch]
-        if not epochs:
+        if not rows or resumed_at is None:
             return
-        for row in epochs:
+        for row in rows:
             self.add_epoch({k: float(v) for k, v in row.items() if k != "epoch"},
                            float(row["epoch"]))
-        x = self.trainer.epoch + self.trainer.batch / len(self.trainer.train_batches)
         for name in ("loss", "accuracy"):
             ys = [y for _, values in self.lines[name].traces.values() for y in values]
-            self.lines[name].add("resumed", x, min(ys))
-            self.lines[name].add("resumed", x, max(ys))
+            self.lines[name].add("resumed", resumed_at, min(ys))
+            self.lines[name].add("resumed", resumed_at, max(ys))
 
-    def on_end_epoch(self, state: dict) -> None:
-        row, x = state["metrics"], float(state["epoch"])
-        confusion = self.trainer.evaluator.confusion
-        capsules = MODELS[self.trainer.cfg.model].capsules  # a decoder and routing to show
-        classes = list(self.trainer.classes)
+    def on_epoch(self, end: EpochEnd) -> None:
+        row, x, epoch = end.row, float(end.epoch), end.epoch
+        capsules = self.showcase.capsules  # a decoder and routing to show
+        classes = list(self.showcase.classes)
         with self.lock:
             self.add_epoch(row, x)
-            self.put("confusion", "heatmap", confusion.astype(float), {
-                "title": f"Test confusion matrix, epoch {state['epoch']}",
+            self.put("confusion", "heatmap", end.confusion.astype(float), {
+                "title": f"Test confusion matrix, epoch {epoch}",
                 "rownames": classes, "columnnames": classes,
                 "xlabel": "predicted class", "ylabel": "true class"})
         if capsules:
@@ -197,11 +184,11 @@ class Dashboard:
                 self.put("images", "images", images, {
                     "title": f"First {len(images)} test images", **IMAGE_WINDOW})
                 self.put("reconstructions", "images", reconstructions, {
-                    "title": f"Their reconstructions ({RECONSTRUCTED[self.trainer.objects > 1]}), "
-                             f"epoch {state['epoch']}",
+                    "title": f"Their reconstructions "
+                             f"({RECONSTRUCTED[self.showcase.objects > 1]}), epoch {epoch}",
                     **IMAGE_WINDOW})
-        if capsules and self.figures_every and state["epoch"] % self.figures_every == 0:
-            figures = self.figures(state["epoch"])
+        if capsules and self.figures_every and epoch % self.figures_every == 0:
+            figures = self.figures(epoch)
             with self.lock:
                 for name, (grid, title) in figures.items():
                     self.put(name, "images", grid.reshape(-1, *grid.shape[2:]),
@@ -214,9 +201,9 @@ class Dashboard:
         import torch
         import torch.nn.functional as F
         from .figures import ROUTED, by_mask, perturbed, routing_maps
-        model, images = self.trainer.model, self.figure_samples
+        model, images = self.showcase.model, self.figure_samples
         model.eval()
-        with torch.inference_mode(), self.trainer.autocast():
+        with torch.inference_mode(), self.showcase.autocast():
             masks = by_mask(model, images)  # (classes, 1 + classes, C, H, W)
             tweaks, predicted = perturbed(model, images[0])  # (16, 11, C, H, W)
             maps = routing_maps(model, images[:ROUTED]).float()  # (n, classes, grid, grid)
@@ -227,7 +214,7 @@ class Dashboard:
         maps = F.interpolate(scaled, size=images.shape[-2:], mode="nearest")
         maps = maps[:, :, None].expand(-1, -1, images.shape[1], -1, -1)
         routing = torch.cat([images[:ROUTED, None], maps], dim=1)
-        classes = self.trainer.classes
+        classes = self.showcase.classes
         return {
             "by_mask": (masks.float().cpu().numpy(),
                         f"Reconstruction from each class's capsule, epoch {epoch}"),
@@ -240,10 +227,10 @@ class Dashboard:
 
     def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:
         import torch
-        model = self.trainer.model
+        model = self.showcase.model
         model.eval()
-        with torch.inference_mode(), self.trainer.autocast():
-            output = model(self.samples, None, self.trainer.objects)
+        with torch.inference_mode(), self.showcase.autocast():
+            output = model(self.samples, None, self.showcase.objects)
         model.train()
         rebuilt = output.reconstructions
         if rebuilt.dim() == 5:  # two digits: both on one image, in two colours
@@ -349,8 +336,9 @@ class Dashboard:
         self.say(f"warning: {message}")
 
 
-def attach(cfg: Any, trainer: Trainer) -> Dashboard | None:
-    """Start a server if asked and none answers, then subscribe a Dashboard to the trainer.
+def attach(cfg: Any, start: RunStart) -> Dashboard | None:
+    """Start a server if asked and none answers, then a Dashboard of the run that starts so:
+    the caller adds it to the Trainer's listeners.
 
     Returns None, after one warning, when the server was to be started and could not be.
     """
@@ -366,7 +354,7 @@ def attach(cfg: Any, trainer: Trainer) -> Dashboard | None:
         print(f"dashboard: started a Visdom server (pid {pid}, log {log}); it keeps running "
               f"after training, stop it with: kill {pid}")
     print(f"dashboard: {page}", flush=True)
-    return Dashboard(trainer, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every,
+    return Dashboard(start, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every,
                      cfg.visdom_figures_every)
 
 

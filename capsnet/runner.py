@@ -114,7 +114,9 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
         run.keep_epochs(trainer.epoch)
     if cfg.visdom:
         from .dashboard import attach
-        attach(cfg, trainer)
+        dashboard = attach(cfg, trainer.run_start())
+        if dashboard is not None:
+            trainer.listeners.append(dashboard)
     world = trainer.world
     processes = (f"{world.size} processes, global batch {world.size * cfg.batch_size}; "
                  if world.distributed else "")

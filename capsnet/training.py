@@ -19,9 +19,10 @@ from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
 from .loss import CapsuleLoss, LossParts
-from .data import Batches, Sample
+from .data import Batches, Sample, head
 from .datasets import DATASETS
 from .meters import Meters, Totals, accuracy_text, align_reconstructions
+from .records import SHOWCASE, EpochEnd, Listener, Progress, RunStart, Showcase
 from .model import CapsNetOutput
 from .networks import MODELS
 from .recipe import Autocast
@@ -141,11 +142,25 @@ class Trainer:
             check_dataset(checkpoint, cfg, self.classes, allow_other_dataset)
             self.restore(checkpoint, source or run.last)
         self.bar: tqdm | None = None
+        self.listeners: list[Listener] = []  # told of progress in records (capsnet.records)
         self.engine = Engine()
         for event, hook in (("on_start", self.on_start), ("on_start_epoch", self.on_start_epoch),
                             ("on_sample", self.on_sample), ("on_forward", self.on_forward),
-                            ("on_update", self.on_update), ("on_end_epoch", self.on_end_epoch)):
+                            ("on_update", self.on_update), ("on_end_epoch", self.on_end_epoch),
+                            ("on_end", lambda state: [k.close() for k in self.listeners])):
             subscribe(self.engine, event, hook)
+
+    def run_start(self) -> RunStart:
+        """What a listener starts from: the showcase, and a resumed run's history."""
+        showcase = Showcase(self.model, self.autocast, head(self.evaluator.batches, SHOWCASE),
+                            self.classes, self.objects, MODELS[self.cfg.model].capsules)
+        history = [row for row in self.run.read_metrics() if int(row["epoch"]) <= self.epoch]
+        resumed = self.epoch + self.batch / len(self.train_batches) if history else None
+        return RunStart(showcase, history, resumed)
+
+    def progress(self) -> Progress:
+        return Progress(self.epoch, self.batch, len(self.train_batches), self.running,
+                        self.step_seconds, self.optimizer.param_groups[0]["lr"])
 
     @property
     def parameter_count(self) -> int:
@@ -212,6 +227,8 @@ class Trainer:
                         initial=self.batch, desc=f"epoch {state['epoch'] + 1}/{state['maxepoch']}",
                         unit="batch", leave=False, dynamic_ncols=True, disable=not self.world.main)
         state["iterator"] = self.bar
+        for listener in self.listeners:
+            listener.on_start_epoch(self.progress())
 
     def on_sample(self, state: dict) -> None:
         if self.stopping:
@@ -255,6 +272,8 @@ class Trainer:
         self.scheduler.step()
         self.step = state["t"] + 1
         self.batch += 1
+        for listener in self.listeners:
+            listener.on_progress(self.progress())
 
     def on_end_epoch(self, state: dict) -> None:
         self.bar.close()
@@ -295,6 +314,8 @@ class Trainer:
             state["maxepoch"] = self.epoch  # the Engine's loop ends after this epoch
             self.say(f"stopped: {self.selection} accuracy {selected:.2f}% reached "
                      f"--stop-at-accuracy {target:g} at epoch {self.epoch}")
+        for listener in self.listeners:
+            listener.on_epoch(EpochEnd(self.epoch, row, self.evaluator.confusion))
 
     @property
     def selection(self) -> str:

@@ -125,7 +125,7 @@ def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
                  visdom_port=port, visdom_env="restart", visdom_every=1, visdom_autostart=False,
                  run_dir=str(tmp_path / "run"))
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
-    attach(cfg, trainer)
+    trainer.listeners.append(attach(cfg, trainer.run_start()))
 
     def kill_then_restart(state: dict) -> None:
         if state["epoch"] == 1:
@@ -211,7 +211,8 @@ def test_live_points_follow_fast_batches(server, data_root, tmp_path, monkeypatc
         clock[0] += 0.001
         return network(*args, **kwargs)
     trainer.network = timed_network
-    dashboard = attach(cfg, trainer)
+    dashboard = attach(cfg, trainer.run_start())
+    trainer.listeners.append(dashboard)
     subscribe(trainer.engine, "on_update", lambda state: clock.__setitem__(0, clock[0] + 0.03))
     trainer.fit()
     xs = traces(server.port, "fast", "loss")["train (running)"]
