@@ -1,6 +1,6 @@
 """How a run trains, from its settings: the optimiser and its schedule, the precision and the
 compiler (the loss is its model's: capsnet.networks). The run builder (capsnet.build) and the
-memory probe (capsnet.footprint) both make their training steps from these."""
+memory probe (capsnet.probe) both make their training steps from these."""
 from __future__ import annotations
 
 import functools

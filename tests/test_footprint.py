@@ -3,7 +3,7 @@ batch size that fits when the run's does not."""
 import pytest
 import torch
 
-from capsnet import footprint
+from capsnet import footprint, probe
 from capsnet.build import model_args
 from capsnet.errors import UserError
 from capsnet.footprint import Footprint
@@ -89,9 +89,9 @@ def test_with_cuda_graph_modes_the_probe_measures_the_compiled_step(monkeypatch)
         compiled.append((enabled, mode))
         return lambda *inputs: calls.append(len(inputs[0])) or model(*inputs)
     monkeypatch.setattr(recipe, "compile_model", compile_model)
-    assert len(footprint.probe(spec)) == 2
+    assert len(probe.probe(spec)) == 2
     assert compiled == [(True, "max-autotune")] * 2  # afresh for each batch size
-    assert calls == [4] * footprint.GRAPH_STEPS + [8] * footprint.GRAPH_STEPS
+    assert calls == [4] * probe.GRAPH_STEPS + [8] * probe.GRAPH_STEPS
     monkeypatch.setattr(footprint.subprocess, "run", lambda *a, **k: type(
         "Done", (), {"returncode": 0, "stdout": "[100.0, 180.0]\n", "stderr": ""})())
     measured = footprint.measure(spec)

@@ -1,0 +1,73 @@
+"""The memory probe, run as `python -m capsnet.probe SPEC` by capsnet.footprint: one training
+step of the run's model (capsnet.networks), optimiser and loss at each of SPEC's batch sizes, on
+random data of the run's shape, printing the peak memory after each as JSON."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+GRAPH_STEPS = 3  # reduce-overhead: a warm-up step, the step that records the graph, a replay
+
+
+def probe(spec: dict[str, Any]) -> list[float]:
+    """In the probe process: the peak memory after a training step at each of spec's batches.
+    With a CUDA-graph compile mode, the step is compiled afresh for each batch and run
+    GRAPH_STEPS times, and the peak counts what the allocator reserved, graph pools included."""
+    from .networks import MODELS
+    from .recipe import compile_model, configure_precision, make_optimizer
+    device = torch.device(spec["device"])
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = MODELS[spec["settings"]["model"]].make(**spec["model_args"]).to(device)
+    settings = SimpleNamespace(**spec["settings"])
+    optimizer, _ = make_optimizer(model, settings)
+    criterion = MODELS[settings.model].criterion(settings)
+    autocast = configure_precision(spec["precision"], device)
+    classes, objects = spec["model_args"]["num_classes"], spec["objects"]
+    mode = spec.get("compile_mode", "")
+    peaks = []
+    for batch in spec["batches"]:
+        images = torch.rand(batch, *spec["shape"], device=device)
+        labels = torch.stack([torch.randperm(classes, device=device)[:objects]
+                              for _ in range(batch)]).sort(dim=1).values
+        labels = labels[:, 0] if objects == 1 else labels
+        targets = images if objects == 1 else images[:, None].expand(-1, objects, -1, -1, -1)
+        if mode:
+            from torch import _dynamo
+            _dynamo.reset()  # one static-shape graph per batch size, as train.py builds
+        network = compile_model(model, bool(mode), mode or "default")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(GRAPH_STEPS if mode else 1):
+            with autocast():
+                loss = criterion(targets, labels, network(images, labels))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            peaks.append(torch.cuda.max_memory_reserved(device) if mode
+                         else torch.cuda.max_memory_allocated(device))
+        else:
+            peaks.append(peak_resident())
+    return peaks
+
+
+def peak_resident() -> float:
+    """This process's peak resident size in bytes: VmHWM on Linux, which a new program starts
+    afresh (ru_maxrss instead keeps the parent's peak across fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return 1024.0 * next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+if __name__ == "__main__":
+    from .memory import tune_allocator
+    tune_allocator()  # as in the run it measures
+    print(json.dumps(probe(json.loads(sys.argv[1]))))
