@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -27,7 +26,7 @@ import torch
 from torchnet.engine import Engine
 
 from . import distributed
-from .build import build_run, resolve_device
+from .build import build_run, device_name, resolve_device
 from .cli import ArgumentParser, exit_status
 from .data import Batches, Split
 from .datasets import DATASETS
@@ -74,18 +73,6 @@ def timed(device: torch.device, world: World, work: Callable[[], int], repeats: 
         sync(device, world)
         rates.append(images / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -2,6 +2,7 @@
 compile and the distributed wrapper. train.py, --eval and the benchmark all start here."""
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Callable
@@ -30,6 +31,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the threads PyTorch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def model_args(cfg: Any, split: Split) -> dict[str, Any]:
@@ -67,6 +81,23 @@ def check_structure(saved: dict[str, Any], now: dict[str, Any], model: str) -> N
                         + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
 
 
+def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...] = (),
+                  allow: bool = False) -> None:
+    """A checkpoint is used on the dataset it was trained on, or on one that declares it tests
+    that dataset's checkpoints (affNIST: mnist40), unless `allow` says otherwise. Checked with
+    the dataset's declared classes before any data is read (`classes` ()), and with the files'
+    classes after."""
+    classes = classes or DATASETS[cfg.dataset].classes
+    saved = checkpoint["config"].get("dataset")
+    fits = saved == cfg.dataset or saved in DATASETS[cfg.dataset].tests
+    if allow or (fits and (not classes or tuple(checkpoint["classes"]) == tuple(classes))):
+        return
+    named = f" (classes {', '.join(classes)})" if classes else ""
+    raise UserError(f"the checkpoint was trained on {saved} (classes "
+                    f"{', '.join(checkpoint['classes'])}), not on {cfg.dataset}{named}; pass "
+                    "--allow-other-dataset to use it anyway")
+
+
 @dataclass
 class RunParts:
     """Everything a training run, an evaluation or a benchmark runs with."""
@@ -87,6 +118,11 @@ class RunParts:
     test_batches: Batches
     footprint: Footprint | None = None  # a training step's measured memory, when checked
     validation_batches: Batches | None = None  # the held-out split, when --validation-samples
+
+    @property
+    def capsules(self) -> bool:
+        """Whether the model has capsules: a decoder and routing to show."""
+        return MODELS[self.cfg.model].capsules
 
     @property
     def objects(self) -> int:

@@ -157,17 +157,12 @@ class Runner:
         """The affNIST experiment tests each trained run on affNIST (or the stand-in), once."""
         if self.experiment.name != "affnist" or (run / "affnist.txt").exists():
             return
-        from config import Config
-        from .checkpoint import load_checkpoint
-        from .cli import resumed_settings
-        from .training import evaluate_checkpoints
-        checkpoint = load_checkpoint(run / "best.pt")
-        given = {"dataset": self.dataset, "test_samples": 0,
+        from .runner import evaluate_run
+        given = {"dataset": self.dataset,
                  **{k: v for k, v in self.passed.items()
                     if k in ("data_dir", "device", "threads", "test_samples")}}
-        cfg = resumed_settings(Config, {**checkpoint["config"], "test_samples": 0}, given)
         try:
-            summary, _, _, tested = evaluate_checkpoints(cfg, [checkpoint])
+            summary, _, _, tested = evaluate_run([str(run / "best.pt")], given, report=False)
         except UserError as error:
             self.fail(name, counter, str(error))
             return
@@ -250,9 +245,7 @@ ON_RESUME = MACHINE_SETTINGS + ("data_dir", "download", "visdom", "visdom_host",
 
 def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:
     """results.md's text, and each row's test-error curves (one per seed)."""
-    from config import Config
-    from .bench import device_name
-    from .build import resolve_device
+    from .build import device_name, resolve_device
     from .checkpoint import load_checkpoint
     from .rundir import RunDir
     experiment = runner.experiment
@@ -304,7 +297,7 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         f"Selection: {selection or '-'}. Epochs: {runner.epochs}. Seeds: {runner.seeds}. "
         f"Device: {device}. Date: {time.strftime('%Y-%m-%d')}.",
         "",
-        f"| run | ours | seeds | the paper |",
+        "| run | ours | seeds | the paper |",
         "|---|---|---|---|",
         *lines,
         "",

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from . import spectral
 from .baseline import Baseline, BaselineLoss, widths
 from .errors import UserError
 from .loss import CapsuleLoss
-from .model import SMALLEST_IMAGE, CapsNet
+from .model import SMALLEST_IMAGE, CapsNet, CapsNetOutput
 
 SHAPE = ("in_channels", "image_size", "num_classes")  # from the data
 CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
@@ -79,3 +80,18 @@ MODELS: dict[str, Network] = {n.name: n for n in (
 def network_of(config: dict[str, Any]) -> Network:
     """The entry of a checkpoint's saved settings (checkpoints before --model: CapsNet)."""
     return MODELS[config.get("model", "capsnet")]
+
+
+class Ensemble(nn.Module):
+    """Several models of one shape: the prediction is their mean class scores (capsule lengths,
+    or the baseline's probabilities); the loss and reconstructions are the first model's."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None,
+                objects: int = 1) -> CapsNetOutput:
+        outputs = [member(images, labels, objects) for member in self.members]
+        lengths = torch.stack([output.lengths for output in outputs]).mean(dim=0)
+        return outputs[0]._replace(lengths=lengths)

@@ -8,7 +8,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .checkpoint import load_checkpoint
 from .cli import ArgumentParser, add_settings, overrides, resumed_settings
@@ -135,11 +135,18 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
           + f"; run directory {run.path}", flush=True)
 
 
-def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: bool = False
-                 ) -> dict[str, float]:
+class Evaluation(NamedTuple):
+    summary: dict[str, float]  # loss, margin, reconstruction, accuracy (at_least_one)
+    confusion: Any  # (classes, classes) int array, rows: true class
+    classes: tuple[str, ...]
+    tested: str  # what was tested, in words: "mnist (10,000 images)"
+
+
+def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: bool = False,
+                 report: bool = True) -> Evaluation:
     """Test one checkpoint, or the ensemble of several (mean capsule lengths), on the whole test
-    set unless `given` says test_samples; print the result and the confusion matrix, return the
-    summary (loss, accuracy, margin, reconstruction)."""
+    set unless `given` says test_samples; with `report`, print the result and the confusion
+    matrix."""
     from config import Config
     from .meters import accuracy_text
     from .training import evaluate_checkpoints
@@ -149,6 +156,8 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
     cfg = resumed_settings(Config, saved, given)
     summary, confusion, classes, tested = evaluate_checkpoints(cfg, checkpoints,
                                                                allow_other_dataset)
+    if not report:
+        return Evaluation(summary, confusion, classes, tested)
     what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
             f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
     print(f"{what} on {cfg.dataset} ({tested}), test loss {summary['loss']:.4f}, "
@@ -160,4 +169,4 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
     for k, (name, row) in enumerate(zip(classes, confusion)):
         accuracy = f"{100 * row[k] / row.sum():.2f}%" if row.sum() else "-"
         print(f"{name:>{width}}" + "".join(f"{n:>{width + 1}}" for n in row) + f"  {accuracy:>8}")
-    return summary
+    return Evaluation(summary, confusion, classes, tested)

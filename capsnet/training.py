@@ -13,31 +13,25 @@ from torchnet.engine import Engine
 from tqdm import tqdm
 
 from . import interrupt
-from .build import RunParts, build_run, check_structure
+from .build import RunParts, build_run, check_dataset, check_structure
 from .checkpoint import load_state, save_checkpoint
-from .distributed import World
 from .errors import UserError
 from .hooks import subscribe
-from .loss import CapsuleLoss, LossParts
 from .data import Batches, Sample, head
-from .datasets import DATASETS
 from .meters import Meters, Totals, accuracy_text, align_reconstructions
 from .records import SHOWCASE, EpochEnd, Listener, Progress, RunStart, Showcase
-from .model import CapsNetOutput
-from .networks import MODELS
-from .recipe import Autocast
-from .rundir import RunDir
-from .storage import WriteError
+from .networks import MODELS, Ensemble
 
 
 class Step(NamedTuple):
     """What one forward pass hands to the on_forward hooks."""
-    output: CapsNetOutput
-    parts: LossParts
+    output: Any  # the network's CapsNetOutput (capsnet.model), BaselineOutput
+    parts: Any  # the criterion's LossParts (capsnet.loss)
 
 
-def forward_step(network: Callable[..., CapsNetOutput], criterion: CapsuleLoss, autocast: Autocast,
-                 train: bool) -> Callable[[Sample], tuple[Tensor, Step]]:
+def forward_step(network: Callable[..., Any], criterion: nn.Module,
+                 autocast: Callable[[], Any], train: bool
+                 ) -> Callable[[Sample], tuple[Tensor, Step]]:
     """The Engine's network function: the decoder is masked by the labels in training, by the
     predicted classes (as many as the labels) at test, where each predicted digit's
     reconstruction is scored against the true digit of its class."""
@@ -113,13 +107,13 @@ class Trainer:
     (an interrupt or a divergence), and rank 0 alone writes and prints.
     """
 
-    def __init__(self, cfg: Any, run: RunDir, checkpoint: dict | None = None,
+    def __init__(self, cfg: Any, run: Any, checkpoint: dict | None = None,
                  source: Path | None = None, allow_other_dataset: bool = False) -> None:
         self.cfg, self.run = cfg, run
         if checkpoint is not None:  # before any data is read or downloaded
-            check_dataset(checkpoint, cfg, DATASETS[cfg.dataset].classes, allow_other_dataset)
+            check_dataset(checkpoint, cfg, allow=allow_other_dataset)
         self.parts = parts = build_run(cfg)
-        self.world: World = parts.world
+        self.world = parts.world
         self.device, self.model, self.network = parts.device, parts.model, parts.train_network
         self.autocast, self.criterion = parts.autocast, parts.criterion
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
@@ -153,7 +147,7 @@ class Trainer:
     def run_start(self) -> RunStart:
         """What a listener starts from: the showcase, and a resumed run's history."""
         showcase = Showcase(self.model, self.autocast, head(self.evaluator.batches, SHOWCASE),
-                            self.classes, self.objects, MODELS[self.cfg.model].capsules)
+                            self.classes, self.objects, self.parts.capsules)
         history = [row for row in self.run.read_metrics() if int(row["epoch"]) <= self.epoch]
         resumed = self.epoch + self.batch / len(self.train_batches) if history else None
         return RunStart(showcase, history, resumed)
@@ -184,7 +178,7 @@ class Trainer:
                     self.close_bar()
                     self.save(self.run.last)
                     raise
-        except (WriteError, Diverged) as error:
+        except UserError as error:  # a failed write (WriteError), Diverged
             self.close_bar()
             raise type(error)(f"{error}; {self.resume_hint()}") from None
 
@@ -417,42 +411,12 @@ class Trainer:
         self.notes.append(f"{given} in effect from step {self.step} (learning rate now {lr:.3g})")
 
 
-def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...], allow: bool) -> None:
-    """A checkpoint is used on the dataset it was trained on, or on one that declares it tests
-    that dataset's checkpoints (affNIST: mnist40), unless `allow` says otherwise. Checked with
-    the dataset's declared classes before any data is read, and with the files' classes after
-    (`classes` (): those of files not read yet)."""
-    saved = checkpoint["config"].get("dataset")
-    fits = saved == cfg.dataset or saved in DATASETS[cfg.dataset].tests
-    if allow or (fits and (not classes or tuple(checkpoint["classes"]) == tuple(classes))):
-        return
-    named = f" (classes {', '.join(classes)})" if classes else ""
-    raise UserError(f"the checkpoint was trained on {saved} (classes "
-                    f"{', '.join(checkpoint['classes'])}), not on {cfg.dataset}{named}; pass "
-                    "--allow-other-dataset to use it anyway")
-
-
-class Ensemble(nn.Module):
-    """Several models of one shape: the prediction is their mean class scores (capsule lengths,
-    or the baseline's probabilities); the loss and reconstructions are the first model's."""
-
-    def __init__(self, members: list[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, images: Tensor, labels: Tensor | None = None,
-                objects: int = 1) -> CapsNetOutput:
-        outputs = [member(images, labels, objects) for member in self.members]
-        lengths = torch.stack([output.lengths for output in outputs]).mean(dim=0)
-        return outputs[0]._replace(lengths=lengths)
-
-
 def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset: bool = False
                          ) -> tuple[dict[str, float], Any, tuple[str, ...], str]:
     """Test-set loss and accuracy, confusion matrix (rows: true class), class names and what
     was tested (in words) of one checkpoint, or of several of one shape averaged (an ensemble)."""
     for checkpoint in checkpoints:  # before any data is read or downloaded
-        check_dataset(checkpoint, cfg, DATASETS[cfg.dataset].classes, allow_other_dataset)
+        check_dataset(checkpoint, cfg, allow=allow_other_dataset)
     parts = build_run(cfg, train=False)
     members = []
     for checkpoint in checkpoints:

@@ -56,7 +56,6 @@ def transforms(u: Tensor) -> Tensor:
     angle = ROTATION * (2 * u[:, 0] - 1)
     shear = SHEAR * (2 * u[:, 1] - 1)
     sx, sy = (SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, k] for k in (2, 3))
-    count = len(u)
     cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
     rotation = torch.stack([cos, -sin, sin, cos], dim=1).view(-1, 2, 2)
     shearing = torch.stack([one, shear, zero, one], dim=1).view(-1, 2, 2)
