@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from capsnet.datasets import DATASETS
+from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
 from capsnet.model import RECIPES
 from capsnet.networks import MODELS

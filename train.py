@@ -1,14 +1,14 @@
-"""The training command: its flags (capsnet.runner.parse; config.py holds the defaults) in, one run
-or evaluation (capsnet.runner) out; Ctrl-C or SIGTERM saves and stops between batches."""
+"""The training command: its flags (capsnet.run.runner.parse; config.py holds the defaults) in, one run
+or evaluation (capsnet.run.runner) out; Ctrl-C or SIGTERM saves and stops between batches."""
 from __future__ import annotations
 
 import signal
 import sys
 
 from capsnet.cli import exit_status
-from capsnet.distributed import leave
-from capsnet.memory import tune_allocator
-from capsnet.runner import evaluate_run, parse, settings_of, train_run
+from capsnet.run.distributed import leave
+from capsnet.run.memory import tune_allocator
+from capsnet.run.runner import evaluate_run, parse, settings_of, train_run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 The model and loss load on first use, so that torch-free parts (the dashboard server) start fast.
 Importing the package changes nothing in the process: the commands that train (train.py, the
-benchmark, the experiments) tune the allocator themselves (capsnet.memory).
+benchmark, the experiments) tune the allocator themselves (capsnet.run.memory).
 """
 from __future__ import annotations
 

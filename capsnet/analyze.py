@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .meters import hits
-from .figures import ROUTED, STEPS, by_mask, first_per_class, overlay, perturbed, routing_maps
+from .dashboard.figures import (ROUTED, STEPS, by_mask, first_per_class, overlay, perturbed,
+    routing_maps)
 from .model import CapsNet
 
 MISTAKES = 32
@@ -327,11 +328,11 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     import matplotlib
     matplotlib.use("Agg")
     from config import Config
-    from .build import build_run, check_structure
+    from .run.build import build_run, check_structure
     from .networks import MODELS
-    from .checkpoint import load_checkpoint, load_state
+    from .run.storage import load_checkpoint, load_state
     from .cli import resumed_settings
-    from .storage import make_dir, write_file
+    from .run.storage import make_dir, write_file
     if not 1 <= per_class <= 20:
         raise UserError(f"--per-class {per_class} is not allowed: use a number from 1 to 20")
     checkpoint = load_checkpoint(checkpoint_path)

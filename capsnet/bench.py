@@ -14,6 +14,7 @@ share of each batch, as train.py does, and the rates are those of all processes 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -25,17 +26,13 @@ from typing import Any, Callable
 import torch
 from torchnet.engine import Engine
 
-from . import distributed
-from .build import build_run, device_name, resolve_device
-from .cli import ArgumentParser, exit_status
-from .data import Batches, Split
-from .datasets import DATASETS
-from .distributed import World
-from .errors import UserError
-from .memory import tune_allocator
-from .footprint import measure, spec_of
-from .hooks import subscribe
-from .storage import write_file
+from .cli import ArgumentParser, at_least, device_name, exit_status, resolve_device
+from .data.splits import random_split
+from .run import distributed
+from .run.build import build_run
+from .run.footprint import measure, spec_of
+from .run.memory import tune_allocator
+from .run.storage import write_file
 from .training import forward_step
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
@@ -44,25 +41,14 @@ NETWORK = ("model", "dataset", "image_size", "crop", "conv1_channels", "primary_
            "baseline_hidden", "recipe")  # settings the bench takes
 
 
-def synthetic_split(count: int, seed: int, dataset: str = "mnist", image_size: int = 28) -> Split:
-    """Random images and labels shaped like the dataset's files and classes (the folder dataset:
-    3 channels of image_size, ten classes), on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    shape = DATASETS[dataset].shape or (3, image_size, image_size)
-    classes = DATASETS[dataset].classes or DATASETS["mnist"].classes
-    images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, len(classes), (count,), generator=g)
-    return Split(images, labels, classes)
-
-
-def sync(device: torch.device, world: World) -> None:
+def sync(device: torch.device, world: distributed.World) -> None:
     """Wait for the device's queued work, and for every other process to get here too."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     world.sum(torch.zeros(1))
 
 
-def timed(device: torch.device, world: World, work: Callable[[], int], repeats: int) -> float:
+def timed(device: torch.device, world: distributed.World, work: Callable[[], int], repeats: int) -> float:
     """Median images per second of `repeats` calls of work(), which returns its image count
     (over all processes)."""
     rates = []
@@ -92,11 +78,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     from config import Config
     cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
                  compile=compile, compile_mode=compile_mode, device=device_choice)
-    if not DATASETS[cfg.dataset].train_files:
-        raise UserError(f"--dataset {cfg.dataset} is a test set only: nothing to train on")
-
-    def split(count: int, seed: int) -> Split:
-        return synthetic_split(count, seed, cfg.dataset, cfg.image_size)
+    split = functools.partial(random_split, cfg.dataset, image_size=cfg.image_size)  # (count, seed)
     probe = resolve_device(device_choice)
     full = probe.type == "cuda"
     processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -107,14 +89,14 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     train_step = forward_step(parts.train_network, parts.criterion, parts.autocast, train=True)
     eval_step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
     trainer, evaluator = Engine(), Engine()  # the loops train.py runs
-    subscribe(trainer, "on_update", lambda state: parts.scheduler.step())
+    trainer.hooks["on_update"] = lambda state: parts.scheduler.step()
 
-    def train(source: Batches) -> int:
+    def train(source: Any) -> int:  # capsnet.data.batches.Batches
         model.train()
         trainer.train(train_step, source, 1, parts.optimizer)
         return len(source.split)
 
-    def evaluate(source: Batches) -> int:
+    def evaluate(source: Any) -> int:
         model.eval()
         with torch.inference_mode():
             evaluator.test(eval_step, source)
@@ -195,15 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     from config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS, Config, flag
     parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__)
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=at_least(1), default=128)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                         help="torch.compile mode (reduce-overhead, max-autotune: CUDA graphs)")
-    parser.add_argument("--steps", type=int, default=10,
+    parser.add_argument("--steps", type=at_least(1), default=10,
                         help="measured batches on the CPU (CUDA times a whole epoch)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--warmup", type=at_least(0), default=2, help="untimed batches first")
+    parser.add_argument("--repeats", type=at_least(1), default=3,
                         help="timed passes; the median rate is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--footprint", action="store_true", help="also run train.py's memory "
@@ -222,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
                **{k: v for k in NETWORK if (v := getattr(args, k)) is not None}}
 
     def work() -> None:
-        if min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
-            raise UserError("--steps, --repeats and --batch-size must be >= 1, --warmup >= 0")
         result = run(args.device, args.batch_size, args.precision, args.compile,
                      args.steps, args.warmup, args.repeats, network, args.footprint,
                      args.compile_mode)

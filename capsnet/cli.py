@@ -1,12 +1,16 @@
-"""Command-line flags generated from a settings dataclass."""
+"""The command line: flags generated from a settings dataclass, one-line errors, the settings of
+a resumed run, and the device a --device choice names."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import platform
 import sys
 import typing
 from typing import Any, Callable, NoReturn
+
+import torch
 
 from .errors import UserError
 
@@ -21,6 +25,19 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`, refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= {low}")
+        return value
+    return parse
 
 
 def exit_status(work: Callable[[], None]) -> int:
@@ -80,3 +97,25 @@ def resumed_settings(settings: type, saved: dict[str, Any], given: dict[str, Any
     if os.environ.get(DATA_DIR_ENV):
         kept["data_dir"] = os.environ[DATA_DIR_ENV]
     return build(settings, {**kept, **given})
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a --device choice names (auto: a GPU when there is one)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the threads PyTorch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"

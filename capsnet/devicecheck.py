@@ -31,7 +31,7 @@ from typing import Any
 
 from .cli import ArgumentParser, exit_status
 from .errors import UserError
-from .storage import write_file
+from .run.storage import write_file
 
 PARTS = ("tests", "bench", "epoch", "train", "rows")
 SHARES = {"tests": 0.15, "bench": 0.45, "epoch": 0.15, "train": 0.25}  # rows: from the others

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import distributed
+from .run import distributed
 from .cli import MACHINE_SETTINGS, ArgumentParser, exit_status
 from .errors import UserError
-from .memory import tune_allocator
-from .storage import write_file
+from .run.memory import tune_allocator
+from .run.storage import write_file
 
 AFFNIST_TARGET = 99.23  # the paper's mnist40 accuracy at which training stops
 
@@ -107,9 +107,9 @@ class Runner:
                 self.run_one(row, seed, f"[{done}/{total}]")
 
     def run_one(self, row: Row, seed: int, counter: str) -> None:
-        from .checkpoint import load_checkpoint
-        from .rundir import RunDir
-        from .runner import train_run
+        from .run.storage import load_checkpoint
+        from .run.rundir import RunDir
+        from .run.runner import train_run
         run = self.run_dir(row, seed)
         name = f"{row.label}, seed {seed}"
         last = run / "last.pt"
@@ -157,7 +157,7 @@ class Runner:
         """The affNIST experiment tests each trained run on affNIST (or the stand-in), once."""
         if self.experiment.name != "affnist" or (run / "affnist.txt").exists():
             return
-        from .runner import evaluate_run
+        from .run.runner import evaluate_run
         given = {"dataset": self.dataset,
                  **{k: v for k, v in self.passed.items()
                     if k in ("data_dir", "device", "threads", "test_samples")}}
@@ -207,7 +207,7 @@ def passed_settings(passed: list[str]) -> dict[str, Any]:
     """The Config settings among the flags passed on (a --preset's too), parsed and checked as
     train.py does: a bad flag, value or abbreviation is refused in one line before any run."""
     from config import Config
-    from .runner import parse, settings_of
+    from .run.runner import parse, settings_of
     args = parse(passed)
     if args.resume or args.eval:
         raise UserError(f"--{'resume' if args.resume else 'eval'} is not allowed: the experiment "
@@ -245,9 +245,9 @@ ON_RESUME = MACHINE_SETTINGS + ("data_dir", "download", "visdom", "visdom_host",
 
 def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:
     """results.md's text, and each row's test-error curves (one per seed)."""
-    from .build import device_name, resolve_device
-    from .checkpoint import load_checkpoint
-    from .rundir import RunDir
+    from .cli import device_name, resolve_device
+    from .run.storage import load_checkpoint
+    from .run.rundir import RunDir
     experiment = runner.experiment
     paper_key = "affnist" if experiment.name == "affnist" else runner.dataset
     device = "?"
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args, passed = parser.parse_known_args(argv)
 
     def work() -> None:
-        from .data import shared_splits
+        from .data.splits import shared_splits
         if args.epochs < 1 or args.seeds < 1:
             raise UserError("--epochs and --seeds must be >= 1")
         settings = passed_settings(passed)  # bad flags: one line, before any run

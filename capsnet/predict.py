@@ -48,7 +48,7 @@ def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
     `fit` the dataset's rule for an image of another size (FITS; "": resized)."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
-    from .datasets.folder import on_white
+    from .data.folder import on_white
     try:
         with Image.open(path) as image:
             image.load()
@@ -151,7 +151,7 @@ def fit_fashion(image: torch.Tensor, side: int) -> tuple[torch.Tensor, str]:
                  f"{side}x{side}, as Fashion-MNIST's were")
 
 
-# capsnet.datasets.Dataset.fit -> how an image of another size is made that dataset's form
+# capsnet.data.datasets.Dataset.fit -> how an image of another size is made that dataset's form
 FITS = {"digit": fit_digit, "fashion": fit_fashion}
 
 
@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
 
     def work() -> None:
-        from .build import resolve_device
-        from .checkpoint import load_checkpoint, load_state
-        from .datasets import DATASETS
+        from .cli import resolve_device
+        from .run.storage import load_checkpoint, load_state
+        from .data.datasets import DATASETS
         from .networks import network_of
         checkpoint = load_checkpoint(args.checkpoint)
         config, model_args = checkpoint["config"], checkpoint["model_args"]
@@ -234,9 +234,9 @@ def write_pair(folder: Path, image: Path, tensor: torch.Tensor, rebuilt: torch.T
     import io
     import numpy as np
     from PIL import Image
-    from .storage import make_dir, write_file
+    from .run.storage import make_dir, write_file
     if rebuilt.dim() == 4:  # (K, C, H, W): MultiMNIST's two digits
-        from .figures import overlay
+        from .dashboard.figures import overlay
         rebuilt = overlay(rebuilt[None].float().cpu())[0]
     shown = [tensor.float().cpu(), rebuilt.float().cpu()]
     if shown[1].shape[0] == 3 and shown[0].shape[0] != 3:

@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 import numpy as np
 from torch import nn
 
-from .data import Sample
+from .data.batches import Sample
 from .meters import Totals
 
 SHOWCASE = 1000  # first test examples a listener may pick the images it shows from

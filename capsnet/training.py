@@ -1,4 +1,20 @@
-"""Training and evaluation loops on torchnet's Engine, driven by small named hooks."""
+"""The training loop: Trainer and Evaluator on torchnet's Engine, driven by small named hooks.
+
+One iteration of Trainer.fit, in torchnet's order (Engine.train):
+  on_sample       stop if the processes agreed to (Ctrl-C, SIGTERM); start the step's clock
+  zero_grad       optimizer.zero_grad()
+  forward         forward_step: the network (its decoder masked by the labels) and the loss parts
+  backward        loss.backward()
+  on_forward      the batch counted into the meters on the device; every --log-every batches
+                  they are fetched in one transfer, summed over processes, checked for a
+                  non-finite loss, and the stop flag agreed
+  step            optimizer.step()
+  on_update       the learning-rate schedule steps; listeners get a Progress record
+Around the batches: on_start_epoch (model.train(), the meters reset unless resumed mid-epoch, a
+fresh progress bar) and on_end_epoch (the validation and test passes, a metrics.csv row, best.pt
+and last.pt, the epoch's line; listeners get an EpochEnd record). The listeners (the dashboard)
+know the loop only by those records (capsnet.records).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +28,12 @@ from torch import Tensor, nn
 from torchnet.engine import Engine
 from tqdm import tqdm
 
-from . import interrupt
-from .build import RunParts, build_run, check_dataset, check_structure
-from .checkpoint import load_state, save_checkpoint
+from .run import interrupt
+from .run.build import RunParts, build_run, check_dataset, check_structure
+from .run.storage import load_state, save_checkpoint
 from .errors import UserError
 from .hooks import subscribe
-from .data import Batches, Sample, head
+from .data.batches import Batches, Sample, head
 from .meters import Meters, Totals, accuracy_text, align_reconstructions
 from .records import SHOWCASE, EpochEnd, Listener, Progress, RunStart, Showcase
 from .networks import MODELS, Ensemble

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 # The suite trains dozens of models in one process through train.main, which keeps freed memory
-# for reuse: that suits one long run (see capsnet/memory.py) but lets this process's resident size
+# for reuse: that suits one long run (see capsnet/run/memory.py) but lets this process's resident size
 # grow from run to run; the tests hand it back. (test_memory.py checks the setting itself.)
 os.environ.setdefault("CAPSNET_KEEP_FREED_MEMORY", "0")
 # Each training run would first measure a step in a separate process (a few seconds); the suite
@@ -17,6 +17,7 @@ os.environ.setdefault("CAPSNET_KEEP_FREED_MEMORY", "0")
 os.environ.setdefault("CAPSNET_MEMORY_CHECK", "0")
 
 SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]  # a tiny CapsNet
+SMALL_SETTINGS = {"conv1_channels": 16, "primary_types": 4, "class_dim": 8}  # as Config fields
 TRAIN, TEST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), \
     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

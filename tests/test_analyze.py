@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import train
-from capsnet import analyze, dynamic_routing, figures
+from capsnet import analyze
+from capsnet.dashboard import figures
 from capsnet.model import CapsNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def test_a_missing_or_damaged_checkpoint_is_one_line(tmp_path):
 
 def test_a_failure_halfway_leaves_no_figures_behind(checkpoint, data_root, tmp_path, monkeypatch):
     from capsnet.errors import UserError
-    from capsnet.storage import WriteError
+    from capsnet.run.storage import WriteError
 
     def full_disk(ctx):
         raise WriteError("could not write routing.png (No space left on device)")

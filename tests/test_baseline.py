@@ -6,8 +6,8 @@ import torch
 
 import train
 from capsnet.baseline import Baseline, BaselineLoss, BaselineOutput
-from capsnet.build import build_run
-from capsnet.checkpoint import load_checkpoint
+from capsnet.run.build import build_run
+from capsnet.run.storage import load_checkpoint
 from capsnet.networks import MODELS
 from config import PRESETS, Config
 from conftest import run_main, write_dataset
@@ -160,8 +160,8 @@ def test_training_stops_at_the_first_epoch_that_reaches_the_accuracy(quick_args,
 
 
 def test_the_memory_check_measures_a_baseline_step():
-    from capsnet import footprint
-    from capsnet.build import model_args
+    from capsnet.run import footprint
+    from capsnet.run.build import model_args
     from test_experiments import noise_digits
     cfg = Config(model="baseline", batch_size=8)
     args = model_args(cfg, noise_digits(4))

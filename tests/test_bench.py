@@ -24,9 +24,15 @@ def test_bench_measures_and_writes_json(tmp_path, capsys):
     assert "train images/s" in capsys.readouterr().out
 
 
-def test_bench_rejects_bad_counts(capsys):
-    assert bench.main(["--device", "cpu", "--steps", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error: --steps, --repeats and --batch-size must be")
+@pytest.mark.parametrize("flag, value, least", [("--steps", "0", 1), ("--repeats", "0", 1),
+                                                ("--batch-size", "x", 1), ("--warmup", "-1", 0)])
+def test_bench_rejects_bad_counts_in_one_line(capsys, flag, value, least):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["--device", "cpu", flag, value])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: argument {flag}: '{value}' is not allowed: use an integer "
+                          f">= {least}") and err.count("\n") == 1
 
 
 def test_bench_takes_a_dataset_shape_and_a_preset_network(tmp_path, capsys):

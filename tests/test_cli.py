@@ -146,8 +146,8 @@ def test_a_checkpoint_of_another_dataset_is_refused_before_any_download(
         action, tiny_checkpoints, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from capsnet import data
-    monkeypatch.setattr(data, "fetch", lambda *args: pytest.fail("downloaded"))
+    from capsnet.data import splits
+    monkeypatch.setattr(splits, "fetch", lambda *args: pytest.fail("downloaded"))
     run = tmp_path / "run"
     shutil.copytree(tiny_checkpoints["capsnet"].parent, run)
     code, err = run_main([action, str(run / "last.pt"), "--dataset", "cifar10", "--download",
@@ -164,7 +164,7 @@ def test_a_resumed_run_takes_the_machine_settings_of_this_invocation(
     says CAPSNET_MEMORY_CHECK=0, and no --compile is given."""
     import shutil
 
-    from capsnet.checkpoint import load_checkpoint, save_checkpoint
+    from capsnet.run.storage import load_checkpoint, save_checkpoint
     run = tmp_path / "run"
     shutil.copytree(tiny_checkpoints["capsnet"].parent, run)
     checkpoint = load_checkpoint(run / "last.pt")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from capsnet.networks import MODELS
-from capsnet.recipe import configure_precision
-from capsnet.checkpoint import load_checkpoint
-from capsnet.data import Batches, load_split
+from capsnet.run.recipe import configure_precision
+from capsnet.run.storage import load_checkpoint
+from capsnet.data.splits import load_split
+from capsnet.data.batches import Batches
 from capsnet.model import CapsNet
 from config import Config
 

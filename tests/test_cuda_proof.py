@@ -20,19 +20,20 @@ from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from capsnet import spectral
-from capsnet.build import model_args
-from capsnet.data import Batches, Split
-from capsnet.datasets import affine
-from capsnet.datasets.canvas import CanvasBatches
+from capsnet.run.build import model_args
+from capsnet.data.datasets import Split
+from capsnet.data.batches import Batches
+from capsnet.data import affine
+from capsnet.data.canvas import CanvasBatches
 from capsnet.loss import CapsuleLoss
 from capsnet.meters import Meters
 from capsnet.model import CapsNet
 from capsnet.networks import MODELS
 from config import PRESETS, Config
+from conftest import SMALL_SETTINGS as SMALL  # quick, the same code paths
 
 aten = torch.ops.aten
 CUDA = torch.device("cuda")
-SMALL = {"conv1_channels": 16, "primary_types": 4, "class_dim": 8}  # quick, same code paths
 
 
 class Syncs(TorchDispatchMode):
@@ -167,7 +168,7 @@ def test_the_cpu_training_loop_reads_values_only_where_cuda_does_not(data_root, 
     flag; the summed totals come back as one list); on the CPU, .cpu() of a CPU tensor dispatches
     nothing, so the one copy of a CUDA flush does not show here."""
     from capsnet.hooks import subscribe
-    from capsnet.rundir import RunDir
+    from capsnet.run.rundir import RunDir
     from capsnet.training import Trainer
     cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=8, visdom=False,
                  log_every=4, test_samples=8, threads=2, run_dir=str(tmp_path / "run"), **SMALL)
@@ -228,7 +229,7 @@ def test_compiled_training_steps_equal_eager_ones():
 
 
 def test_the_compile_mode_reaches_torch_compile(monkeypatch):
-    from capsnet import recipe
+    from capsnet.run import recipe
     from capsnet.errors import UserError
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
@@ -242,7 +243,7 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
 
 def test_deterministic_turns_cudnn_benchmark_off_and_asks_for_deterministic_kernels(monkeypatch):
     """configure_precision for a CUDA device, without one: what --deterministic sets."""
-    from capsnet import recipe
+    from capsnet.run import recipe
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     cuda = torch.device("cuda")
     try:

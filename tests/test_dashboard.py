@@ -2,20 +2,19 @@
 import json
 import os
 import signal
-import time
 
 import pytest
 
 import train
-from capsnet.assets import PACKAGES, ensure_assets, missing_files, verify
-from capsnet.dashboard import attach
+from capsnet.dashboard.assets import PACKAGES, ensure_assets, missing_files, verify
+from capsnet.dashboard.dashboard import attach
 from capsnet.errors import UserError
 from capsnet.hooks import subscribe
-from capsnet.rundir import RunDir
-from capsnet.server import answers
+from capsnet.run.rundir import RunDir
+from capsnet.dashboard.server import answers
 from capsnet.training import Trainer
 from config import Config
-from conftest import fast_network
+from conftest import SMALL_SETTINGS, fast_network
 from visdom_server import ROOT, Server, client, free_port
 
 LINES = {"loss": ["train (running)", "train", "test"],
@@ -104,11 +103,11 @@ def test_training_without_a_server_warns_once_and_finishes(quick_args, tmp_path,
 
 def test_without_the_page_files_training_runs_with_one_message(quick_args, tmp_path, capsys,
                                                               monkeypatch):
-    import capsnet.server
+    import capsnet.dashboard.server
 
     def offline() -> bool:
         raise UserError("npm could not fetch the dashboard's page files (offline)")
-    monkeypatch.setattr(capsnet.server, "ensure_assets", offline)
+    monkeypatch.setattr(capsnet.dashboard.server, "ensure_assets", offline)
     assert train.main(dashboard_args(quick_args, free_port(), "nofiles", autostart=True)) == 0
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "warning" in line or "error" in line] == [
@@ -123,7 +122,7 @@ def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
     running = Server(port, tmp_path / "visdom").start()
     cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=32, threads=2,
                  visdom_port=port, visdom_env="restart", visdom_every=1, visdom_autostart=False,
-                 run_dir=str(tmp_path / "run"))
+                 run_dir=str(tmp_path / "run"), **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
     trainer.listeners.append(attach(cfg, trainer.run_start()))
 
@@ -163,7 +162,7 @@ def test_train_py_starts_a_server_in_the_background_when_none_answers(quick_args
 
 
 def test_a_server_reachable_from_other_machines_is_announced(capsys, monkeypatch):
-    from capsnet.server import is_loopback, warn_if_exposed
+    from capsnet.dashboard.server import is_loopback, warn_if_exposed
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0")
     monkeypatch.delenv("VISDOM_USERNAME", raising=False)
@@ -199,7 +198,7 @@ def test_live_points_follow_fast_batches(server, data_root, tmp_path, monkeypatc
     import capsnet.training as training
     cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1, threads=2,
                  shift=0, visdom_port=server.port, visdom_env="fast", visdom_every=8,
-                 visdom_autostart=False, run_dir=str(tmp_path / "run"))
+                 visdom_autostart=False, run_dir=str(tmp_path / "run"), **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
     # The loop's clock is a counter: each forward pass takes 1 ms of it, the other work after
     # every step 30 ms; the rates then depend on what is counted, not on this machine's load.

@@ -5,7 +5,9 @@ import torch
 
 import torchvision
 
-from capsnet.data import Batches, Split, load_split, shift_images
+from capsnet.data.datasets import Split
+from capsnet.data.splits import load_split
+from capsnet.data.batches import Batches, shift_images
 from capsnet.errors import UserError
 from conftest import write_dataset
 
@@ -137,14 +139,14 @@ def test_gzipped_mnist_files_alone_are_read_without_a_download(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch):
     import gzip
 
-    from capsnet import data
+    from capsnet.data import splits
     plain = write_dataset(tmp_path / "plain")
     zipped = write_dataset(tmp_path / "zipped")
     raw = zipped / "MNIST" / "raw"
     for path in list(raw.iterdir()):
         (raw / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes()))
         path.unlink()
-    monkeypatch.setattr(data, "fetch", lambda *args: pytest.fail("downloaded"))
+    monkeypatch.setattr(splits, "fetch", lambda *args: pytest.fail("downloaded"))
     for train in (True, False):
         want = load_split("mnist", str(plain), train, download=False)
         got = load_split("mnist", str(zipped), train, download=True)

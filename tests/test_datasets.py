@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import train
-from capsnet.data import load_split
-from capsnet.datasets import DATASETS
+from capsnet.data.splits import load_split
+from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
 from conftest import run_main, write_dataset
 
@@ -170,7 +170,7 @@ def test_damaged_files_are_one_line(tmp_path):
 
 
 def test_the_svhn_preset_sets_the_papers_smaller_network(tmp_path, capsys):
-    from capsnet.checkpoint import load_checkpoint
+    from capsnet.run.storage import load_checkpoint
     root = write_svhn(tmp_path / "data")
     args = ["--preset", "svhn", "--data-dir", str(root), "--no-download", "--epochs", "1",
             "--batch-size", "16", "--no-visdom", "--threads", "2"]
@@ -184,7 +184,7 @@ def test_the_svhn_preset_sets_the_papers_smaller_network(tmp_path, capsys):
 
 
 def test_the_cifar10_preset_crops_and_routes_with_none_of_the_above(tmp_path, capsys):
-    from capsnet.checkpoint import load_checkpoint
+    from capsnet.run.storage import load_checkpoint
     root = write_cifar(tmp_path / "data")
     assert train.main(["--preset", "cifar10", "--data-dir", str(root), "--no-download",
                        "--epochs", "1", "--batch-size", "16", "--no-visdom", "--threads", "2",

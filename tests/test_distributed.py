@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from capsnet.checkpoint import load_checkpoint
-from conftest import write_dataset
+from capsnet.run.storage import load_checkpoint
+from conftest import SMALL, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # on any weight after 6 Adam steps; see test_two_processes_equal_one_...
@@ -31,10 +30,11 @@ def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str,
 
 def flags(data: Path, run: Path, batch_size: int, epochs: int = 2) -> list[str]:
     """With a held-out validation split: the processes share the training split alone, and
-    validate on the 16 held-out images together."""
+    validate on the 16 held-out images together. A tiny CapsNet: what is shared between the
+    processes does not depend on the widths."""
     return ["--data-dir", str(data), "--no-download", "--epochs", str(epochs), "--batch-size",
             str(batch_size), "--no-visdom", "--threads", "1", "--run-dir", str(run),
-            "--validation-samples", "16"]
+            "--validation-samples", "16", *SMALL]
 
 
 def rows(run: Path) -> list[dict]:

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from capsnet import analyze
-from capsnet.data import Split, load_split
-from capsnet.datasets import affine
-from capsnet.datasets.canvas import CanvasBatches
+from capsnet.data.datasets import Split
+from capsnet.data.splits import load_split
+from capsnet.data import affine
+from capsnet.data.canvas import CanvasBatches
 from capsnet.loss import CapsuleLoss, LossParts, margin_loss
 from capsnet.meters import Meters
 from capsnet.model import CapsNet, CapsNetOutput, predict

@@ -3,7 +3,6 @@ import signal
 
 import pytest
 
-import train
 from capsnet import experiments
 
 TINY = ["--no-download", "--no-visdom", "--batch-size", "32", "--train-samples", "64",
@@ -37,7 +36,7 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
     assert (straight / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # interrupted in the third run's second epoch, then started again
     interrupted = tmp_path / "interrupted"
-    import capsnet.runner as runner
+    import capsnet.run.runner as runner
     import capsnet.training as training
     original_train, original_add = runner.train_run, training.add_to_meters
     starts, fired = [], []
@@ -66,10 +65,10 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
 
 def test_routing_and_the_affnist_protocol_on_the_stand_in(data_root, tmp_path, capsys,
                                                           monkeypatch):
-    from capsnet import data
+    from capsnet.data import splits
     reads = []
-    original = data.read_split
-    monkeypatch.setattr(data, "read_split", lambda *args: reads.append(args) or original(*args))
+    original = splits.read_split
+    monkeypatch.setattr(splits, "read_split", lambda *args: reads.append(args) or original(*args))
     assert run("routing", tmp_path / "routing", data_root) == 0
     assert [args[2] for args in reads] == [True, False]  # 5 runs, MNIST read once
     rows = table((tmp_path / "routing" / "results.md").read_text())
@@ -87,7 +86,7 @@ def test_routing_and_the_affnist_protocol_on_the_stand_in(data_root, tmp_path, c
     assert all(0 <= float(r[1]) <= 100 for r in rows)
     assert "Selection: the best validation epoch" in text
     # a run directory holds an ordinary run: mnist40, a validation split, the stand-in's result
-    from capsnet.checkpoint import load_checkpoint
+    from capsnet.run.storage import load_checkpoint
     config = load_checkpoint(out / "capsnet-seed0" / "last.pt")["config"]
     assert config["dataset"] == "mnist40" and config["validation_samples"] == 16
     assert config["stop_at_accuracy"] == 99.23

@@ -1,7 +1,6 @@
 """Faults lose nothing: failed writes, a busy run directory, divergence, damaged checkpoints."""
 import errno
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,8 +10,8 @@ import pytest
 import torch
 
 import train
-from capsnet import storage
-from capsnet.checkpoint import load_checkpoint, save_checkpoint
+from capsnet.run import storage
+from capsnet.run.storage import load_checkpoint, save_checkpoint
 from capsnet.errors import UserError
 from conftest import run_main, write_dataset
 
@@ -219,7 +218,7 @@ def test_the_environment_names_the_dataset_root_on_resume_and_eval(quick_args, t
 
 @pytest.mark.parametrize("action", ["train", "--eval"])
 def test_ctrl_c_before_training_is_one_line(action, quick_args, tmp_path, monkeypatch, capsys):
-    import capsnet.build
+    import capsnet.run.build
     if action == "--eval":
         assert train.main(quick_args) == 0
         args = ["--eval", str(tmp_path / "run" / "last.pt"), "--data-dir", data_dir(quick_args)]
@@ -228,14 +227,14 @@ def test_ctrl_c_before_training_is_one_line(action, quick_args, tmp_path, monkey
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as Ctrl-C during a download or the test pass
-    monkeypatch.setattr(capsnet.build, "load_split", interrupted)
+    monkeypatch.setattr(capsnet.run.build, "load_split", interrupted)
     capsys.readouterr()
     code, err = run_main(args, capsys)
     assert code == 130 and err == "interrupted"
 
 
 def test_npm_that_hangs_is_one_line(tmp_path, monkeypatch):
-    from capsnet import assets
+    from capsnet.dashboard import assets
 
     def hang(*args, **kwargs):
         raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout"))
@@ -245,7 +244,7 @@ def test_npm_that_hangs_is_one_line(tmp_path, monkeypatch):
 
 
 def test_a_server_that_does_not_answer_in_time_is_stopped(tmp_path):
-    from capsnet.server import answers, start_background
+    from capsnet.dashboard.server import answers, start_background
     from visdom_server import free_port
     port = free_port()
     with pytest.raises(UserError, match="did not answer .* within 0 s and was stopped"):

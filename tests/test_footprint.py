@@ -3,10 +3,10 @@ batch size that fits when the run's does not."""
 import pytest
 import torch
 
-from capsnet import footprint, probe
-from capsnet.build import model_args
+from capsnet.run import footprint, probe
+from capsnet.run.build import model_args
 from capsnet.errors import UserError
-from capsnet.footprint import Footprint
+from capsnet.run.footprint import Footprint
 from config import Config
 from conftest import run_main
 from test_experiments import noise_digits
@@ -53,7 +53,7 @@ def test_train_py_stops_before_training_when_the_batch_does_not_fit(quick_args, 
 def test_a_test_set_the_gpu_has_no_room_for_is_refused_in_one_line(monkeypatch):
     """320,000 affNIST images are 0.5 GB of uint8: with 0.3 GB free the run stops before moving
     them, naming the flag that takes fewer."""
-    from capsnet.data import Split
+    from capsnet.data.datasets import Split
     images = torch.zeros(320_000, 1, 40, 40, dtype=torch.uint8)
     test = Split(images, torch.zeros(320_000, dtype=torch.int64), tuple("0123456789"))
     cuda = torch.device("cuda")
@@ -71,7 +71,7 @@ def test_a_test_set_the_gpu_has_no_room_for_is_refused_in_one_line(monkeypatch):
 def test_with_cuda_graph_modes_the_probe_measures_the_compiled_step(monkeypatch):
     """reduce-overhead and max-autotune keep CUDA graphs' memory pools: on CUDA the probe
     compiles the step in that mode and runs it until a graph replays; otherwise an eager step."""
-    from capsnet import recipe
+    from capsnet.run import recipe
     cfg = Config(batch_size=8, compile=True, compile_mode="reduce-overhead", conv1_channels=8,
                  primary_types=2)
     args = model_args(cfg, noise_digits(4))

@@ -2,7 +2,7 @@ import ctypes
 
 import pytest
 
-from capsnet import memory
+from capsnet.run import memory
 
 
 class FakeLibc:

@@ -8,7 +8,7 @@ from PIL import Image
 
 import train
 from capsnet import predict
-from capsnet.checkpoint import load_checkpoint
+from capsnet.run.storage import load_checkpoint
 from capsnet.networks import network_of
 from conftest import made_digits, write_dataset
 
@@ -147,8 +147,8 @@ def test_dark_ink_on_a_transparent_ground_is_drawn_on_white_first(tmp_path):
 
 
 def test_the_folder_dataset_reads_transparent_images_on_white(tmp_path):
-    from capsnet.datasets import DATASETS
-    from capsnet.datasets.folder import read
+    from capsnet.data.datasets import DATASETS
+    from capsnet.data.folder import read
     for split in ("train", "test"):
         folder = tmp_path / split / "a"
         folder.mkdir(parents=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import train
-from capsnet.datasets import DATASETS
+from capsnet.data.datasets import DATASETS
 
 DATA = os.environ.get("CAPSNET_DATA_DIR", "")
 MNIST = DATASETS["mnist"]
@@ -36,7 +36,7 @@ def test_mnist_digits_drawn_large_and_dark_on_white_are_prepared_back_into_mnist
     from PIL import Image
 
     from capsnet import predict
-    from capsnet.datasets.idx import read_idx
+    from capsnet.data.idx import read_idx
     digits = read_idx(Path(DATA) / MNIST.folder / MNIST.test_files[0], 3)[:100] / 255.0
     correlations = []
     for k, digit in enumerate(digits):

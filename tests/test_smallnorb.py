@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import train
-from capsnet.data import load_split
-from capsnet.datasets import DATASETS
-from capsnet.datasets.smallnorb import NorbBatches, standardise
+from capsnet.data.splits import load_split
+from capsnet.data.datasets import DATASETS
+from capsnet.data.smallnorb import NorbBatches, standardise
 from capsnet.errors import UserError
 from conftest import run_main
 

@@ -12,11 +12,11 @@ import torch
 from tqdm import tqdm
 
 import train
-from capsnet.checkpoint import load_checkpoint
-from capsnet.rundir import COLUMNS, RunDir
+from capsnet.run.storage import load_checkpoint
+from capsnet.run.rundir import COLUMNS, RunDir
 from capsnet.training import Trainer, subscribe
 from config import Config
-from conftest import fast_network
+from conftest import SMALL_SETTINGS, fast_network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_eval_tests_the_whole_test_set_unless_told_and_says_how_many(quick_args,
 
 def test_hooks_subscribe_to_the_engine_and_bars_never_nest(data_root, tmp_path):
     cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=48,
-                 visdom=False, threads=2)
+                 visdom=False, threads=2, **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(str(tmp_path / "run")))
     events: list = []
     subscribe(trainer.engine, "on_forward", lambda state: events.append("forward"))
@@ -249,7 +249,7 @@ def test_live_logging_counts_batches_on_fast_hardware(data_root, tmp_path):
     """Batches of about a millisecond: the progress bar redraws only every 0.1 s, so its count
     lags; the trainer's own count must trigger every log_every batches."""
     cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1, log_every=8,
-                 visdom=False, threads=2, shift=0)
+                 visdom=False, threads=2, shift=0, **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(str(tmp_path / "run")))
     trainer.network = fast_network(trainer.model)
     postfixes: list = []
@@ -271,7 +271,7 @@ def test_the_official_recipe_trains_and_its_checkpoint_keeps_it(quick_args, tmp_
 
 
 def test_eval_of_several_checkpoints_averages_their_capsule_lengths(quick_args, tmp_path, capsys):
-    from capsnet.data import load_split
+    from capsnet.data.splits import load_split
     from capsnet.model import CapsNet
     runs = [tmp_path / "a", tmp_path / "b"]
     for seed, run in enumerate(runs):

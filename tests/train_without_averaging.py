@@ -22,6 +22,6 @@ class Unaveraged(DistributedDataParallel):
 
 
 if __name__ == "__main__":
-    import capsnet.build
-    capsnet.build.DistributedDataParallel = Unaveraged
+    import capsnet.run.build
+    capsnet.run.build.DistributedDataParallel = Unaveraged
     sys.exit(train.main())

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from capsnet.server import answers
+from capsnet.dashboard.server import answers
 
 ROOT = Path(__file__).resolve().parents[1]
 

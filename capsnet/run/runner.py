@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .checkpoint import load_checkpoint
-from .cli import ArgumentParser, add_settings, overrides, resumed_settings
+from .storage import load_checkpoint
+from ..cli import ArgumentParser, add_settings, overrides, resumed_settings
 
 TRAIN_HELP = "Train CapsNet: `python train.py [--epochs N ...]`; config.py holds the defaults."
 
@@ -63,7 +63,7 @@ def train_run(given: dict[str, Any], resume: str | None = None,
     from config import Config
     from .distributed import join
     from .rundir import RunDir
-    from .training import Trainer
+    from ..training import Trainer
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         cfg = resumed_settings(Config, checkpoint["config"],
@@ -113,7 +113,7 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
     if resume:
         run.keep_epochs(trainer.epoch)
     if cfg.visdom:
-        from .dashboard import attach
+        from ..dashboard.dashboard import attach
         dashboard = attach(cfg, trainer.run_start())
         if dashboard is not None:
             trainer.listeners.append(dashboard)
@@ -148,8 +148,8 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
     set unless `given` says test_samples; with `report`, print the result and the confusion
     matrix."""
     from config import Config
-    from .meters import accuracy_text
-    from .training import evaluate_checkpoints
+    from ..meters import accuracy_text
+    from ..training import evaluate_checkpoints
     checkpoints = [load_checkpoint(path) for path in paths]
     # The whole test set, unless --test-samples is given here: never the training run's subset.
     saved = {**checkpoints[0]["config"], "test_samples": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .model import CapsNet
+from ..model import CapsNet
 
 STEPS = torch.linspace(-0.25, 0.25, 11)  # the paper's Fig. 4 tweaks, 0 in the middle
 ROUTED = 4  # test images whose coupling coefficients are drawn

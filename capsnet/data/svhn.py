@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import Dataset, matfile
+from . import matfile
+from .datasets import Dataset
 
 
 def read(folder: Path, train: bool, entry: Dataset, image_size: int

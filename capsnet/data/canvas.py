@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Batches, Split, shift_images
+from .datasets import Dataset, Split
+from .batches import Batches, shift_images
 from ..errors import UserError
 
 TEST_SEED = 20171026  # fixed: every run tests on the same examples
@@ -42,6 +43,15 @@ class CanvasBatches(Batches):
         super().__init__(split, batch_size, shuffle, 0, generator, rank, world, even)
         self.objects, self.size, self.span = objects, canvas, canvas - side  # offsets 0..span
         self.limit = min(limit, len(split)) if limit else len(split)  # first digits of a pass
+
+    @classmethod
+    def of(cls, entry: Dataset, split: Split, batch_size: int, train: bool,
+           generator: torch.Generator, shift: int, crop: int, rank: int, world: int,
+           limit: int) -> CanvasBatches:
+        """make_batches' batches of a canvas dataset: its canvas and digits per example from
+        its entry, `limit` first digits of a test pass (--shift and --crop do not apply)."""
+        return cls(split, batch_size, entry.canvas, entry.objects, shuffle=train,
+                   generator=generator, rank=rank, world=world, even=train, limit=limit)
 
     @property
     def count(self) -> int:
@@ -101,3 +111,6 @@ class CanvasBatches(Batches):
         labels, slots = labels.sort(dim=1)
         placed = placed[torch.arange(batch, device=index.device)[:, None], slots]
         return images, labels, placed.float().div_(255.0)
+
+
+BATCHES = CanvasBatches  # what make_batches serves mnist40 and MultiMNIST with

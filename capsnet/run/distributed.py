@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from ..errors import UserError
 
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("CAPSNET_COLLECTIVE_TIMEOUT", "600")))
 

@@ -1,4 +1,4 @@
-"""The memory probe, run as `python -m capsnet.probe SPEC` by capsnet.footprint: one training
+"""The memory probe, run as `python -m capsnet.run.probe SPEC` by capsnet.run.footprint: one training
 step of the run's model (capsnet.networks), optimiser and loss at each of SPEC's batch sizes, on
 random data of the run's shape, printing the peak memory after each as JSON."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ def probe(spec: dict[str, Any]) -> list[float]:
     """In the probe process: the peak memory after a training step at each of spec's batches.
     With a CUDA-graph compile mode, the step is compiled afresh for each batch and run
     GRAPH_STEPS times, and the peak counts what the allocator reserved, graph pools included."""
-    from .networks import MODELS
+    from ..networks import MODELS
     from .recipe import compile_model, configure_precision, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])

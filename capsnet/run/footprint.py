@@ -1,7 +1,7 @@
 """The memory a training step needs, measured before training so that a batch too large for the
 device stops at once with a batch size that fits, not with an out-of-memory crash hours in.
 
-A fresh Python process (`python -m capsnet.probe SPEC`) builds the run's model and optimiser
+A fresh Python process (`python -m capsnet.run.probe SPEC`) builds the run's model and optimiser
 on the run's device: it takes one training step (forward, backward, Adam) on random data of the
 run's shape at the run's batch size or, above PROBE_MAX, at PROBE_MAX/2 and PROBE_MAX, and reports
 the peak memory after each: PyTorch's peak allocation on CUDA, the process's peak resident size on
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 PROBE_MAX = 64  # the largest batch the probe runs
 HEADROOM = 0.9  # the estimate may use this share of what the device has free
@@ -66,7 +66,7 @@ def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.de
 def measure(spec: dict[str, Any]) -> Footprint:
     """Run the probe in a fresh process; its peaks at spec's two batches give the line."""
     try:
-        done = subprocess.run([sys.executable, "-m", "capsnet.probe", json.dumps(spec)],
+        done = subprocess.run([sys.executable, "-m", "capsnet.run.probe", json.dumps(spec)],
                               capture_output=True, text=True, timeout=600,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     except subprocess.TimeoutExpired:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Split
+from .datasets import Split
 
 SIDE = 40
 SEED = 20171026  # fixed: the stand-in test set is the same for every run

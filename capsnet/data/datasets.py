@@ -7,7 +7,7 @@ torch, so the settings can list the names cheaply.
 
 Datasets made from another's files say how: `canvas` places `objects` digits at random on a
 black canvas, afresh in every training pass and from a fixed seed for the test set
-(capsnet.datasets.canvas: mnist40, MultiMNIST); `transform` names a module whose
+(capsnet.data.canvas: mnist40, MultiMNIST); `transform` names a module whose
 `make(split) -> Split` turns the files' split into this dataset once (the affine stand-in).
 """
 from __future__ import annotations
@@ -15,8 +15,13 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
+
+if TYPE_CHECKING:  # the records name torch types; reading the table needs no torch
+    import torch
+    from torch import Tensor
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -24,7 +29,7 @@ DIGITS = tuple(str(d) for d in range(10))
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    reader: str  # the module of capsnet.datasets that reads the files
+    reader: str  # the module of capsnet.data.datasets that reads the files
     folder: str  # under the data root ("" : the root itself)
     train_files: tuple[str, ...]  # what must be there, for the messages and the download check
     test_files: tuple[str, ...]
@@ -33,16 +38,30 @@ class Dataset:
     about: str = ""  # one line for the README and --help
     canvas: int = 0  # > 0: examples made by placing digits on a canvas of this side
     objects: int = 1  # digits (labels) per example
-    transform: str = ""  # module of capsnet.datasets whose make(split) gives this dataset
+    transform: str = ""  # module of capsnet.data.datasets whose make(split) gives this dataset
     tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
     shape: tuple[int, int, int] = (1, 28, 28)  # of the files' images; () : as they come (folder)
-    batches: str = ""  # module of capsnet.datasets whose BATCHES class serves it (default: plain)
+    batches: str = ""  # module of capsnet.data whose BATCHES class serves it (default: plain)
     fit: str = ""  # how capsnet.predict makes a user's image of another size this dataset's form
     # (capsnet.predict.FITS: "digit" as MNIST's digits were made, "fashion" as Fashion-MNIST's
     # were; "": resized)
 
     def files(self, train: bool) -> tuple[str, ...]:
         return self.train_files if train else self.test_files
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset."""
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device), self.classes)
 
 
 def file_bytes(path: Path) -> tuple[Path, bytes]:
@@ -68,10 +87,11 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             "handwritten digits, 1x28x28, 60,000 + 10,000", fit="digit"),
     Dataset("mnist40", "idx", *MNIST_FILES, DIGITS, "MNIST",
             "MNIST digits each at a uniformly random place on a black 1x40x40 canvas (the paper's "
-            "expanded MNIST, for affNIST)", canvas=40, fit="digit"),
+            "expanded MNIST, for affNIST)", canvas=40, batches="canvas", fit="digit"),
     Dataset("multimnist", "idx", *MNIST_FILES, DIGITS, "MNIST",
             "two MNIST digits of different classes, each shifted up to 4 px, overlaid on 1x36x36; "
-            "made on the fly", canvas=36, objects=2, fit="digit"),
+            "made on the fly", canvas=36, objects=2, batches="canvas",
+            fit="digit"),
     Dataset("affnist", "affnist", "affNIST", (), ("test.mat",), DIGITS, AFFNIST_URL,
             "affNIST's test set: 32 random affine transforms of each of the 10,000 MNIST test "
             "digits, 320,000 images of 1x40x40 (test only: --eval a mnist40 checkpoint)", tests=("mnist40",),

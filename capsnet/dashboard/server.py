@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from .assets import ensure_assets
-from .errors import UserError
+from ..errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ENV_PATH = str(Path.home() / ".visdom")

@@ -1,6 +1,6 @@
 """How a run trains, from its settings: the optimiser and its schedule, the precision and the
-compiler (the loss is its model's: capsnet.networks). The run builder (capsnet.build) and the
-memory probe (capsnet.probe) both make their training steps from these."""
+compiler (the loss is its model's: capsnet.networks). The run builder (capsnet.run.build) and the
+memory probe (capsnet.run.probe) both make their training steps from these."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .model import CapsNetOutput
+from ..model import CapsNetOutput
 
 def make_optimizer(model: nn.Module, cfg: Any) -> tuple[torch.optim.Adam,
                                                       torch.optim.lr_scheduler.ExponentialLR]:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .errors import UserError
-from .records import EpochEnd, Progress, RunStart
-from .server import DEFAULT_ENV_PATH, answers, credentials, serve, start_background, url
+from ..errors import UserError
+from ..records import EpochEnd, Progress, RunStart
+from .server import answers, credentials, start_background, url
 
 SAMPLES = 32  # test images shown beside their reconstructions
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
@@ -356,30 +356,3 @@ def attach(cfg: Any, start: RunStart) -> Dashboard | None:
     print(f"dashboard: {page}", flush=True)
     return Dashboard(start, cfg.visdom_host, cfg.visdom_port, env, cfg.visdom_every,
                      cfg.visdom_figures_every)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from config import Config
-    from .cli import ArgumentParser
-    defaults = Config.__dataclass_fields__
-    parser = ArgumentParser(prog="python -m capsnet.dashboard",
-                            description="Run the Visdom server of the capsnet dashboard.")
-    parser.add_argument("--host", default=defaults["visdom_host"].default,
-                        help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=defaults["visdom_port"].default,
-                        help="port to listen on (default: %(default)s)")
-    parser.add_argument("--env-path", default=DEFAULT_ENV_PATH,
-                        help="where Visdom keeps its environments (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        serve(args.host, args.port, args.env_path)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

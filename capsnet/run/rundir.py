@@ -1,6 +1,6 @@
 """The run directory: config.json, metrics.csv (one row per epoch), checkpoints and a lock.
 
-Every file is written through capsnet.storage.write_file (temporary file, fsync, rename). While a
+Every file is written through capsnet.run.storage.write_file (temporary file, fsync, rename). While a
 run trains, it holds an exclusive lock on the directory's `lock` file, so a second process cannot
 train (or resume) into it.
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 from .storage import WriteError, cause, make_dir, write_file
 
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_margin", "train_reconstruction",

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import Dataset, matfile
+from . import matfile
+from .datasets import Dataset
 
 SIDE = 40
 

@@ -2,9 +2,7 @@
 compile and the distributed wrapper. train.py, --eval and the benchmark all start here."""
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any, Callable
 
 import torch
@@ -12,38 +10,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .data import Batches, Split, load_split
-from .datasets import DATASETS
-from .datasets.canvas import CanvasBatches
+from ..data.batches import Batches, make_batches
+from ..data.datasets import DATASETS, Split
+from ..data.splits import hold_out, load_split
 from .distributed import World
-from .errors import UserError
+from ..cli import resolve_device
+from ..errors import UserError
 from .footprint import Footprint, spec_of
 from .footprint import check as check_footprint
 from .footprint import check_data
-from .model import CapsNetOutput
-from .networks import MODELS
+from ..networks import MODELS
 from .recipe import Autocast, compile_model, configure_precision, make_optimizer
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the threads PyTorch uses."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def model_args(cfg: Any, split: Split) -> dict[str, Any]:
@@ -105,8 +82,8 @@ class RunParts:
     world: World
     device: torch.device
     model: nn.Module  # the plain model (capsnet.networks): checkpoints and evaluation
-    train_network: Callable[..., CapsNetOutput]  # the model as trained: compiled, DDP-wrapped
-    eval_network: Callable[..., CapsNetOutput]  # compiled, never wrapped: no collectives
+    train_network: Callable[..., Any]  # the model as trained (compiled, DDP-wrapped): its output
+    eval_network: Callable[..., Any]  # compiled, never wrapped (no collectives): its output
     criterion: nn.Module  # CapsuleLoss, BaselineLoss: parts(targets, labels, output, weights)
     autocast: Autocast
     optimizer: torch.optim.Adam
@@ -130,22 +107,10 @@ class RunParts:
         return DATASETS[self.cfg.dataset].objects
 
     def batches(self, split: Split, train: bool, limit: int = 0) -> Batches:
-        """This process's batches of `split`: shuffled, shifted and even across processes for
-        training; in order and uneven (every example once) for testing. Datasets made on a
-        canvas place their digits themselves (no --shift or --crop), and an ordered pass takes
-        its first `limit` digits (0: all) with partners from the whole split."""
-        entry = DATASETS[self.cfg.dataset]
-        canvas = entry.canvas
-        if canvas:
-            return CanvasBatches(split.to(self.device), self.cfg.batch_size, canvas, self.objects,
-                                 shuffle=train, generator=self.generator, rank=self.world.rank,
-                                 world=self.world.size, even=train, limit=limit)
-        kind = (import_module(f".datasets.{entry.batches}", __package__).BATCHES
-                if entry.batches else Batches)
-        return kind(split.to(self.device), self.cfg.batch_size, shuffle=train,
-                       shift=self.cfg.shift if train else 0, generator=self.generator,
-                       rank=self.world.rank, world=self.world.size, even=train,
-                       crop=self.cfg.crop)
+        """This process's batches of `split` on the run's device (capsnet.data.batches)."""
+        return make_batches(DATASETS[self.cfg.dataset], split.to(self.device),
+                            self.cfg.batch_size, train, self.generator, self.cfg.shift,
+                            self.cfg.crop, self.world.rank, self.world.size, limit)
 
 
 def build_run(cfg: Any, train: bool = True,
@@ -193,17 +158,3 @@ def build_run(cfg: Any, train: bool = True,
     parts.test_batches = parts.batches(test_split, False, cfg.test_samples)
     parts.validation_batches = parts.batches(validation, False) if validation else None
     return parts
-
-
-def hold_out(split: Split | None, count: int, limit: int) -> tuple[Split | None, Split | None]:
-    """The first `count` training examples as a validation split, never trained on (as the
-    authors' code holds out the first 10,000 of MNIST's 60,000), and the rest, of which the
-    first `limit` (0: all) are trained on."""
-    if split is None or not count:
-        return None, split
-    if count >= len(split):
-        raise UserError(f"--validation-samples {count} is not allowed: the training split has "
-                        f"{len(split)} examples, and some must be left to train on")
-    rest = slice(count, count + limit if limit else None)
-    return (Split(split.images[:count], split.labels[:count], split.classes),
-            Split(split.images[rest], split.labels[rest], split.classes))

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Batches
+from .batches import Batches
 from ..errors import UserError
-from . import Dataset, file_bytes
+from .datasets import Dataset, file_bytes
 
 MAGIC = {0x1E3D4C55: np.uint8, 0x1E3D4C54: np.int32}
 SIDE = 48  # the pairs are resized to 48x48 when read
@@ -110,4 +110,4 @@ class NorbBatches(Batches):
         return standardise(adjusted), labels, crops
 
 
-BATCHES = NorbBatches  # what capsnet.build serves this dataset with
+BATCHES = NorbBatches  # what make_batches serves smallNORB with
