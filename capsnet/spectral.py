@@ -158,7 +158,11 @@ def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tenso
     n = grid_size(images.shape[-1], conv1.kernel_size[0])
     out = (images.shape[-1] - conv1.kernel_size[0] + 1 - primary.kernel_size[0]) // 2 + 1
     phases = conv1_phases(images, conv1, n)  # (n*n, B*4*C)
-    return primary_conv(phases, weight_spectrum(primary.weight, n), primary, out)
+    # Under torch.compile the spectrum runs eagerly: a cache, not a graph. Wrapped here, not
+    # where it is defined, so that a run without --compile never imports the compiler (1-2 s).
+    spectrum = (torch.compiler.disable(weight_spectrum) if torch.compiler.is_compiling()
+                else weight_spectrum)
+    return primary_conv(phases, spectrum(primary.weight, n), primary, out)
 
 
 def install(model: nn.Module) -> nn.Module:
@@ -177,7 +181,6 @@ def primary_capsules(model: nn.Module, images: Tensor) -> Tensor:
 _kept: dict[int, tuple] = {}  # id(weight) -> (key, spectrum), dropped with the weight
 
 
-@torch.compiler.disable  # runs eagerly under --compile: a cache, not a graph
 def weight_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """kernel_spectrum(weight, n). Without gradients it is kept for the next batches, until the
     weight's storage, version or sum changes (the sum catches `.data` writes)."""
