@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -159,6 +161,17 @@ def test_train_py_starts_a_server_in_the_background_when_none_answers(quick_args
         assert traces(port, "auto", "loss")["test"] == [1.0]
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_the_background_server_finds_the_package_from_any_directory(tmp_path):
+    """The background server's PYTHONPATH names the folder that holds capsnet/, so that
+    `python -m capsnet.dashboard` starts wherever train.py was started from."""
+    import capsnet.dashboard.server as server
+    assert (server.ROOT / "capsnet" / "dashboard" / "__main__.py").is_file()
+    found = subprocess.run([sys.executable, "-c", "import capsnet.dashboard.server"],
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(server.ROOT)},
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
 
 
 def test_a_server_reachable_from_other_machines_is_announced(capsys, monkeypatch):

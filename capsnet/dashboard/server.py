@@ -16,7 +16,7 @@ from pathlib import Path
 from .assets import ensure_assets
 from ..errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding capsnet/, for the server process
 DEFAULT_ENV_PATH = str(Path.home() / ".visdom")
 
 
