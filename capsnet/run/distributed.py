@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -101,6 +102,10 @@ def leave() -> None:
     """Leave the process group together with the other processes, after a run that ended well.
     (After a failure a process just exits, and torchrun ends the others.)"""
     if dist.is_initialized():
+        # A finished run's DDP wrapper sits in reference cycles (the Trainer and its Engine's
+        # hooks): free it now, while the group and the interpreter are alive. Freed at exit
+        # instead, its reducer can abort the process ("terminate called").
+        gc.collect()
         dist.barrier()
         if not _staying:
             dist.destroy_process_group()
