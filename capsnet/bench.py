@@ -48,7 +48,8 @@ def sync(device: torch.device, world: distributed.World) -> None:
     world.sum(torch.zeros(1))
 
 
-def timed(device: torch.device, world: distributed.World, work: Callable[[], int], repeats: int) -> float:
+def timed(device: torch.device, world: distributed.World, work: Callable[[], int],
+          repeats: int) -> float:
     """Median images per second of `repeats` calls of work(), which returns its image count
     (over all processes)."""
     rates = []

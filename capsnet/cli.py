@@ -31,12 +31,11 @@ def at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least `low`, refused in one line otherwise."""
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            if int(text) >= low:
+                return int(text)
         except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= {low}")
-        return value
+            pass
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= {low}")
     return parse
 
 
