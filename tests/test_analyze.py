@@ -91,19 +91,21 @@ def test_the_command_writes_every_figure_and_an_index(checkpoint, data_root, tmp
     (["--per-class", "0"], "--per-class 0 is not allowed: use a number from 1 to 20"),
     (["--out", "/proc/capsnet-figures"], "could not create the directory /proc/capsnet-figures"),
 ])
-def test_bad_input_is_one_line(args, message, checkpoint, data_root):
-    result = command(str(checkpoint), "--data-dir", str(data_root), *args)
-    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}" + (
+def test_bad_input_is_one_line(args, message, checkpoint, data_root, capsys):
+    """Through the command's main (the command line itself is the test above's)."""
+    assert analyze.main([str(checkpoint), "--data-dir", str(data_root), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}" + (
         "" if "per-class" in message else " (No such file or directory)")
 
 
-def test_a_missing_or_damaged_checkpoint_is_one_line(tmp_path):
-    result = command(str(tmp_path / "gone.pt"))
-    assert result.returncode == 2 and "does not exist" in result.stderr
+def test_a_missing_or_damaged_checkpoint_is_one_line(tmp_path, capsys):
+    assert analyze.main([str(tmp_path / "gone.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     damaged = tmp_path / "last.pt"
     damaged.write_bytes(b"not a checkpoint")
-    result = command(str(damaged), "--out", str(tmp_path / "figures"))
-    assert result.returncode == 2 and "not a readable capsnet checkpoint" in result.stderr
+    assert analyze.main([str(damaged), "--out", str(tmp_path / "figures")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable capsnet checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "figures").exists()
 
 

@@ -250,5 +250,8 @@ def test_a_server_that_does_not_answer_in_time_is_stopped(tmp_path):
     with pytest.raises(UserError, match="did not answer .* within 0 s and was stopped"):
         start_background("127.0.0.1", port, tmp_path / "visdom.log", str(tmp_path / "env"),
                          wait=0.1)
-    time.sleep(8)  # long enough for a server left running to start listening
+    # No server process is left, listening or still starting (stop() waited for it to end).
+    left = subprocess.run(["pgrep", "-f", f"capsnet.dashboard --host 127.0.0.1 --port {port} "],
+                          capture_output=True, text=True)
+    assert left.returncode == 1 and left.stdout == ""
     assert not answers("127.0.0.1", port)
