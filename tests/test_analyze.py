@@ -10,6 +10,7 @@ import train
 from capsnet import analyze
 from capsnet.dashboard import figures
 from capsnet.model import CapsNet
+from conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def checkpoint(data_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("analyze") / "run"
     assert train.main(["--data-dir", str(data_root), "--no-download", "--epochs", "1",
                        "--batch-size", "32", "--no-visdom", "--threads", "2",
-                       "--run-dir", str(run)]) == 0
+                       "--run-dir", str(run), *SMALL]) == 0  # the figures of any width
     return run / "last.pt"
 
 
