@@ -1,4 +1,5 @@
-"""Batches of a split on the training device: shuffled, shifted, cropped, every batch of one shape."""
+"""Batches of a split on the training device: shuffled, shifted, cropped, every batch of one
+shape."""
 from __future__ import annotations
 
 import copy

@@ -29,7 +29,7 @@ DIGITS = tuple(str(d) for d in range(10))
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    reader: str  # the module of capsnet.data.datasets that reads the files
+    reader: str  # the module of capsnet.data that reads the files
     folder: str  # under the data root ("" : the root itself)
     train_files: tuple[str, ...]  # what must be there, for the messages and the download check
     test_files: tuple[str, ...]
@@ -38,7 +38,7 @@ class Dataset:
     about: str = ""  # one line for the README and --help
     canvas: int = 0  # > 0: examples made by placing digits on a canvas of this side
     objects: int = 1  # digits (labels) per example
-    transform: str = ""  # module of capsnet.data.datasets whose make(split) gives this dataset
+    transform: str = ""  # module of capsnet.data whose make(split) gives this dataset
     tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
     shape: tuple[int, int, int] = (1, 28, 28)  # of the files' images; () : as they come (folder)
     batches: str = ""  # module of capsnet.data whose BATCHES class serves it (default: plain)

@@ -31,9 +31,9 @@ def shared_splits() -> Iterator[None]:
 
 def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0,
                image_size: int = 28) -> Split:
-    """Read a split through the dataset's reader (capsnet.data.datasets), downloading first when asked
-    and the files are missing. `limit` keeps the first N examples (0: all); `image_size` is the
-    side the folder dataset resizes to."""
+    """Read a split through its dataset's reader (the entry in capsnet.data.datasets names it),
+    downloading first when asked and the files are missing. `limit` keeps the first N examples
+    (0: all); `image_size` is the side the folder dataset resizes to."""
     key = (name, str(Path(root).resolve()), train, limit, image_size)
     if _shared is not None and key in _shared:
         return _shared[key]

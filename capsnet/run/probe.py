@@ -1,5 +1,5 @@
-"""The memory probe, run as `python -m capsnet.run.probe SPEC` by capsnet.run.footprint: one training
-step of the run's model (capsnet.networks), optimiser and loss at each of SPEC's batch sizes, on
+"""The memory probe, run as `python -m capsnet.run.probe SPEC` by capsnet.run.footprint: one
+training step of the run's model (capsnet.networks), optimiser and loss at each of SPEC's batch sizes, on
 random data of the run's shape, printing the peak memory after each as JSON."""
 from __future__ import annotations
 

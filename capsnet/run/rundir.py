@@ -1,8 +1,8 @@
 """The run directory: config.json, metrics.csv (one row per epoch), checkpoints and a lock.
 
-Every file is written through capsnet.run.storage.write_file (temporary file, fsync, rename). While a
-run trains, it holds an exclusive lock on the directory's `lock` file, so a second process cannot
-train (or resume) into it.
+Every file is written through capsnet.run.storage.write_file (temporary file, fsync, rename).
+While a run trains, it holds an exclusive lock on the directory's `lock` file, so a second
+process cannot train (or resume) into it.
 """
 from __future__ import annotations
 
