@@ -19,6 +19,7 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'setuptools<81' wheel
 	$(BIN)/python -m pip install --no-build-isolation -r requirements.txt
+	$(BIN)/python -m capsnet.dashboard.assets  # the dashboard's page files, from npm
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -56,6 +56,19 @@ def test_page_files_are_installed_once_from_pinned_packages():
     assert len(PACKAGES) == 15 and all(p.integrity.startswith("sha512-") for p in PACKAGES)
 
 
+def test_setup_fetches_the_page_files_and_only_warns_when_it_cannot(tmp_path, monkeypatch,
+                                                                     capsys):
+    """make setup runs `python -m capsnet.dashboard.assets`: without npm it warns in one line and
+    exits 0 (the dashboard tries again when it starts)."""
+    from capsnet.dashboard import assets
+    monkeypatch.setattr(assets, "static_dir", lambda: tmp_path / "static")
+    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    assert assets.main() == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: the dashboard's page files are missing and npm (Node.js) "
+                          "is not installed") and len(err.splitlines()) == 1
+
+
 def test_a_tampered_package_is_refused(tmp_path):
     tarball = tmp_path / "jquery-3.1.1.tgz"
     tarball.write_bytes(b"not the published tarball")

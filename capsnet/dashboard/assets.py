@@ -13,6 +13,7 @@ import base64
 import hashlib
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -167,3 +168,18 @@ def ensure_assets(static: Path | None = None) -> bool:
         raise UserError(f"could not install the dashboard's page files into {static} "
                         f"({error.strerror or error}); train with --no-visdom") from None
     return True
+
+
+def main() -> int:
+    """`python -m capsnet.dashboard.assets` (make setup): the page files installed now, so that
+    the first dashboard starts at once; where they cannot be fetched, a warning, and the
+    dashboard tries again when it starts."""
+    try:
+        ensure_assets()
+    except UserError as error:
+        print(f"warning: {error}; the dashboard tries again when it starts", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
