@@ -63,7 +63,7 @@ def test_setup_fetches_the_page_files_and_only_warns_when_it_cannot(tmp_path, mo
     from capsnet.dashboard import assets
     monkeypatch.setattr(assets, "static_dir", lambda: tmp_path / "static")
     monkeypatch.setattr(assets.shutil, "which", lambda name: None)
-    assert assets.main() == 0
+    assert assets.main([]) == 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("warning: the dashboard's page files are missing and npm (Node.js) "
                           "is not installed") and len(err.splitlines()) == 1

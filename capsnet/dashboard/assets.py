@@ -9,6 +9,7 @@ ours or `python -m visdom.server`, starts with no network at all.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import shutil
@@ -170,10 +171,13 @@ def ensure_assets(static: Path | None = None) -> bool:
     return True
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """`python -m capsnet.dashboard.assets` (make setup): the page files installed now, so that
     the first dashboard starts at once; where they cannot be fetched, a warning, and the
     dashboard tries again when it starts."""
+    argparse.ArgumentParser(prog="python -m capsnet.dashboard.assets", description="Install "
+                            "the dashboard's page files (Visdom's) from npm, if missing.",
+                            ).parse_args(argv)
     try:
         ensure_assets()
     except UserError as error:
