@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import train
 from capsnet.run.storage import load_checkpoint
 from conftest import SMALL, write_dataset
 
@@ -107,15 +108,12 @@ def test_resume_under_torchrun_and_a_distributed_checkpoint_in_one_process(runs)
     for resumed_row, straight_row in zip(rows(root / "halves"), rows(runs["two"]), strict=True):
         assert resumed_row == pytest.approx(straight_row, rel=1e-4)
     assert largest_difference(root / "halves" / "last.pt", runs["two"] / "last.pt") < TOLERANCE
-    alone = subprocess.run([sys.executable, "train.py", "--resume",
-                            str(root / "halves-one" / "last.pt"), "--epochs", "2",
-                            "--batch-size", "32", "--data-dir", str(data)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert alone.returncode == 0, alone.stderr
+    assert train.main(["--resume", str(root / "halves-one" / "last.pt"), "--epochs", "2",
+                       "--batch-size", "32", "--data-dir", str(data)]) == 0  # one process
     assert largest_difference(root / "halves-one" / "last.pt", runs["one"] / "last.pt") < TOLERANCE
 
 
-def test_an_interrupt_stops_every_process_at_the_same_batch(runs):
+def test_an_interrupt_stops_every_process_at_the_same_batch(runs, capsys):
     run = runs["root"] / "interrupted"
     job = torchrun("train.py", *flags(runs["data"], run, 16, epochs=1000), "--log-every", "1",
                    start_new_session=True)
@@ -130,15 +128,13 @@ def test_an_interrupt_stops_every_process_at_the_same_batch(runs):
     copy = runs["root"] / "interrupted-one"  # one process resumes a copy: it may finish it
     copy.mkdir()
     (copy / "last.pt").write_bytes((run / "last.pt").read_bytes())
-    one = subprocess.run([sys.executable, "train.py", "--resume", str(copy / "last.pt"),
-                          "--epochs", str(checkpoint["epoch"] + 1), "--data-dir",
-                          str(runs["data"])], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    code = train.main(["--resume", str(copy / "last.pt"), "--epochs",
+                       str(checkpoint["epoch"] + 1), "--data-dir", str(runs["data"])])
+    err = capsys.readouterr().err
     if checkpoint["batch"]:  # a share of an epoch belongs to its processes
-        assert one.returncode == 2 and "of a run of 2 processes; resume it with as many" \
-            in one.stderr
+        assert code == 2 and "of a run of 2 processes; resume it with as many" in err
     else:  # stopped between epochs: any number of processes goes on from there
-        assert one.returncode == 0, one.stderr
+        assert code == 0, err
     again = torchrun("train.py", "--resume", str(run / "last.pt"), "--epochs",
                      str(checkpoint["epoch"] + 1), "--data-dir", str(runs["data"]))
     code, _, err = finished(again)

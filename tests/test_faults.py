@@ -115,7 +115,8 @@ def test_divergence_stops_with_the_last_good_checkpoint(quick_args, tmp_path, ca
     assert leftovers(run) == [] and not (run / "lock").exists()
 
 
-def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(quick_args, tmp_path):
+def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(quick_args, tmp_path,
+                                                                     capsys):
     run = tmp_path / "run"
     args = flag(quick_args, "--epochs", "1000")
     first = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
@@ -124,21 +125,20 @@ def test_a_busy_run_directory_is_refused_and_a_stale_lock_taken_over(quick_args,
     while not (run / "last.pt").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
     assert (run / "last.pt").exists(), first.communicate()
-    resume = [sys.executable, "train.py", "--resume", str(run / "last.pt"), "--data-dir",
-              data_dir(quick_args), "--epochs", "1000"]
-    second = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert second.returncode == 2
-    assert second.stderr.startswith(f"error: the run directory {run} is in use by process "
-                                    f"{first.pid} on ")
-    assert len(second.stderr.splitlines()) == 1
+    resume = ["--resume", str(run / "last.pt"), "--data-dir", data_dir(quick_args), "--epochs",
+              "1000"]
+    capsys.readouterr()
+    assert train.main(resume) == 2  # this process, while the first trains
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the run directory {run} is in use by process {first.pid} on ")
+    assert len(err.splitlines()) == 1
     first.kill()  # no chance to clean up: the lock file stays behind
     first.wait(60)
     assert (run / "lock").exists()
     epoch = load_checkpoint(run / "last.pt")["epoch"]
-    third = subprocess.run(resume[:-1] + [str(epoch + 1)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=240)
-    assert third.returncode == 0, third.stderr
-    assert f"warning: taking over the lock of {run} from process {first.pid} on " in third.stderr
+    assert train.main(resume[:-1] + [str(epoch + 1)]) == 0
+    assert f"warning: taking over the lock of {run} from process {first.pid} on " in \
+        capsys.readouterr().err
     assert not (run / "lock").exists()
 
 
