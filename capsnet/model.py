@@ -93,7 +93,9 @@ class PrimaryCapsules(nn.Module):
 
 
 class DigitCapsules(nn.Module):
-    """One capsule per class, fed by every primary capsule through its own weight W_ij."""
+    """One capsule per class, fed by every primary capsule through its own weight W_ij.
+    `routing` is dynamic_routing; the run builder swaps in capsnet.lean_routing's, which gives
+    the same results with a hand-written backward."""
 
     def __init__(self, in_caps: int, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16,
                  iterations: int = 3, detach_inner: bool = False, bias: bool = False,
@@ -104,13 +106,14 @@ class DigitCapsules(nn.Module):
         self.iterations, self.detach_inner, self.leaky = iterations, detach_inner, leaky
         self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
+        self.routing = dynamic_routing
 
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
         in_caps, out_caps, out_dim, in_dim = self.weight.shape
         weight = self.weight.view(in_caps, out_caps * out_dim, in_dim).transpose(1, 2)
         u_hat = torch.bmm(u.transpose(0, 1), weight)  # (in_caps, B, out_caps*out_dim)
         u_hat = u_hat.view(in_caps, -1, out_caps, out_dim).permute(1, 2, 0, 3).contiguous()
-        return dynamic_routing(u_hat, self.iterations, self.detach_inner, self.bias, self.leaky)
+        return self.routing(u_hat, self.iterations, self.detach_inner, self.bias, self.leaky)
 
 
 class Decoder(nn.Module):

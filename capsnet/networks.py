@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from . import spectral
+from . import lean_routing, spectral
 from .baseline import Baseline, BaselineLoss, widths
 from .errors import UserError
 from .loss import CapsuleLoss
@@ -58,8 +58,9 @@ class Network:
 
 
 def make_capsnet(**args: Any) -> CapsNet:
-    """The paper's CapsNet, with the CPU kernels of capsnet.spectral for its convolutions."""
-    return spectral.install(CapsNet(**args))
+    """The paper's CapsNet, with the CPU kernels of capsnet.spectral for its convolutions and
+    the hand-written routing backward of capsnet.lean_routing."""
+    return lean_routing.install(spectral.install(CapsNet(**args)))
 
 
 def make_baseline(**args: Any) -> Baseline:

@@ -41,11 +41,10 @@ def direct() -> Iterator[None]:
 
 
 def supported(images: Tensor) -> bool:
-    """The spectral path runs for float CPU inputs outside autocast (bf16 uses oneDNN) and
-    outside direct()."""
+    """The spectral path runs for float CPU inputs outside direct(). Under CPU autocast
+    (--precision bf16) its products run in bfloat16 with float32 accumulation."""
     return (not _direct and images.device.type == "cpu"
-            and images.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu"))
+            and images.dtype in (torch.float32, torch.float64))
 
 
 def built_in_grad_mode(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -188,7 +187,8 @@ def weight_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
         if id(weight) in _kept:
             _kept[id(weight)] = (None, None)  # free it while training
         return kernel_spectrum(weight, n)
-    key = (weight.data_ptr(), weight._version, weight.dtype, n,
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    key = (weight.data_ptr(), weight._version, weight.dtype, autocast, n,
            weight.sum(dtype=torch.float64).item())
     kept = _kept.get(id(weight))
     if kept is None or kept[0] != key:

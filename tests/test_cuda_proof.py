@@ -86,7 +86,8 @@ def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, precision
     cfg = Config(**settings)
     shape = (3, 32, 32) if preset else (1, 28, 28)
     args = model_args(cfg, digits(1, shape))
-    model = CapsNet(**args)  # on the CPU: the official init draws data-dependent values
+    model = MODELS["capsnet"].make(**args)  # on the CPU: the official init draws data-dependent
+    # values; the builder's model, whose routing is capsnet.lean_routing
     criterion = MODELS[cfg.model].criterion(cfg)
     size = args["image_size"]
     with fake_cuda():
@@ -144,7 +145,7 @@ def test_a_training_batch_waits_for_nothing_on_cuda_and_a_logging_flush_once():
     copy to the host. The flush at a logging batch: one copy to the host."""
     split = digits(40)
     host = Batches(split, 16, shuffle=True, shift=2, generator=torch.Generator().manual_seed(0))
-    model, criterion = CapsNet(**SMALL), CapsuleLoss()
+    model, criterion = MODELS["capsnet"].make(**SMALL), CapsuleLoss()
     plan = host.plan()
     with fake_cuda():
         model = model.to(CUDA)
@@ -193,7 +194,7 @@ def training_step(model: CapsNet, criterion: CapsuleLoss):
 
 def test_the_training_step_compiles_to_one_graph_on_the_cuda_path():
     torch.manual_seed(0)
-    step = training_step(CapsNet(**SMALL), CapsuleLoss())
+    step = training_step(MODELS["capsnet"].make(**SMALL), CapsuleLoss())  # as runs build it
     images, labels, weights = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]), torch.ones(4)
     with spectral.direct():
         explained = torch._dynamo.explain(step)(images, labels, weights)
@@ -203,7 +204,7 @@ def test_the_training_step_compiles_to_one_graph_on_the_cuda_path():
 
 def test_compiled_training_steps_equal_eager_ones():
     torch.manual_seed(0)
-    base, criterion = CapsNet(**SMALL), CapsuleLoss()
+    base, criterion = MODELS["capsnet"].make(**SMALL), CapsuleLoss()
     g = torch.Generator().manual_seed(1)
     batches = [(torch.rand(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g),
                 torch.tensor([1.0, 1.0, 1.0, 0.0])) for _ in range(3)]
