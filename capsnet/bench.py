@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 from torchnet.engine import Engine
 
-from .cli import ArgumentParser, at_least, device_name, exit_status, resolve_device
+from .cli import (ArgumentParser, at_least, device_name, exit_status, precision_label,
+                  resolve_device)
 from .data.splits import random_split
 from .run import distributed
 from .run.build import build_run
@@ -126,6 +127,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device), "processes": world.size, "batch_size": batch_size,
         "precision": precision, "compile": compile, "repeats": repeats,
+        "precision_label": precision_label(precision, device),
         "dataset": cfg.dataset, "parameters": sum(p.numel() for p in model.parameters()),
         "network": {k: getattr(cfg, k) for k in NETWORK},
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "main": world.main,
@@ -156,7 +158,7 @@ def report(result: dict[str, Any]) -> str:
             ("data", f"{result['dataset']}-shaped, random"),
             ("network", f"{network}; {result['parameters']:,} parameters"),
             ("batch size (per process)", result["batch_size"]),
-            ("precision", result["precision"] + (f" + compile ({result['compile_mode']})"
+            ("precision", result["precision_label"] + (f" + compile ({result['compile_mode']})"
                                                  if result["compile"] else "")),
             ("timed passes (median)", result["repeats"]),
             ("train images/s", f"{result['train_images_per_s']:.1f}"),

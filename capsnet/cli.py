@@ -107,8 +107,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+BF16_UNITS = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+
+
+def bf16_units() -> list[str]:
+    """The CPU's bfloat16 matrix instructions, by their /proc/cpuinfo flags: amx_bf16 (every
+    CPU with AMX tiles has it), avx512_bf16; none on CPUs that emulate bf16 in float32."""
+    return [flag for flag, check in BF16_UNITS.items()
+            if getattr(torch.cpu, check, lambda: False)()]
+
+
+def precision_label(precision: str, device: torch.device) -> str:
+    """The precision as a run's first line and the benchmark say it: on a CPU, bf16 with the
+    units that make it fast, or a warning that it has none."""
+    if precision != "bf16" or device.type != "cpu":
+        return precision
+    units = bf16_units()
+    if units:
+        return f"bf16 (on {' and '.join(units)})"
+    return ("bf16 (warning: this CPU has no bf16 matrix units, amx_bf16 or avx512_bf16, so bf16 "
+            "is likely slower than fp32 here)")
+
+
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the threads PyTorch uses."""
+    """The GPU's name, or the CPU's model, its bf16 units and the threads PyTorch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = platform.machine()
@@ -117,4 +139,5 @@ def device_name(device: torch.device) -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    units = ", ".join(bf16_units()) or "no bf16 units"
+    return f"{model} ({units}), {torch.get_num_threads()} threads"

@@ -1,18 +1,17 @@
-"""DigitCaps for training: the votes written once, Procedure 1 over them, and its backward by hand.
+"""Procedure 1 for training: model.dynamic_routing's arguments and results, its backward by hand.
 
-The reference form (capsnet.model: DigitCapsules, dynamic_routing) makes the votes
-u_hat_j|i = W_ij u_i with one product per input capsule, copies them into the layout (B, out_caps,
-in_caps, dim) and leaves the backward pass to autograd, which writes a rank-one gradient of the
-votes for every routing product and adds them up: six passes over a 94 MB tensor at batch 128.
-Here, the votes are written once, straight from their product, laid out (B, in_caps, out_caps*dim).
-Every routing pass over them is one batched matrix product per example that reads them in that
-order: the sums s_j take the coupling coefficients as a (out_caps x in_caps) matrix and keep the
-diagonal blocks; the agreements take v_j as a block-diagonal (out_caps*dim x out_caps) matrix.
-The backward pass makes the votes' gradient in one product,
-    dL/du_hat_j|i = sum_t c_ij^t dL/ds_j^t + sum_t<T dL/da_ij^t v_j^t,
-and needs no copy of the votes either. Results equal the reference form's to float32 rounding,
-gradients included (tests/test_lean_routing.py). `install(model)` swaps this into a CapsNet; the
-run builder does (capsnet.networks), so that model.py stays the paper's layers.
+Routing reads the votes u_hat (B, out_caps, in_caps, dim), 94 MB at batch 128, once per product:
+three sums s_j and two agreements forward. Left to autograd, the backward pass writes a rank-one
+gradient of the votes for each of those five products and adds them up (nine passes over 94 MB).
+Here it is one product over all the terms,
+    dL/du_hat_j|i = sum_t c_ij^t dL/ds_j^t + sum_(t<T) dL/da_ij^t v_j^t,
+written once, and the agreements u_hat_j|i . x_j are read as x_j^T U_j^T, row by row (as U_j x_j
+they are 16-wide dot products, three times slower on a CPU). The votes keep the layout the
+reference form gives them: measured on a CPU, routing straight from the layout their product
+makes (in_caps first) through strided or block-diagonal products was slower than the one copy
+(docs/speed.md). Results equal model.dynamic_routing's to float64 rounding, gradients included
+(tests/test_lean_routing.py). `install(model)` routes a CapsNet through here; the run builder does
+(capsnet.networks), so that model.py stays the paper's layers.
 """
 from __future__ import annotations
 

@@ -120,3 +120,39 @@ def test_the_model_is_the_papers_layers_and_the_kernels_are_swapped_in_by_the_bu
         assert not torch.allclose(twin.primary_capsules(images), built.primary_capsules(images))
     finally:
         spectral.conv1_primary = original
+
+
+def test_bf16_on_the_cpu_runs_the_spectral_path_and_agrees_with_fp32():
+    """Under CPU autocast the spectral products run in bf16; the capsule lengths stay within 3%
+    of the largest (the bench's probe bound), and the weights get finite gradients."""
+    from capsnet.networks import MODELS
+    torch.manual_seed(0)
+    model = MODELS["capsnet"].make()
+    images, labels = torch.rand(8, 1, 28, 28), torch.arange(8)
+    calls = []
+    original = spectral.primary_conv
+    spectral.primary_conv = lambda phases, *rest: calls.append(phases.dtype) or original(phases, *rest)
+    try:
+        with torch.no_grad():
+            fp32 = model(images).lengths
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = model(images, labels)
+    finally:
+        spectral.primary_conv = original
+    assert calls == [torch.float32, torch.bfloat16]
+    assert output.lengths.dtype == torch.float32  # routing in float32
+    assert (output.lengths - fp32).abs().max() <= 0.03 * fp32.max()
+    (output.lengths.sum() + output.reconstructions.float().sum()).backward()
+    assert model.primary.conv.weight.grad.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_kept_spectrum_is_kept_apart_for_bf16_and_fp32():
+    torch.manual_seed(0)
+    model = spectral.install(CapsNet(conv1_channels=16, primary_types=4))
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.primary(F.relu(model.conv1(images)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.primary_capsules(images)  # keeps a bf16 spectrum
+        assert torch.allclose(model.primary_capsules(images), expected, atol=1e-5)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .storage import load_checkpoint
-from ..cli import ArgumentParser, add_settings, overrides, resumed_settings
+from ..cli import ArgumentParser, add_settings, overrides, precision_label, resumed_settings
 
 TRAIN_HELP = "Train CapsNet: `python train.py [--epochs N ...]`; config.py holds the defaults."
 
@@ -129,7 +129,8 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
     compiled = f"compiled ({cfg.compile_mode} mode)" if cfg.compile else "eager"
     print(f"capsnet: {cfg.dataset}, {cfg.model}, {trainer.train_images:,} training examples"
           f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
-          f"{trainer.parameter_count:,} parameters, on {trainer.device} in {cfg.precision}, "
+          f"{trainer.parameter_count:,} parameters, on {trainer.device} in "
+          f"{precision_label(cfg.precision, trainer.device)}, "
           f"{compiled}; {processes}{memory}epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in trainer.notes)
           + f"; run directory {run.path}", flush=True)
