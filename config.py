@@ -14,6 +14,7 @@ from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
 from capsnet.model import RECIPES
 from capsnet.networks import MODELS
+from capsnet.routing import ROUTINGS
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -56,11 +57,16 @@ class Config:
                                  "dimension)")
     primary_dim: int = setting(8, "dimensions of a primary capsule")
     class_dim: int = setting(16, "dimensions of a class (digit) capsule")
-    routing_iterations: int = setting(3, "routing-by-agreement iterations")
+    routing: str = setting("dynamic", "how primary capsules route to the class capsules: "
+                           "dynamic (the paper's Procedure 1), self-attention (Efficient-CapsNet's, "
+                           "not iterated), uniform (every c_ij = 1/classes: the control) "
+                           "(docs/models.md)", tuple(ROUTINGS))
+    routing_iterations: int = setting(3, "routing-by-agreement iterations (--routing dynamic)")
     leaky_routing: bool = setting(False, "a none-of-the-above output in the routing softmax "
                                   "(its logit fixed at zero), so a primary capsule can route to "
-                                  "no class")
-    detach_routing: bool = setting(False, "stop gradients through all but the last routing iteration")
+                                  "no class (--routing dynamic)")
+    detach_routing: bool = setting(False, "stop gradients through all but the last routing "
+                                   "iteration (--routing dynamic)")
     digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")
     baseline_channels: str = setting("", "the baseline's convolution channels, comma-separated "
                                      "(empty: the recipe's, paper 256,256,128; official 512,256)")
@@ -138,6 +144,21 @@ class Config:
             fail("lr_decay", self.lr_decay, "a number in (0, 1]")
         if not 0 <= self.m_minus < self.m_plus <= 1:
             fail("m_plus", self.m_plus, f"0 <= m_minus ({self.m_minus}) < m_plus <= 1")
+        self.check_routing_options()
+
+    def check_routing_options(self) -> None:
+        """Options of one routing are refused with another (a value other than the default)."""
+        entry = ROUTINGS[self.routing]
+        given = [name for name, applies in (("leaky_routing", entry.leaky),
+                                            ("routing_iterations", entry.iterates),
+                                            ("detach_routing", entry.iterates))
+                 if not applies and getattr(self, name) != Config.__dataclass_fields__[name].default]
+        if given:
+            raise UserError(f"{flag(given[0])} does not apply to --routing {self.routing}: "
+                            "leave it out (it is an option of " + ", ".join(
+                                f"--routing {r.name}" for r in ROUTINGS.values()
+                                if (r.leaky if given[0] == "leaky_routing" else r.iterates))
+                            + ")")
 
 
 # --preset NAME: the paper's settings for a dataset in one flag; flags given beside it win.

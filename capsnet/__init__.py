@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"CapsNet": "model", "CapsNetOutput": "model", "dynamic_routing": "model",
-            "squash": "model", "CapsuleLoss": "loss", "margin_loss": "loss",
+_EXPORTS = {"CapsNet": "model", "CapsNetOutput": "model", "dynamic_routing": "routing.dynamic",
+            "squash": "squashing", "CapsuleLoss": "loss", "margin_loss": "loss",
             "reconstruction_loss": "loss"}
 __all__ = sorted(_EXPORTS)
 

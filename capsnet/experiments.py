@@ -7,6 +7,9 @@
            --stop-at-accuracy 99.23, then tested on affNIST (or, without its file, on the offline
            stand-in, labelled as such)
   routing  test error against routing iterations 1 to 5
+  routing-algorithms
+           every routing of capsnet.routing (--routing), with its parameters, training images/s
+           and seconds per epoch measured in the same runs
 
 Every run is an ordinary run directory under --out (with its own dashboard environment): runs
 already complete are skipped and interrupted ones resumed, so the command can be stopped and started
@@ -36,6 +39,7 @@ from .cli import MACHINE_SETTINGS, ArgumentParser, exit_status
 from .errors import UserError
 from .run.memory import tune_allocator
 from .run.storage import write_file
+from .routing import ROUTINGS
 
 AFFNIST_TARGET = 99.23  # the paper's mnist40 accuracy at which training stops
 
@@ -53,6 +57,7 @@ class Experiment:
     rows: tuple[Row, ...]
     metric: str  # "test error" or "affNIST accuracy"
     fixed: dict[str, Any] = field(default_factory=dict)  # settings every run of it takes
+    speed: bool = False  # results.md also shows parameters, training images/s, s per epoch
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -74,6 +79,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     ), "affNIST accuracy", {"dataset": "mnist40", "stop_at_accuracy": AFFNIST_TARGET}),
     Experiment("routing", tuple(
         Row(f"routing {k}", {"routing_iterations": k}) for k in range(1, 6)), "test error"),
+    Experiment("routing-algorithms", tuple(
+        Row(name, {"routing": name}, {"mnist": 0.25} if name == "dynamic" else {})
+        for name in ROUTINGS), "test error", speed=True),
 )}
 
 
@@ -254,7 +262,7 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
     lines, curves = [], []
     selection = ""
     for row in experiment.rows:
-        values, row_curves = [], []
+        values, row_curves, speeds = [], [], []  # speeds: (parameters, images/s, s per epoch)
         for seed in range(runner.seeds):
             run = runner.run_dir(row, seed)
             if not (run / "best.pt").exists():
@@ -263,6 +271,9 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
             cfg = best["config"]
             device = device_name(resolve_device(cfg.get("device", "auto")))
             metrics = RunDir(run).read_metrics()
+            speeds.append((sum(t.numel() for t in best["model"].values()),
+                           statistics.mean(float(m["train_images_per_s"]) for m in metrics),
+                           statistics.mean(float(m["seconds"]) for m in metrics)))
             row_curves.append([(int(m["epoch"]), 100 - float(m["test_accuracy"]))
                                for m in metrics])
             if experiment.name == "affnist":
@@ -281,8 +292,12 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         ours = (f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}"
                                                     if len(values) > 1 else "")
                 if values else "not run")
+        speed = ""
+        if experiment.speed:
+            speed = (f" {speeds[0][0]:,} | {statistics.mean(s[1] for s in speeds):.1f} | "
+                     f"{statistics.mean(s[2] for s in speeds):.2f} |" if speeds else " - | - | - |")
         lines.append(f"| {row.label} | {ours} | {len(values)} | "
-                     f"{paper if paper is not None else '-'} |")
+                     f"{paper if paper is not None else '-'} |{speed}")
     tested = ""
     if experiment.name == "affnist":
         tested = (" Tested on **the offline stand-in, not affNIST**: not comparable with the "
@@ -297,8 +312,9 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         f"Selection: {selection or '-'}. Epochs: {runner.epochs}. Seeds: {runner.seeds}. "
         f"Device: {device}. Date: {time.strftime('%Y-%m-%d')}.",
         "",
-        "| run | ours | seeds | the paper |",
-        "|---|---|---|---|",
+        "| run | ours | seeds | the paper |"
+        + (" parameters | train images/s | s per epoch |" if experiment.speed else ""),
+        "|---|---|---|---|" + ("---|---|---|" if experiment.speed else ""),
         *lines,
         "",
         "![test error per epoch](curves.png)",
@@ -347,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args, passed = parser.parse_known_args(argv)
 
     def work() -> None:
+        from config import Config
         from .data.splits import shared_splits
         if args.epochs < 1 or args.seeds < 1:
             raise UserError("--epochs and --seeds must be >= 1")
@@ -358,12 +375,13 @@ def main(argv: list[str] | None = None) -> int:
             if "dataset" in settings:
                 raise UserError("the affnist experiment trains on mnist40 and tests on affnist: "
                                 "--dataset is not allowed")
-            from config import Config
             root = Path(settings.get("data_dir", Config.__dataclass_fields__["data_dir"].default))
             dataset = "affnist" if (root / "affNIST" / "test.mat").exists() \
                 else "mnist-affine-standin"
             settings.setdefault("validation_samples", 10000)  # as the authors' code holds out
         check_owned(experiment, settings)
+        for row in experiment.rows:  # a setting that a row's run would refuse: before any run
+            Config(**{**settings, **experiment.fixed, **row.flags})
         runner = Runner(experiment, out, args.epochs, args.seeds, settings, dataset)
         runner.main = distributed.join(settings.get("device", "auto")).main
         runner.say(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} "

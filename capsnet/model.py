@@ -7,65 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-EPS = 1e-8
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """`x` in float32, or in float64 when it is float64 (never in a half-precision type)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def squash(s: Tensor, dim: int = -1) -> Tensor:
-    """v = |s|^2 / (1 + |s|^2) * s / |s|  (eq. 1), in float32 or wider; the eps keeps the
-    gradient finite at s = 0."""
-    s = at_least_float32(s)
-    squared_norm = (s * s).sum(dim=dim, keepdim=True)
-    return squared_norm / (1.0 + squared_norm) * s / torch.sqrt(squared_norm + EPS)
-
-
-def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
-                    bias: Tensor | None = None, leaky: bool = False) -> tuple[Tensor, Tensor]:
-    """Routing by agreement (Procedure 1), each example on its own.
-
-    u_hat: predictions u_hat_j|i laid out (B, out_caps, in_caps, out_dim), so that both routing
-    products are batched matrix products over (example, output capsule) without copies.
-    Returns the output capsules v_j (B, out_caps, out_dim) and the coupling coefficients c_ij
-    (B, out_caps, in_caps) of the last iteration. With `detach_inner`, gradients flow only
-    through the final iteration. With `leaky`, the softmax has one more output whose logit stays
-    zero ("none of the above"): a primary capsule can route to no class, and its c_ij over the
-    classes sum to less than 1. Routing runs in float32 (or float64) even under autocast: the
-    logits, the coupling coefficients and the sums s_j never round to half precision.
-    """
-    with torch.autocast(u_hat.device.type, enabled=False):
-        return route(at_least_float32(u_hat), iterations, detach_inner, bias, leaky)
-
-
-def couple(logits: Tensor, leaky: bool) -> Tensor:
-    """c_ij: the softmax of b_ij (B, out_caps, in_caps) over the output capsules."""
-    if not leaky:
-        return logits.softmax(dim=1)
-    return F.pad(logits, (0, 0, 0, 1)).softmax(dim=1)[:, :-1].contiguous()  # drop the extra one
-
-
-def route(u_hat: Tensor, iterations: int, detach_inner: bool,
-          bias: Tensor | None, leaky: bool) -> tuple[Tensor, Tensor]:
-    batch, out_caps, in_caps, dim = u_hat.shape
-    votes = u_hat.reshape(batch * out_caps, in_caps, dim)  # (B*out_caps, in_caps, out_dim)
-    votes_inner = votes.detach() if detach_inner else votes
-    logits = u_hat.new_zeros(batch, out_caps, in_caps)  # b_ij, zero for every example
-    for iteration in range(iterations):
-        coupling = couple(logits, leaky)  # c_ij: softmax over the output capsules
-        last = iteration == iterations - 1
-        s = torch.bmm(coupling.view(batch * out_caps, 1, in_caps), votes if last else votes_inner)
-        s = s.view(batch, out_caps, dim)  # s_j = sum_i c_ij u_hat_j|i
-        if bias is not None:
-            s = s + bias
-        v = squash(s)  # v_j: (B, out_caps, out_dim)
-        if not last:
-            agreement = torch.bmm(votes_inner, v.view(batch * out_caps, dim, 1))  # u_hat . v_j
-            logits = logits + agreement.view(batch, out_caps, in_caps)
-    return v, coupling
-
+from .routing import ROUTINGS, Routed
+from .squashing import squash
 
 class PrimaryCapsules(nn.Module):
     """One convolution whose channels form `types` capsule types of `dim` components each.
@@ -93,27 +36,26 @@ class PrimaryCapsules(nn.Module):
 
 
 class DigitCapsules(nn.Module):
-    """One capsule per class, fed by every primary capsule through its own weight W_ij.
-    `routing` is dynamic_routing; the run builder swaps in capsnet.lean_routing's, which gives
-    the same results with a hand-written backward."""
+    """One capsule per class, fed by every primary capsule through its own weight W_ij, its
+    votes combined by a routing of capsnet.routing (`routing`: a name in ROUTINGS)."""
 
     def __init__(self, in_caps: int, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16,
                  iterations: int = 3, detach_inner: bool = False, bias: bool = False,
-                 leaky: bool = False) -> None:
+                 leaky: bool = False, routing: str = "dynamic") -> None:
         super().__init__()
-        if iterations < 1:
-            raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-        self.iterations, self.detach_inner, self.leaky = iterations, detach_inner, leaky
         self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
-        self.routing = dynamic_routing
+        self.routing = ROUTINGS[routing].make(in_caps, out_caps, iterations, detach_inner, leaky)
 
-    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, u: Tensor) -> Routed:
+        """u_i (B, in_caps, in_dim) -> poses (B, out_caps, out_dim), scores (B, out_caps) and
+        coupling (B, out_caps, in_caps)."""
         in_caps, out_caps, out_dim, in_dim = self.weight.shape
         weight = self.weight.view(in_caps, out_caps * out_dim, in_dim).transpose(1, 2)
         u_hat = torch.bmm(u.transpose(0, 1), weight)  # (in_caps, B, out_caps*out_dim)
         u_hat = u_hat.view(in_caps, -1, out_caps, out_dim).permute(1, 2, 0, 3).contiguous()
-        return self.routing(u_hat, self.iterations, self.detach_inner, self.bias, self.leaky)
+        activations = torch.linalg.vector_norm(u, dim=-1)  # |u_i|: (B, in_caps)
+        return self.routing(u_hat, activations, self.bias)  # u_hat: (B, out_caps, in_caps, dim)
 
 
 class Decoder(nn.Module):
@@ -148,7 +90,7 @@ def official_init(model: nn.Module) -> None:
 
 
 class CapsNetOutput(NamedTuple):
-    lengths: Tensor  # (B, classes): capsule lengths, the class probabilities
+    lengths: Tensor  # (B, classes): the class scores in [0, 1] (the capsules' lengths)
     poses: Tensor  # (B, classes, 16): the digit capsules v_j
     reconstructions: Tensor  # like the input images, in [0, 1]; (B, K, C, H, W) for K digits
     coupling: Tensor | None = None  # (B, classes, in_caps): c_ij of the last routing iteration
@@ -160,7 +102,8 @@ SMALLEST_IMAGE = 17
 
 
 class CapsNet(nn.Module):
-    """Conv1 -> PrimaryCaps -> DigitCaps (dynamic routing) -> decoder; MNIST shapes by default.
+    """Conv1 -> PrimaryCaps -> DigitCaps (dynamic routing, or another `routing` of
+    capsnet.routing) -> decoder; MNIST shapes by default.
 
     `recipe` "official" follows the authors' released code where it departs from the paper:
     PrimaryCaps pre-activation conv(x)/32 + bias, a learned bias on the digit capsules before
@@ -170,7 +113,7 @@ class CapsNet(nn.Module):
                  routing_iterations: int = 3, detach_routing: bool = False,
                  digit_bias: bool = False, recipe: str = "paper", conv1_channels: int = 256,
                  primary_types: int = 32, primary_dim: int = 8, class_dim: int = 16,
-                 leaky_routing: bool = False) -> None:
+                 leaky_routing: bool = False, routing: str = "dynamic") -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -186,7 +129,7 @@ class CapsNet(nn.Module):
                              f"(>= {SMALLEST_IMAGE})")
         self.digits = DigitCapsules(primary_types * grid * grid, primary_dim, num_classes,
                                     class_dim, routing_iterations, detach_routing,
-                                    digit_bias or official, leaky_routing)
+                                    digit_bias or official, leaky_routing, routing)
         self.decoder = Decoder(num_classes * class_dim, (in_channels, image_size, image_size))
         self.grid = grid
         if official:
@@ -203,10 +146,10 @@ class CapsNet(nn.Module):
         reconstruction per digit (MultiMNIST). Without labels: the predicted class, or with
         `objects` K > 1 the K longest capsules, in ascending class order."""
         u = self.primary_capsules(images)  # (B, 1152, 8)
-        poses, coupling = self.digits(u)  # (B, classes, 16), (B, classes, 1152)
-        lengths = torch.linalg.vector_norm(poses, dim=-1)  # (B, classes)
-        chosen = labels if labels is not None else predict(lengths, objects)
-        return CapsNetOutput(lengths, poses, self.reconstruct(poses, chosen), coupling)
+        routed = self.digits(u)  # poses (B, classes, 16), scores (B, classes), coupling
+        chosen = labels if labels is not None else predict(routed.scores, objects)
+        return CapsNetOutput(routed.scores, routed.poses, self.reconstruct(routed.poses, chosen),
+                             routed.coupling)
 
     def reconstruct(self, poses: Tensor, classes: Tensor) -> Tensor:
         """The decoder's image from the capsule of class classes[b] of each example: poses

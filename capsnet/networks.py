@@ -6,13 +6,13 @@ capsules (a decoder and routing: the reconstruction windows, the figures of caps
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from . import lean_routing, spectral
+from . import spectral
 from .baseline import Baseline, BaselineLoss, widths
 from .errors import UserError
 from .loss import CapsuleLoss
@@ -24,7 +24,7 @@ CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
 
 def capsnet_args(cfg: Any, objects: int) -> dict[str, Any]:
     return {"routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
-            "leaky_routing": cfg.leaky_routing,
+            "leaky_routing": cfg.leaky_routing, "routing": cfg.routing,
             "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
             **{name: getattr(cfg, name) for name in CAPSNET_WIDTHS}}
 
@@ -55,12 +55,13 @@ class Network:
     capsules: bool  # a decoder and routing to show
     about: str
     smallest_image: int = 1  # the smallest input side it takes
+    # structure arguments that older checkpoints lack, with the value they were made with
+    older: dict[str, Any] = field(default_factory=dict)
 
 
 def make_capsnet(**args: Any) -> CapsNet:
-    """The paper's CapsNet, with the CPU kernels of capsnet.spectral for its convolutions and
-    the hand-written routing backward of capsnet.lean_routing."""
-    return lean_routing.install(spectral.install(CapsNet(**args)))
+    """The paper's CapsNet, with the CPU kernels of capsnet.spectral for its convolutions."""
+    return spectral.install(CapsNet(**args))
 
 
 def make_baseline(**args: Any) -> Baseline:
@@ -70,8 +71,9 @@ def make_baseline(**args: Any) -> Baseline:
 
 MODELS: dict[str, Network] = {n.name: n for n in (
     Network("capsnet", capsnet_args, make_capsnet, capsule_loss,
-            SHAPE + ("digit_bias", "recipe") + CAPSNET_WIDTHS, True,
-            "CapsNet with dynamic routing and the reconstruction decoder", SMALLEST_IMAGE),
+            SHAPE + ("digit_bias", "recipe", "routing") + CAPSNET_WIDTHS, True,
+            "CapsNet with routing (--routing) and the reconstruction decoder", SMALLEST_IMAGE,
+            {"routing": "dynamic"}),
     Network("baseline", baseline_args, make_baseline, lambda cfg: BaselineLoss(),
             SHAPE + ("recipe", "channels", "hidden", "objects"), False,
             "the paper's CNN baseline (capsnet/baseline.py)"),

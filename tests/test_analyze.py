@@ -51,7 +51,7 @@ def test_coupling_sums_to_one_and_is_what_routing_returns(model, images):
     with torch.no_grad():
         output = model(images)
         u = model.primary_capsules(images)
-        _, coupling = model.digits(u)
+        coupling = model.digits(u).coupling
     assert output.coupling.shape == (3, 10, 1152)
     assert torch.allclose(output.coupling.sum(dim=1), torch.ones(3, 1152), atol=1e-5)
     assert torch.allclose(output.coupling, coupling)

@@ -29,6 +29,7 @@ from capsnet.loss import CapsuleLoss
 from capsnet.meters import Meters
 from capsnet.model import CapsNet
 from capsnet.networks import MODELS
+from capsnet.routing import ROUTINGS
 from config import PRESETS, Config
 from conftest import SMALL_SETTINGS as SMALL  # quick, the same code paths
 
@@ -79,15 +80,17 @@ def digits(count: int, shape: tuple[int, int, int] = (1, 28, 28)) -> Split:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("recipe", ["paper", "official"])
+@pytest.mark.parametrize("recipe,routing", [("paper", "dynamic"), ("official", "dynamic"),
+                                            ("paper", "self-attention"), ("paper", "uniform")])
 @pytest.mark.parametrize("preset", [None, "cifar10"])
-def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, precision):
-    settings = {**PRESETS.get(preset, {}), "recipe": recipe, **SMALL}
+def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, routing, precision):
+    leaky = {"leaky_routing": False} if routing != "dynamic" else {}  # cifar10's is dynamic's
+    settings = {**PRESETS.get(preset, {}), "recipe": recipe, "routing": routing, **leaky, **SMALL}
     cfg = Config(**settings)
     shape = (3, 32, 32) if preset else (1, 28, 28)
     args = model_args(cfg, digits(1, shape))
     model = MODELS["capsnet"].make(**args)  # on the CPU: the official init draws data-dependent
-    # values; the builder's model, whose routing is capsnet.lean_routing
+    # values
     criterion = MODELS[cfg.model].criterion(cfg)
     size = args["image_size"]
     with fake_cuda():
@@ -192,9 +195,10 @@ def training_step(model: CapsNet, criterion: CapsuleLoss):
     return step
 
 
-def test_the_training_step_compiles_to_one_graph_on_the_cuda_path():
+@pytest.mark.parametrize("routing", sorted(ROUTINGS))
+def test_the_training_step_compiles_to_one_graph_on_the_cuda_path(routing):
     torch.manual_seed(0)
-    step = training_step(MODELS["capsnet"].make(**SMALL), CapsuleLoss())  # as runs build it
+    step = training_step(MODELS["capsnet"].make(**SMALL, routing=routing), CapsuleLoss())
     images, labels, weights = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]), torch.ones(4)
     with spectral.direct():
         explained = torch._dynamo.explain(step)(images, labels, weights)

@@ -94,6 +94,32 @@ def test_routing_and_the_affnist_protocol_on_the_stand_in(data_root, tmp_path, c
         pytest.approx(float(rows[0][1]), abs=0.01)
 
 
+def test_routing_algorithms_compares_every_routing_with_its_size_and_speed(data_root, tmp_path,
+                                                                          capsys):
+    from capsnet.routing import ROUTINGS
+    out = tmp_path / "algorithms"
+    assert run("routing-algorithms", out, data_root) == 0
+    text = (out / "results.md").read_text()
+    assert "| run | ours | seeds | the paper | parameters | train images/s | s per epoch |" in text
+    rows = {r[0]: r for r in table(text)}
+    assert list(rows) == list(ROUTINGS) == ["dynamic", "self-attention", "uniform"]
+    assert [rows[name][3] for name in rows] == ["0.25", "-", "-"]
+    params = {name: int(r[4].replace(",", "")) for name, r in rows.items()}
+    assert params["self-attention"] == params["dynamic"] + 10 * 4 * 6 * 6  # its prior b_ij
+    assert params["uniform"] == params["dynamic"]
+    assert all(0 <= float(r[1]) <= 100 and float(r[5]) > 0 and float(r[6]) > 0
+               for r in rows.values())
+    from capsnet.run.storage import load_checkpoint
+    for name in ROUTINGS:  # each an ordinary run of its routing
+        run_dir = out / f"{experiments.slug(name)}-seed0"
+        assert load_checkpoint(run_dir / "last.pt")["config"]["routing"] == name
+    capsys.readouterr()
+    assert run("routing-algorithms", tmp_path / "again", data_root, "--routing", "uniform") == 2
+    err = capsys.readouterr().err
+    assert "--routing is set by the routing-algorithms experiment's runs" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "again").exists()
+
+
 def test_bad_experiment_flags_are_one_line(data_root, tmp_path, capsys):
     assert experiments.main(["table1", "--out", str(tmp_path), "--seed", "3"]) == 2
     assert "--seed is set by the experiment" in capsys.readouterr().err
@@ -106,6 +132,7 @@ def test_bad_experiment_flags_are_one_line(data_root, tmp_path, capsys):
     (["--epoch", "1"], "unrecognized arguments: --epoch 1"),
     (["--routing-iterations", "2"], "--routing-iterations is set by the routing experiment's runs"),
     (["--run-dir=elsewhere"], "--run-dir is set by the experiment for each run"),
+    (["--routing", "uniform"], "--routing-iterations does not apply to --routing uniform"),
     (["--resume", "x/last.pt"], "--resume is not allowed: the experiment resumes"),
 ])
 def test_a_setting_the_experiment_owns_is_refused_in_any_form(given, expected, data_root,
@@ -139,4 +166,5 @@ def test_help_says_what_each_experiment_trains_and_that_train_flags_pass_through
     assert done.value.code == 0
     assert "table1   the baseline; CapsNet with 1 routing iteration" in out
     assert "routing  test error against routing iterations 1 to 5" in out
+    assert "routing-algorithms" in out and "{affnist,routing,routing-algorithms,table1}" in out
     assert "Any other flag goes to every run, as train.py takes it, except" in out

@@ -88,9 +88,11 @@ def test_digit_capsules_match_a_loop_over_w_ij():
     u = torch.randn(2, 6, 8)
     u_hat = torch.stack([torch.stack([torch.stack([layer.weight[i, j] @ u[b, i] for i in range(6)])
                                       for j in range(3)]) for b in range(2)])  # (B, j, i, d)
-    expected, _ = dynamic_routing(u_hat, 2)
-    got, _ = layer(u)
-    assert torch.allclose(got, expected, atol=1e-6)
+    expected, coupling = dynamic_routing(u_hat, 2)
+    got = layer(u)
+    assert torch.allclose(got.poses, expected, atol=1e-6)
+    assert torch.allclose(got.scores, expected.norm(dim=-1), atol=1e-6)
+    assert torch.allclose(got.coupling, coupling, atol=1e-6)
 
 
 def test_primary_capsules_group_channels_of_one_type_at_one_position():

@@ -1,17 +1,19 @@
-"""Procedure 1 for training: model.dynamic_routing's arguments and results, its backward by hand.
+"""Routing by agreement: Sabour, Frosst & Hinton 2017, Procedure 1.
 
-Routing reads the votes u_hat (B, out_caps, in_caps, dim), 94 MB at batch 128, once per product:
-three sums s_j and two agreements forward. Left to autograd, the backward pass writes a rank-one
-gradient of the votes for each of those five products and adds them up (nine passes over 94 MB).
-Here it is one product over all the terms,
-    dL/du_hat_j|i = sum_t c_ij^t dL/ds_j^t + sum_(t<T) dL/da_ij^t v_j^t,
-written once, and the agreements u_hat_j|i . x_j are read as x_j^T U_j^T, row by row (as U_j x_j
-they are 16-wide dot products, three times slower on a CPU). The votes keep the layout the
-reference form gives them: measured on a CPU, routing straight from the layout their product
-makes (in_caps first) through strided or block-diagonal products was slower than the one copy
-(docs/speed.md). Results equal model.dynamic_routing's to float64 rounding, gradients included
-(tests/test_lean_routing.py). `install(model)` routes a CapsNet through here; the run builder does
-(capsnet.networks), so that model.py stays the paper's layers.
+    b_ij <- 0;  r times:  c_i = softmax_j(b_i);  s_j = sum_i c_ij u_hat_j|i (+ bias_j);
+                          v_j = squash(s_j);  b_ij <- b_ij + u_hat_j|i . v_j
+
+`dynamic_routing` is the procedure as written, left to autograd: the reference form. The
+network's layer, `DynamicRouting`, runs the same procedure (`Procedure1`) with its backward pass
+written by hand. Routing reads the votes u_hat (B, classes, in_caps, dim), 94 MB at batch 128,
+once per product: three sums s_j and two agreements forward. Left to autograd, the backward pass
+writes a rank-one gradient of the votes for each of those five products and adds them up; here
+it is one product over all the terms,
+    dL/du_hat_j|i = sum_t c_ij^t dL/ds_j^t + sum_(t<r) dL/da_ij^t v_j^t,
+and the agreements u_hat_j|i . x_j are read as x_j^T U_j^T, row by row (as U_j x_j they are
+16-wide dot products, three times slower on a CPU). Both forms give the same results to float64
+rounding, gradients included (tests/test_routing.py). Why the votes keep this layout:
+BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -21,7 +23,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import EPS, at_least_float32, squash
+from ..squashing import EPS, at_least_float32, squash
+from .routed import Routed, by_length
+
+
+def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
+                    bias: Tensor | None = None, leaky: bool = False) -> tuple[Tensor, Tensor]:
+    """Procedure 1, each example on its own: v_j (B, out_caps, out_dim) and the last iteration's
+    c_ij (B, out_caps, in_caps) from u_hat (B, out_caps, in_caps, out_dim). With `detach_inner`,
+    gradients flow only through the final iteration. With `leaky`, the softmax has one more
+    output whose logit stays zero ("none of the above"): a primary capsule can route to no
+    class, and its c_ij over the classes sum to less than 1. Routing runs in float32 (or
+    float64) even under autocast: the logits, the coupling coefficients and the sums s_j never
+    round to half precision."""
+    with torch.autocast(u_hat.device.type, enabled=False):
+        u_hat = at_least_float32(u_hat)
+        batch, out_caps, in_caps, dim = u_hat.shape
+        votes = u_hat.reshape(batch * out_caps, in_caps, dim)  # (B*out_caps, in_caps, out_dim)
+        votes_inner = votes.detach() if detach_inner else votes
+        logits = u_hat.new_zeros(batch, out_caps, in_caps)  # b_ij, zero for every example
+        for iteration in range(iterations):
+            coupling = couple(logits, leaky)  # c_ij: softmax over the output capsules
+            last = iteration == iterations - 1
+            s = torch.bmm(coupling.reshape(batch * out_caps, 1, in_caps),
+                          votes if last else votes_inner)
+            s = s.view(batch, out_caps, dim)  # s_j = sum_i c_ij u_hat_j|i
+            if bias is not None:
+                s = s + bias
+            v = squash(s)  # v_j: (B, out_caps, out_dim)
+            if not last:
+                agreement = torch.bmm(votes_inner, v.view(batch * out_caps, dim, 1))
+                logits = logits + agreement.view(batch, out_caps, in_caps)  # + u_hat . v_j
+        return v, coupling
 
 
 def weighted_sums(weights: Tensor, votes: Tensor) -> Tensor:
@@ -58,9 +91,8 @@ def couple(logits: Tensor, leaky: bool) -> Tensor:
     return F.pad(logits, (0, 0, 0, 1)).softmax(dim=1)[:, :-1]
 
 
-class Routing(torch.autograd.Function):
-    """Procedure 1 on u_hat (B, out_caps, in_caps, dim): v_j (B, out_caps, dim) and the last
-    c_ij (B, out_caps, in_caps)."""
+class Procedure1(torch.autograd.Function):
+    """dynamic_routing's results, with the backward pass by hand."""
 
     @staticmethod
     def forward(ctx: Any, u_hat: Tensor, bias: Tensor | None, iterations: int,
@@ -123,17 +155,26 @@ class Routing(torch.autograd.Function):
         return grad_votes, grad_bias, None, None, None
 
 
-def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
-                    bias: Tensor | None = None, leaky: bool = False) -> tuple[Tensor, Tensor]:
-    """model.dynamic_routing, the same arguments and results, through Routing."""
+def procedure_1(u_hat: Tensor, iterations: int, detach_inner: bool = False,
+                bias: Tensor | None = None, leaky: bool = False) -> tuple[Tensor, Tensor]:
+    """dynamic_routing through Procedure1: the same arguments and results."""
     with torch.autocast(u_hat.device.type, enabled=False):
         u_hat = at_least_float32(u_hat).contiguous()
         bias = bias.to(u_hat.dtype) if bias is not None else None
-        return Routing.apply(u_hat, bias, iterations, detach_inner, leaky)
+        return Procedure1.apply(u_hat, bias, iterations, detach_inner, leaky)
 
 
-def install(model: nn.Module) -> nn.Module:
-    """`model` (a CapsNet) with its DigitCaps routed by this module: the same capsules up to
-    float32 rounding, in less time."""
-    model.digits.routing = dynamic_routing
-    return model
+class DynamicRouting(nn.Module):
+    """Procedure 1 as a routing layer: r iterations, optionally leaky or with the inner
+    iterations detached. The class scores are the lengths |v_j|."""
+
+    def __init__(self, in_caps: int, classes: int, iterations: int = 3,
+                 detach_inner: bool = False, leaky: bool = False) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"routing iterations must be >= 1, got {iterations}")
+        self.iterations, self.detach_inner, self.leaky = iterations, detach_inner, leaky
+
+    def forward(self, u_hat: Tensor, activations: Tensor, bias: Tensor | None = None) -> Routed:
+        v, coupling = procedure_1(u_hat, self.iterations, self.detach_inner, bias, self.leaky)
+        return by_length(v, coupling)

@@ -1,0 +1,41 @@
+"""How primary capsules send their votes to the class capsules (`--routing`): one entry each in
+ROUTINGS, with its own module.
+
+Every routing takes the votes u_hat_j|i = W_ij u_i (B, classes, in_caps, dim), the primary
+capsules' activations, their lengths |u_i| (B, in_caps), and the class capsules' bias (classes,
+dim) or None, added to s_j before squash; it returns a Routed record: the class poses, the class
+scores in [0, 1] (what the losses, meters and predictions read) and the coupling coefficients
+(B, classes, in_caps) (what the dashboard's routing maps show). Each works in float32 or wider,
+under autocast too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from .dynamic import DynamicRouting
+from .routed import Routed
+from .self_attention import SelfAttentionRouting
+from .uniform import UniformRouting
+
+__all__ = ["ROUTINGS", "Routed", "Routing"]
+
+@dataclass(frozen=True)
+class Routing:
+    name: str
+    make: Callable[..., nn.Module]  # (in_caps, classes, iterations, detach, leaky) -> module
+    iterates: bool  # takes --routing-iterations and --detach-routing
+    leaky: bool  # takes --leaky-routing
+    about: str
+
+
+ROUTINGS: dict[str, Routing] = {r.name: r for r in (
+    Routing("dynamic", DynamicRouting, True, True,
+            "routing by agreement, Sabour, Frosst & Hinton 2017, Procedure 1"),
+    Routing("self-attention", SelfAttentionRouting, False, False,
+            "the non-iterative self-attention routing of Efficient-CapsNet (Mazzia et al. 2021)"),
+    Routing("uniform", UniformRouting, False, False,
+            "no routing: every c_ij is 1/classes (the control)"),
+)}

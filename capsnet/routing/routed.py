@@ -1,0 +1,18 @@
+"""What every routing returns."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Routed(NamedTuple):
+    poses: Tensor  # (B, classes, dim): the class capsules v_j
+    scores: Tensor  # (B, classes) in [0, 1]: the probability that each class is present
+    coupling: Tensor  # (B, classes, in_caps): how much of each primary capsule went to a class
+
+
+def by_length(poses: Tensor, coupling: Tensor) -> Routed:
+    """Squashed poses score by their lengths |v_j|, in [0, 1)."""
+    return Routed(poses, torch.linalg.vector_norm(poses, dim=-1), coupling)

@@ -1,0 +1,190 @@
+"""The routings of capsnet.routing: each against its equations written out on a small case, the
+network's dynamic routing against Procedure 1 as written (capsnet.dynamic_routing), and how the
+setting reaches the model, its checkpoints and its flags."""
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+
+from capsnet import dynamic_routing, squash
+from capsnet.model import CapsNet
+from capsnet.routing import ROUTINGS
+from capsnet.routing.dynamic import procedure_1
+
+OPTIONS = list(itertools.product((1, 2, 3), (False, True), (False, True), (False, True)))
+
+
+def routed(routing, u_hat, iterations, detach, bias, leaky):
+    """Outputs and the gradients of a loss of both outputs (the coupling too)."""
+    u_hat = u_hat.clone().requires_grad_()
+    bias = bias.clone().requires_grad_() if bias is not None else None
+    v, coupling = routing(u_hat, iterations, detach, bias, leaky)
+    weights = torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)
+    ((v * weights).sum() + (coupling[:, :2] ** 2).sum()).backward()
+    return [v, coupling, u_hat.grad] + ([bias.grad] if bias is not None else [])
+
+
+@pytest.mark.parametrize("iterations,detach,bias,leaky", OPTIONS)
+def test_the_networks_procedure_1_equals_the_written_one_with_its_gradients_in_float64(
+        iterations, detach, bias, leaky):
+    g = torch.Generator().manual_seed(iterations)
+    u_hat = torch.randn(3, 4, 25, 6, dtype=torch.float64, generator=g)  # (B, out, in, dim)
+    b = torch.randn(4, 6, dtype=torch.float64, generator=g) if bias else None
+    expected = routed(dynamic_routing, u_hat, iterations, detach, b, leaky)
+    got = routed(procedure_1, u_hat, iterations, detach, b, leaky)
+    for a, e in zip(got, expected):
+        assert a.shape == e.shape and torch.allclose(a, e, rtol=0, atol=1e-12)
+
+
+def test_the_networks_procedure_1_equals_the_written_one_in_float32_at_the_papers_size():
+    torch.manual_seed(0)
+    u_hat = 0.05 * torch.randn(8, 10, 1152, 16)
+    expected = routed(dynamic_routing, u_hat, 3, False, None, False)
+    got = routed(procedure_1, u_hat, 3, False, None, False)
+    for a, e in zip(got, expected):
+        assert torch.allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTINGS))
+def test_every_routing_stays_in_float32_under_bf16_autocast(name):
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 10, 64, 16).bfloat16()
+    layer = ROUTINGS[name].make(64, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(u_hat, torch.rand(2, 64))
+    assert all(t.dtype == torch.float32 for t in out)
+    reference = layer(u_hat.float(), torch.rand(2, 64))
+    assert torch.allclose(out.poses, reference.poses, atol=1e-6)
+
+
+# A small case, two classes and three input capsules of dimension 2, written out per routing.
+U_HAT = torch.tensor([[[[1.0, 0.0], [0.5, 0.5], [-0.2, 0.3]],
+                       [[0.0, 1.0], [0.4, -0.1], [0.3, 0.3]]]], dtype=torch.float64)  # (1, j, i, d)
+
+
+def norm(x):
+    return math.sqrt(sum(a * a for a in x))
+
+
+def squash_list(s):
+    n2 = sum(a * a for a in s)
+    return [n2 / (1 + n2) * a / math.sqrt(n2 + 1e-8) for a in s]
+
+
+def test_dynamic_routing_follows_procedure_1_on_a_small_case():
+    u = U_HAT[0].tolist()  # u[j][i]: the vote of input capsule i for class j
+    b = [[0.0] * 3 for _ in range(2)]
+    for iteration in range(3):
+        c = [[math.exp(b[j][i]) / sum(math.exp(b[k][i]) for k in range(2)) for i in range(3)]
+             for j in range(2)]
+        v = [squash_list([sum(c[j][i] * u[j][i][d] for i in range(3)) for d in range(2)])
+             for j in range(2)]
+        if iteration < 2:
+            b = [[b[j][i] + sum(u[j][i][d] * v[j][d] for d in range(2)) for i in range(3)]
+                 for j in range(2)]
+    out = ROUTINGS["dynamic"].make(3, 2, 3)(U_HAT, torch.ones(1, 3))
+    assert torch.allclose(out.poses[0], torch.tensor(v, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(out.coupling[0], torch.tensor(c, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(out.scores[0], torch.tensor([norm(x) for x in v],
+                                                      dtype=torch.float64), atol=1e-12)
+
+
+def test_self_attention_routing_follows_its_equations_on_a_small_case():
+    u = U_HAT[0].tolist()
+    layer = ROUTINGS["self-attention"].make(3, 2).double()
+    with torch.no_grad():
+        layer.prior.copy_(torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, 0.05]]))
+    prior = layer.prior.tolist()
+    # A_j[i, k] = u_j|i . u_j|k / sqrt(2); c_ij = softmax over j of sum_k A_j[i, k]
+    a = [[sum(sum(u[j][i][d] * u[j][k][d] for d in range(2)) for k in range(3)) / math.sqrt(2)
+          for i in range(3)] for j in range(2)]
+    c = [[math.exp(a[j][i]) / sum(math.exp(a[k][i]) for k in range(2)) + prior[j][i]
+          for i in range(3)] for j in range(2)]
+    v = [squash_list([sum(c[j][i] * u[j][i][d] for i in range(3)) for d in range(2)])
+         for j in range(2)]
+    out = layer(U_HAT, torch.ones(1, 3))
+    assert torch.allclose(out.poses[0], torch.tensor(v, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(out.coupling[0], torch.tensor(c, dtype=torch.float64), atol=1e-12)
+    (out.scores.sum() + out.coupling.sum()).backward()
+    assert torch.isfinite(layer.prior.grad).all() and layer.prior.grad.abs().sum() > 0
+
+
+def test_uniform_routing_is_one_iteration_of_dynamic_routing():
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 10, 30, 16)
+    bias = torch.randn(10, 16)
+    out = ROUTINGS["uniform"].make(30, 10)(u_hat, torch.rand(2, 30), bias)
+    v, c = dynamic_routing(u_hat, 1, bias=bias)
+    assert torch.allclose(out.poses, v, atol=1e-6) and torch.allclose(out.coupling, c)
+    assert torch.allclose(out.coupling, torch.full((2, 10, 30), 0.1))
+    assert torch.allclose(out.poses[0, 0], squash(u_hat[0, 0].sum(0) / 10 + bias[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTINGS))
+def test_every_routing_trains_in_the_network_with_finite_gradients(name):
+    torch.manual_seed(0)
+    model = CapsNet(conv1_channels=16, primary_types=4, routing=name)
+    out = model(torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3]))
+    assert out.lengths.shape == (3, 10) and out.coupling.shape == (3, 10, 4 * 6 * 6)
+    assert ((0 <= out.lengths) & (out.lengths <= 1)).all()
+    # every routing couples each primary capsule to the classes with weights summing to 1 (the
+    # self-attention prior b_ij starts at zero)
+    assert torch.allclose(out.coupling.sum(dim=1), torch.ones(3, 4 * 6 * 6), atol=1e-5)
+    (out.lengths.sum() + out.reconstructions.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin(torch.ones(1, 1, 28, 28)).lengths, model(torch.ones(1, 1, 28, 28)).lengths)
+
+
+def test_the_routing_flag_lists_its_choices_and_refuses_options_of_another_in_one_line(
+        quick_args, capsys):
+    import train
+
+    from conftest import run_main
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "{dynamic,self-attention,uniform}" in capsys.readouterr().out
+    for given, expected in ((["--routing", "uniform", "--leaky-routing"],
+                             "--leaky-routing does not apply to --routing uniform"),
+                            (["--routing", "self-attention", "--routing-iterations", "2"],
+                             "--routing-iterations does not apply to --routing self-attention"),
+                            (["--routing", "uniform", "--detach-routing"],
+                             "--detach-routing does not apply to --routing uniform")):
+        code, err = run_main([*quick_args, *given], capsys)
+        assert code == 2 and expected in err and len(err.splitlines()) == 1
+
+
+def test_a_checkpoint_is_refused_by_another_routing_and_one_without_the_setting_is_dynamic(
+        tiny_checkpoints, data_root, tmp_path, capsys):
+    import shutil
+
+    from conftest import run_main
+    from capsnet.run.storage import load_checkpoint, save_checkpoint
+    path = tmp_path / "last.pt"
+    shutil.copy(tiny_checkpoints["capsnet"], path)
+    data = ["--data-dir", str(data_root), "--no-download", "--no-visdom"]
+    code, err = run_main(["--eval", str(path), "--routing", "uniform", *data], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "does not fit this dataset and config (routing: saved dynamic, now uniform)" in err
+    checkpoint = load_checkpoint(path)  # as saved before --routing existed
+    checkpoint.pop("digest", None)
+    del checkpoint["config"]["routing"], checkpoint["model_args"]["routing"]
+    save_checkpoint(path, checkpoint)
+    code, err = run_main(["--eval", str(path), *data], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["self-attention", "uniform"])
+def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, quick_args, capsys):
+    from conftest import run_main
+    from capsnet.run.storage import load_checkpoint
+    code, err = run_main([*quick_args, "--routing", name], capsys)
+    assert code == 0, err
+    run = quick_args[quick_args.index("--run-dir") + 1]
+    checkpoint = load_checkpoint(f"{run}/last.pt")
+    assert checkpoint["config"]["routing"] == checkpoint["model_args"]["routing"] == name
+    assert ("digits.routing.prior" in checkpoint["model"]) == (name == "self-attention")
+    code, err = run_main(["--eval", f"{run}/last.pt", *quick_args[:3], "--no-visdom"], capsys)
+    assert code == 0, err
