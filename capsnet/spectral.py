@@ -5,8 +5,8 @@ The PrimaryCaps layer (9x9 kernel, stride 2, 256 -> 256 channels) does 95% of Ca
 arithmetic. Its stride-2 convolution splits by phase (even or odd rows, even or odd columns) into
 four stride-1 convolutions of 10x10 maps with 5x5 kernels. Over a 10x10 discrete Fourier
 transform, each of those becomes one product per frequency, and one matrix product per frequency
-contracts all four phases and 256 channels at once. That costs a third of the multiply-adds of the
-direct convolution. Every transform here is a small matrix product, so autograd derives the
+contracts all four phases and 256 channels at once, for the 52 frequencies of half the spectrum of
+a real 10x10 map. That costs under a third of the multiply-adds of the direct convolution. Every transform here is a small matrix product, so autograd derives the
 backward pass. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up
 to float32 rounding (tests/test_spectral.py). `install(model)` swaps these kernels into a CapsNet;
 the run builder does (capsnet.networks), so model.py stays the paper's layers.
@@ -66,7 +66,7 @@ def grid_size(image_size: int, conv1_kernel: int) -> int:
 
 @built_in_grad_mode
 def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """DFT matrices over an n x n grid with F = n * (n // 2 + 1) frequencies (f = row, column),
+    """DFT matrices over an n x n grid with F frequencies (f = row, column) of half the spectrum,
     for kernels of half x half taps and out <= n - half + 1 outputs per side.
 
     forward (2F, n*n): real and imaginary rows of each frequency of a real map.
@@ -75,9 +75,13 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     inverse_re, inverse_im (out*out, 2F): the real inverse transform at the valid outputs of a
         product formed with the kernel's real / imaginary spectrum.
     """
-    cols = n // 2 + 1
-    fy = torch.arange(n, dtype=torch.float64).repeat_interleave(cols)  # (F,)
-    fx = torch.arange(cols, dtype=torch.float64).repeat(n)  # (F,)
+    # Half the spectrum of a real map: columns fx = 0 .. n/2, and in columns 0 and n/2 (where
+    # (fy, fx) and (-fy, fx) are conjugate) rows fy = 0 .. n/2 only: 52 frequencies for n = 10.
+    fy, fx = torch.meshgrid(torch.arange(n, dtype=torch.float64),
+                            torch.arange(n // 2 + 1, dtype=torch.float64), indexing="ij")
+    edge = (fx == 0) | (2 * fx == n)
+    kept = ~edge | (2 * fy <= n)
+    fy, fx = fy[kept], fx[kept]  # (F,)
 
     def angles(size: int) -> Tensor:  # (F, size*size): 2 pi (fy y + fx x) / n
         y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64),
@@ -86,8 +90,10 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
 
     grid, taps, outputs = angles(n), angles(half), angles(out).t()
     forward = torch.stack([grid.cos(), -grid.sin()], dim=1).reshape(-1, n * n)
-    # Hermitian weights: columns 0 and n/2 stand for themselves, the others for their mirror too.
-    weight = torch.where((fx == 0) | (2 * fx == n), 1.0, 2.0) / (n * n)
+    # Hermitian weights: a frequency stands for its conjugate too, but for the four that are
+    # their own conjugate ((0 or n/2, 0 or n/2): real).
+    self_conjugate = ((fx == 0) | (2 * fx == n)) & ((fy == 0) | (2 * fy == n))
+    weight = torch.where(self_conjugate, 1.0, 2.0) / (n * n)
     cos, sin = outputs.cos() * weight, outputs.sin() * weight  # (out*out, F)
     inverse_re = torch.stack([cos, -sin], dim=2).reshape(out * out, -1)
     inverse_im = torch.stack([-sin, -cos], dim=2).reshape(out * out, -1)
