@@ -59,9 +59,10 @@ class Config:
     class_dim: int = setting(16, "dimensions of a class (digit) capsule")
     routing: str = setting("dynamic", "how primary capsules route to the class capsules: "
                            "dynamic (the paper's Procedure 1), self-attention (Efficient-CapsNet's, "
-                           "not iterated), uniform (every c_ij = 1/classes: the control) "
+                           "not iterated), uniform (every c_ij = 1/classes: the control), "
+                           "attention (inverted dot-product attention, Tsai et al. 2020) "
                            "(docs/models.md)", tuple(ROUTINGS))
-    routing_iterations: int = setting(3, "routing-by-agreement iterations (--routing dynamic)")
+    routing_iterations: int = setting(3, "routing iterations (--routing dynamic or attention)")
     leaky_routing: bool = setting(False, "a none-of-the-above output in the routing softmax "
                                   "(its logit fixed at zero), so a primary capsule can route to "
                                   "no class (--routing dynamic)")
@@ -149,16 +150,19 @@ class Config:
     def check_routing_options(self) -> None:
         """Options of one routing are refused with another (a value other than the default)."""
         entry = ROUTINGS[self.routing]
-        given = [name for name, applies in (("leaky_routing", entry.leaky),
-                                            ("routing_iterations", entry.iterates),
-                                            ("detach_routing", entry.iterates))
-                 if not applies and getattr(self, name) != Config.__dataclass_fields__[name].default]
-        if given:
-            raise UserError(f"{flag(given[0])} does not apply to --routing {self.routing}: "
-                            "leave it out (it is an option of " + ", ".join(
-                                f"--routing {r.name}" for r in ROUTINGS.values()
-                                if (r.leaky if given[0] == "leaky_routing" else r.iterates))
-                            + ")")
+        options = {"leaky_routing": "leaky", "routing_iterations": "iterates",
+                   "detach_routing": "detaches", "digit_bias": "bias"}  # flag -> Routing field
+        for name, takes in options.items():
+            if not getattr(entry, takes) and getattr(self, name) != \
+                    Config.__dataclass_fields__[name].default:
+                raise UserError(f"{flag(name)} does not apply to --routing {self.routing}: leave "
+                                "it out (it is an option of " + ", ".join(
+                                    f"--routing {r.name}" for r in ROUTINGS.values()
+                                    if getattr(r, takes)) + ")")
+        if self.recipe == "official" and self.model == "capsnet" and not entry.bias:
+            raise UserError(f"--recipe official does not apply to --routing {self.routing}: its "
+                            "digit-capsule bias is added before squash, which this routing has "
+                            "not; use --recipe paper")
 
 
 # --preset NAME: the paper's settings for a dataset in one flag; flags given beside it win.

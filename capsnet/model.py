@@ -44,8 +44,11 @@ class DigitCapsules(nn.Module):
                  leaky: bool = False, routing: str = "dynamic") -> None:
         super().__init__()
         self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
+        if bias and not ROUTINGS[routing].bias:
+            raise ValueError(f"the {routing} routing takes no class-capsule bias")
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
-        self.routing = ROUTINGS[routing].make(in_caps, out_caps, iterations, detach_inner, leaky)
+        self.routing = ROUTINGS[routing].make(in_caps, out_caps, out_dim, iterations,
+                                              detach_inner, leaky)
 
     def forward(self, u: Tensor) -> Routed:
         """u_i (B, in_caps, in_dim) -> poses (B, out_caps, out_dim), scores (B, out_caps) and

@@ -81,7 +81,8 @@ def digits(count: int, shape: tuple[int, int, int] = (1, 28, 28)) -> Split:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("recipe,routing", [("paper", "dynamic"), ("official", "dynamic"),
-                                            ("paper", "self-attention"), ("paper", "uniform")])
+                                            ("paper", "self-attention"), ("paper", "uniform"),
+                                            ("paper", "attention")])
 @pytest.mark.parametrize("preset", [None, "cifar10"])
 def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, routing, precision):
     leaky = {"leaky_routing": False} if routing != "dynamic" else {}  # cifar10's is dynamic's

@@ -51,7 +51,7 @@ def test_the_networks_procedure_1_equals_the_written_one_in_float32_at_the_paper
 def test_every_routing_stays_in_float32_under_bf16_autocast(name):
     torch.manual_seed(0)
     u_hat = torch.randn(2, 10, 64, 16).bfloat16()
-    layer = ROUTINGS[name].make(64, 10)
+    layer = ROUTINGS[name].make(64, 10, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(u_hat, torch.rand(2, 64))
     assert all(t.dtype == torch.float32 for t in out)
@@ -84,7 +84,7 @@ def test_dynamic_routing_follows_procedure_1_on_a_small_case():
         if iteration < 2:
             b = [[b[j][i] + sum(u[j][i][d] * v[j][d] for d in range(2)) for i in range(3)]
                  for j in range(2)]
-    out = ROUTINGS["dynamic"].make(3, 2, 3)(U_HAT, torch.ones(1, 3))
+    out = ROUTINGS["dynamic"].make(3, 2, 2, 3)(U_HAT, torch.ones(1, 3))
     assert torch.allclose(out.poses[0], torch.tensor(v, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(out.coupling[0], torch.tensor(c, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(out.scores[0], torch.tensor([norm(x) for x in v],
@@ -93,7 +93,7 @@ def test_dynamic_routing_follows_procedure_1_on_a_small_case():
 
 def test_self_attention_routing_follows_its_equations_on_a_small_case():
     u = U_HAT[0].tolist()
-    layer = ROUTINGS["self-attention"].make(3, 2).double()
+    layer = ROUTINGS["self-attention"].make(3, 2, 2).double()
     with torch.no_grad():
         layer.prior.copy_(torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, 0.05]]))
     prior = layer.prior.tolist()
@@ -111,11 +111,42 @@ def test_self_attention_routing_follows_its_equations_on_a_small_case():
     assert torch.isfinite(layer.prior.grad).all() and layer.prior.grad.abs().sum() > 0
 
 
+def test_attention_routing_follows_its_equations_on_a_small_case():
+    u = U_HAT[0].tolist()
+    layer = ROUTINGS["attention"].make(3, 2, 2, 3).double()
+    with torch.no_grad():
+        layer.norm.weight.copy_(torch.tensor([1.5, 0.5]))
+        layer.norm.bias.copy_(torch.tensor([0.1, -0.2]))
+    gain, shift = layer.norm.weight.tolist(), layer.norm.bias.tolist()
+    w, b = layer.score.weight[0].tolist(), layer.score.bias.item()
+
+    def layer_norm(s):
+        mean = sum(s) / len(s)
+        var = sum((x - mean) ** 2 for x in s) / len(s)
+        return [g * (x - mean) / math.sqrt(var + 1e-5) + h for x, g, h in zip(s, gain, shift)]
+    c = [[0.5] * 3 for _ in range(2)]  # the first iteration couples uniformly
+    v: list = []
+    for iteration in range(3):
+        if iteration > 0:
+            a = [[sum(u[j][i][d] * v[j][d] for d in range(2)) / math.sqrt(2) for i in range(3)]
+                 for j in range(2)]
+            c = [[math.exp(a[j][i]) / sum(math.exp(a[k][i]) for k in range(2)) for i in range(3)]
+                 for j in range(2)]
+        v = [layer_norm([sum(c[j][i] * u[j][i][d] for i in range(3)) for d in range(2)])
+             for j in range(2)]
+    scores = [1 / (1 + math.exp(-(sum(wd * vd for wd, vd in zip(w, v[j])) + b))) for j in range(2)]
+    out = layer(U_HAT, torch.ones(1, 3))
+    assert torch.allclose(out.poses[0], torch.tensor(v, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(out.coupling[0], torch.tensor(c, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(out.scores[0], torch.tensor(scores, dtype=torch.float64), atol=1e-10)
+    assert math.isclose(b, math.log(0.1 / 0.9), abs_tol=1e-6)  # every score starts near m- = 0.1
+
+
 def test_uniform_routing_is_one_iteration_of_dynamic_routing():
     torch.manual_seed(0)
     u_hat = torch.randn(2, 10, 30, 16)
     bias = torch.randn(10, 16)
-    out = ROUTINGS["uniform"].make(30, 10)(u_hat, torch.rand(2, 30), bias)
+    out = ROUTINGS["uniform"].make(30, 10, 16)(u_hat, torch.rand(2, 30), bias)
     v, c = dynamic_routing(u_hat, 1, bias=bias)
     assert torch.allclose(out.poses, v, atol=1e-6) and torch.allclose(out.coupling, c)
     assert torch.allclose(out.coupling, torch.full((2, 10, 30), 0.1))
@@ -145,13 +176,19 @@ def test_the_routing_flag_lists_its_choices_and_refuses_options_of_another_in_on
     from conftest import run_main
     with pytest.raises(SystemExit):
         train.main(["--help"])
-    assert "{dynamic,self-attention,uniform}" in capsys.readouterr().out
+    assert "{dynamic,self-attention,uniform,attention}" in capsys.readouterr().out
     for given, expected in ((["--routing", "uniform", "--leaky-routing"],
                              "--leaky-routing does not apply to --routing uniform"),
                             (["--routing", "self-attention", "--routing-iterations", "2"],
                              "--routing-iterations does not apply to --routing self-attention"),
                             (["--routing", "uniform", "--detach-routing"],
-                             "--detach-routing does not apply to --routing uniform")):
+                             "--detach-routing does not apply to --routing uniform"),
+                            (["--routing", "attention", "--detach-routing"],
+                             "--detach-routing does not apply to --routing attention"),
+                            (["--routing", "attention", "--digit-bias"],
+                             "--digit-bias does not apply to --routing attention"),
+                            (["--routing", "attention", "--recipe", "official"],
+                             "--recipe official does not apply to --routing attention")):
         code, err = run_main([*quick_args, *given], capsys)
         assert code == 2 and expected in err and len(err.splitlines()) == 1
 
@@ -176,7 +213,7 @@ def test_a_checkpoint_is_refused_by_another_routing_and_one_without_the_setting_
     assert code == 0, err
 
 
-@pytest.mark.parametrize("name", ["self-attention", "uniform"])
+@pytest.mark.parametrize("name", ["self-attention", "uniform", "attention"])
 def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, quick_args, capsys):
     from conftest import run_main
     from capsnet.run.storage import load_checkpoint
@@ -186,5 +223,6 @@ def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, quic
     checkpoint = load_checkpoint(f"{run}/last.pt")
     assert checkpoint["config"]["routing"] == checkpoint["model_args"]["routing"] == name
     assert ("digits.routing.prior" in checkpoint["model"]) == (name == "self-attention")
+    assert ("digits.routing.score.weight" in checkpoint["model"]) == (name == "attention")
     code, err = run_main(["--eval", f"{run}/last.pt", *quick_args[:3], "--no-visdom"], capsys)
     assert code == 0, err

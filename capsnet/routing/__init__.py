@@ -15,6 +15,7 @@ from typing import Callable
 
 from torch import nn
 
+from .attention import AttentionRouting
 from .dynamic import DynamicRouting
 from .routed import Routed
 from .self_attention import SelfAttentionRouting
@@ -25,17 +26,21 @@ __all__ = ["ROUTINGS", "Routed", "Routing"]
 @dataclass(frozen=True)
 class Routing:
     name: str
-    make: Callable[..., nn.Module]  # (in_caps, classes, iterations, detach, leaky) -> module
-    iterates: bool  # takes --routing-iterations and --detach-routing
+    make: Callable[..., nn.Module]  # (in_caps, classes, dim, iterations, detach, leaky) -> module
+    iterates: bool  # takes --routing-iterations
+    detaches: bool  # takes --detach-routing
     leaky: bool  # takes --leaky-routing
+    bias: bool  # adds the class capsules' bias (--digit-bias, --recipe official) before squash
     about: str
 
 
 ROUTINGS: dict[str, Routing] = {r.name: r for r in (
-    Routing("dynamic", DynamicRouting, True, True,
+    Routing("dynamic", DynamicRouting, True, True, True, True,
             "routing by agreement, Sabour, Frosst & Hinton 2017, Procedure 1"),
-    Routing("self-attention", SelfAttentionRouting, False, False,
+    Routing("self-attention", SelfAttentionRouting, False, False, False, True,
             "the non-iterative self-attention routing of Efficient-CapsNet (Mazzia et al. 2021)"),
-    Routing("uniform", UniformRouting, False, False,
+    Routing("uniform", UniformRouting, False, False, False, True,
             "no routing: every c_ij is 1/classes (the control)"),
+    Routing("attention", AttentionRouting, True, False, False, False,
+            "inverted dot-product attention routing, Tsai et al. 2020"),
 )}

@@ -168,7 +168,7 @@ class DynamicRouting(nn.Module):
     """Procedure 1 as a routing layer: r iterations, optionally leaky or with the inner
     iterations detached. The class scores are the lengths |v_j|."""
 
-    def __init__(self, in_caps: int, classes: int, iterations: int = 3,
+    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
                  detach_inner: bool = False, leaky: bool = False) -> None:
         super().__init__()
         if iterations < 1:

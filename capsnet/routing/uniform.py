@@ -16,7 +16,7 @@ from .routed import Routed, by_length
 
 
 class UniformRouting(nn.Module):
-    def __init__(self, in_caps: int, classes: int, iterations: int = 1,
+    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 1,
                  detach_inner: bool = False, leaky: bool = False) -> None:
         super().__init__()
 
