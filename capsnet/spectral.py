@@ -6,8 +6,8 @@ arithmetic. Its stride-2 convolution splits by phase (even or odd rows, even or 
 four stride-1 convolutions of 10x10 maps with 5x5 kernels. Over a 10x10 discrete Fourier
 transform, each of those becomes one product per frequency, and one matrix product per frequency
 contracts all four phases and 256 channels at once, for the 52 frequencies of half the spectrum of
-a real 10x10 map. That costs under a third of the multiply-adds of the direct convolution. Every transform here is a small matrix product, so autograd derives the
-backward pass. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up
+a real 10x10 map. That costs under a third of the multiply-adds of the direct convolution. Every
+transform here is a small matrix product, so autograd derives the backward pass. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up
 to float32 rounding (tests/test_spectral.py). `install(model)` swaps these kernels into a CapsNet;
 the run builder does (capsnet.networks), so model.py stays the paper's layers.
 """
@@ -81,7 +81,7 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
                             torch.arange(n // 2 + 1, dtype=torch.float64), indexing="ij")
     edge = (fx == 0) | (2 * fx == n)
     kept = ~edge | (2 * fy <= n)
-    fy, fx = fy[kept], fx[kept]  # (F,)
+    fy, fx, edge = fy[kept], fx[kept], edge[kept]  # (F,)
 
     def angles(size: int) -> Tensor:  # (F, size*size): 2 pi (fy y + fx x) / n
         y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64),
@@ -92,7 +92,7 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     forward = torch.stack([grid.cos(), -grid.sin()], dim=1).reshape(-1, n * n)
     # Hermitian weights: a frequency stands for its conjugate too, but for the four that are
     # their own conjugate ((0 or n/2, 0 or n/2): real).
-    self_conjugate = ((fx == 0) | (2 * fx == n)) & ((fy == 0) | (2 * fy == n))
+    self_conjugate = edge & ((fy == 0) | (2 * fy == n))
     weight = torch.where(self_conjugate, 1.0, 2.0) / (n * n)
     cos, sin = outputs.cos() * weight, outputs.sin() * weight  # (out*out, F)
     inverse_re = torch.stack([cos, -sin], dim=2).reshape(out * out, -1)

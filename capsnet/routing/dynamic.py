@@ -45,9 +45,7 @@ def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
         for iteration in range(iterations):
             coupling = couple(logits, leaky)  # c_ij: softmax over the output capsules
             last = iteration == iterations - 1
-            s = torch.bmm(coupling.reshape(batch * out_caps, 1, in_caps),
-                          votes if last else votes_inner)
-            s = s.view(batch, out_caps, dim)  # s_j = sum_i c_ij u_hat_j|i
+            s = weighted_sums(coupling, votes if last else votes_inner)  # s_j: (B, out_caps, dim)
             if bias is not None:
                 s = s + bias
             v = squash(s)  # v_j: (B, out_caps, out_dim)
@@ -75,7 +73,7 @@ def agreements(votes: Tensor, x: Tensor) -> Tensor:
 
 
 def squash_backward(s: Tensor, grad_v: Tensor) -> Tensor:
-    """dL/ds of v = q / (1 + q) * s / r, with q = |s|^2 and r = sqrt(q + eps) (model.squash):
+    """dL/ds of v = q / (1 + q) * s / r, with q = |s|^2 and r = sqrt(q + eps) (squash):
     dL/ds = q / ((1 + q) r) dL/dv + 2 s (s . dL/dv) (1 / ((1 + q)^2 r) - q / (2 (1 + q) r^3))."""
     q = (s * s).sum(dim=-1, keepdim=True)
     r = torch.sqrt(q + EPS)
@@ -110,15 +108,16 @@ class Procedure1(torch.autograd.Function):
             kept += [coupling, s, v]
             if iteration < iterations - 1:
                 logits = logits + agreements(votes, v)  # b_ij += u_hat_j|i . v_j
-        ctx.save_for_backward(votes, *kept)
+        ctx.save_for_backward(u_hat, *kept)
         ctx.options = (iterations, detach_inner, bias is not None)
-        ctx.shape = u_hat.shape
         return v, coupling
 
     @staticmethod
     def backward(ctx: Any, grad_v: Tensor, grad_coupling: Tensor | None
                  ) -> tuple[Tensor | None, ...]:
-        votes, *kept = ctx.saved_tensors
+        u_hat, *kept = ctx.saved_tensors
+        _, _, in_caps, dim = u_hat.shape
+        votes = u_hat.view(-1, in_caps, dim)
         iterations, detach_inner, has_bias = ctx.options
         couplings, sums, poses = kept[0::3], kept[1::3], kept[2::3]
         # The logits' gradient reaches the votes only without detach_inner, and the bias always.
@@ -148,10 +147,10 @@ class Procedure1(torch.autograd.Function):
             grad_logits = grad_b if grad_logits is None else grad_logits + grad_b
         grad_votes = None
         if ctx.needs_input_grad[0]:
-            count, in_caps, dim = votes.shape  # every rank-one term in one product
+            count = votes.shape[0]  # every rank-one term in one product
             left = torch.stack(weights, dim=-1).view(count, in_caps, len(weights))
             right = torch.stack(grads, dim=-2).view(count, len(grads), dim)
-            grad_votes = torch.bmm(left, right).view(ctx.shape)
+            grad_votes = torch.bmm(left, right).view_as(u_hat)
         return grad_votes, grad_bias, None, None, None
 
 
