@@ -12,6 +12,7 @@ from typing import Any
 
 from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
+from capsnet.loss import SCORE_LOSSES
 from capsnet.model import RECIPES
 from capsnet.networks import MODELS
 from capsnet.routing import ROUTINGS
@@ -60,9 +61,10 @@ class Config:
     routing: str = setting("dynamic", "how primary capsules route to the class capsules: "
                            "dynamic (the paper's Procedure 1), self-attention (Efficient-CapsNet's, "
                            "not iterated), uniform (every c_ij = 1/classes: the control), "
-                           "attention (inverted dot-product attention, Tsai et al. 2020) "
-                           "(docs/models.md)", tuple(ROUTINGS))
-    routing_iterations: int = setting(3, "routing iterations (--routing dynamic or attention)")
+                           "attention (inverted dot-product attention, Tsai et al. 2020), em "
+                           "(EM routing of matrix capsules, Hinton et al. 2018) (docs/models.md)",
+                           tuple(ROUTINGS))
+    routing_iterations: int = setting(3, "routing iterations (--routing dynamic, attention or em)")
     leaky_routing: bool = setting(False, "a none-of-the-above output in the routing softmax "
                                   "(its logit fixed at zero), so a primary capsule can route to "
                                   "no class (--routing dynamic)")
@@ -75,6 +77,11 @@ class Config:
                                    "(empty: the recipe's, paper 328,192; official 1024)")
     dropout: float = setting(0.5, "dropout before the baseline's logits (paper recipe)")
     # Loss
+    score_loss: str = setting("margin", "the loss on the class scores: margin (the paper's "
+                              "eq. 4, with m+, m- and lambda below) or spread (Matrix capsules' "
+                              "sum over wrong classes of max(0, m - (a_t - a_i))^2, m rising "
+                              "linearly from 0.2 to 0.9 over the run; docs/models.md)",
+                              SCORE_LOSSES)
     m_plus: float = setting(0.9, "margin loss m+")
     m_minus: float = setting(0.1, "margin loss m-")
     lambda_absent: float = setting(0.5, "margin loss down-weighting of absent classes (lambda)")
@@ -146,6 +153,19 @@ class Config:
         if not 0 <= self.m_minus < self.m_plus <= 1:
             fail("m_plus", self.m_plus, f"0 <= m_minus ({self.m_minus}) < m_plus <= 1")
         self.check_routing_options()
+        self.check_score_loss()
+
+    def check_score_loss(self) -> None:
+        """The spread loss is CapsNet's and has no m+, m- or lambda."""
+        if self.score_loss == "margin":
+            return
+        if self.model != "capsnet":
+            raise UserError(f"--score-loss {self.score_loss} does not apply to --model "
+                            f"{self.model}, whose loss is the cross-entropy: leave it out")
+        for name in ("m_plus", "m_minus", "lambda_absent"):
+            if getattr(self, name) != Config.__dataclass_fields__[name].default:
+                raise UserError(f"{flag(name)} does not apply to --score-loss {self.score_loss}: "
+                                "leave it out (it is an option of --score-loss margin)")
 
     def check_routing_options(self) -> None:
         """Options of one routing are refused with another (a value other than the default)."""

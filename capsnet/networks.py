@@ -40,9 +40,10 @@ def baseline_args(cfg: Any, objects: int) -> dict[str, Any]:
             "dropout": cfg.dropout, "objects": objects}
 
 
-def capsule_loss(cfg: Any) -> CapsuleLoss:
+def capsule_loss(cfg: Any, progress: Callable[[], float]) -> CapsuleLoss:
     return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
-                       class_mean=cfg.recipe == "official")
+                       class_mean=cfg.recipe == "official",
+                       spread=progress if cfg.score_loss == "spread" else None)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class Network:
     name: str
     args: Callable[[Any, int], dict[str, Any]]  # (settings, labels per example) -> arguments
     make: Callable[..., nn.Module]  # the model, from SHAPE and those arguments
-    criterion: Callable[[Any], nn.Module]  # its loss, from the settings
+    # its loss, from the settings and the fraction of the run's steps taken (0 to 1)
+    criterion: Callable[[Any, Callable[[], float]], nn.Module]
     structure: tuple[str, ...]  # arguments a checkpoint's weights must agree on
     capsules: bool  # a decoder and routing to show
     about: str
@@ -74,7 +76,7 @@ MODELS: dict[str, Network] = {n.name: n for n in (
             SHAPE + ("digit_bias", "recipe", "routing") + CAPSNET_WIDTHS, True,
             "CapsNet with routing (--routing) and the reconstruction decoder", SMALLEST_IMAGE,
             {"routing": "dynamic"}),
-    Network("baseline", baseline_args, make_baseline, lambda cfg: BaselineLoss(),
+    Network("baseline", baseline_args, make_baseline, lambda cfg, progress: BaselineLoss(),
             SHAPE + ("recipe", "channels", "hidden", "objects"), False,
             "the paper's CNN baseline (capsnet/baseline.py)"),
 )}

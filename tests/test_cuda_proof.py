@@ -82,7 +82,7 @@ def digits(count: int, shape: tuple[int, int, int] = (1, 28, 28)) -> Split:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("recipe,routing", [("paper", "dynamic"), ("official", "dynamic"),
                                             ("paper", "self-attention"), ("paper", "uniform"),
-                                            ("paper", "attention")])
+                                            ("paper", "attention"), ("paper", "em")])
 @pytest.mark.parametrize("preset", [None, "cifar10"])
 def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, routing, precision):
     leaky = {"leaky_routing": False} if routing != "dynamic" else {}  # cifar10's is dynamic's
@@ -92,7 +92,7 @@ def test_training_and_test_forward_passes_stay_on_cuda(preset, recipe, routing, 
     args = model_args(cfg, digits(1, shape))
     model = MODELS["capsnet"].make(**args)  # on the CPU: the official init draws data-dependent
     # values
-    criterion = MODELS[cfg.model].criterion(cfg)
+    criterion = MODELS[cfg.model].criterion(cfg, lambda: 0.5)
     size = args["image_size"]
     with fake_cuda():
         model = model.to(CUDA)

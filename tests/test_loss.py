@@ -80,3 +80,39 @@ def test_a_filled_up_batch_gives_the_loss_gradients_and_counts_of_its_own_exampl
     assert torch.allclose(full_totals.vector(), short_totals.vector(), rtol=1e-6)
     assert full_totals.summary()["loss"] == pytest.approx(float(short.total), rel=1e-6)
     assert full_totals.examples == 5 and full_totals.confusion.sum() == 5  # and confusion cells
+
+
+def test_spread_loss_by_hand_for_one_and_for_two_classes_present():
+    from capsnet.loss import spread_loss
+    scores = torch.tensor([[0.8, 0.3, 0.75], [0.2, 0.9, 0.6]])
+    # example 0, t = 0: max(0, 0.5 - 0.5)^2 + max(0, 0.5 - 0.05)^2 = 0.2025
+    # example 1, t = 1: max(0, 0.5 - 0.7)^2 + max(0, 0.5 - 0.3)^2 = 0.04
+    assert torch.allclose(spread_loss(scores, torch.tensor([0, 1]), 0.5),
+                          torch.tensor([0.2025, 0.04]))
+    # t in {0, 2} against i = 1: (0.5 - 0.5)^2 + (0.5 - 0.45)^2
+    assert torch.allclose(spread_loss(scores[:1], torch.tensor([[0, 2]]), 0.5),
+                          torch.tensor([0.0025]))
+
+
+def test_the_spread_margin_rises_linearly_from_0_2_to_0_9_over_the_run():
+    from capsnet.loss import spread_margin
+    assert [round(spread_margin(p), 6) for p in (0.0, 0.5, 1.0, 2.0)] == [0.2, 0.55, 0.9, 0.9]
+
+
+def test_the_spread_loss_follows_the_optimiser_steps_of_the_run():
+    from capsnet.networks import capsule_loss
+    from capsnet.run.build import run_progress
+    from config import Config
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9)
+    criterion = capsule_loss(Config(score_loss="spread"), run_progress(scheduler, 4))
+    output = CapsNetOutput(torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2, 16),
+                           torch.zeros(1, 1, 2, 2))
+    losses = []
+    for _ in range(6):
+        losses.append(criterion.parts(torch.zeros(1, 1, 2, 2), torch.tensor([0]), output).margin)
+        optimizer.step()
+        scheduler.step()
+    # a_t - a_i = 0: the loss is m^2, m = 0.2, 0.375, 0.55, 0.725, 0.9, 0.9
+    assert torch.allclose(torch.stack(losses), torch.tensor([0.04, 0.140625, 0.3025, 0.525625,
+                                                             0.81, 0.81]))

@@ -51,11 +51,12 @@ def test_the_networks_procedure_1_equals_the_written_one_in_float32_at_the_paper
 def test_every_routing_stays_in_float32_under_bf16_autocast(name):
     torch.manual_seed(0)
     u_hat = torch.randn(2, 10, 64, 16).bfloat16()
+    activations = torch.rand(2, 64)
     layer = ROUTINGS[name].make(64, 10, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(u_hat, torch.rand(2, 64))
+        out = layer(u_hat, activations.bfloat16())
     assert all(t.dtype == torch.float32 for t in out)
-    reference = layer(u_hat.float(), torch.rand(2, 64))
+    reference = layer(u_hat.float(), activations.bfloat16().float())
     assert torch.allclose(out.poses, reference.poses, atol=1e-6)
 
 
@@ -142,6 +143,46 @@ def test_attention_routing_follows_its_equations_on_a_small_case():
     assert math.isclose(b, math.log(0.1 / 0.9), abs_tol=1e-6)  # every score starts near m- = 0.1
 
 
+def test_em_routing_follows_procedure_1_of_matrix_capsules_on_a_small_case():
+    u = U_HAT[0].tolist()
+    a = [0.9, 0.5, 0.2]  # the input activations a_i
+    layer = ROUTINGS["em"].make(3, 2, 2, 3).double()
+    with torch.no_grad():
+        layer.beta_u.copy_(torch.tensor([0.2, -0.1]))
+        layer.beta_a.copy_(torch.tensor([0.3, 0.1]))
+    beta_u, beta_a = layer.beta_u.tolist(), layer.beta_a.tolist()
+    # sigma^h: the spread of all the votes, each weighted by its a_i
+    weights = [a[i] / (2 * sum(a)) for i in range(3)]
+    centre = [sum(weights[i] * u[j][i][h] for j in range(2) for i in range(3)) for h in range(2)]
+    spread = [sum(weights[i] * (u[j][i][h] - centre[h]) ** 2 for j in range(2) for i in range(3))
+              for h in range(2)]
+    r = [[0.5] * 3 for _ in range(2)]
+    for t in (1, 2, 3):
+        lam = 20 * (1 - 0.95 ** t)
+        rr = [[r[j][i] * a[i] for i in range(3)] for j in range(2)]
+        total = [sum(rr[j]) for j in range(2)]
+        mu = [[sum(rr[j][i] * u[j][i][h] for i in range(3)) / total[j] for h in range(2)]
+              for j in range(2)]
+        var = [[sum(rr[j][i] * (u[j][i][h] - mu[j][h]) ** 2 for i in range(3)) / total[j]
+                + 1e-4 * spread[h] for h in range(2)] for j in range(2)]
+        cost = [(beta_u[j] + sum(0.5 * math.log(var[j][h] / spread[h]) for h in range(2)) / 2)
+                * total[j] / (sum(total) / 2) for j in range(2)]
+        act = [1 / (1 + math.exp(-lam * (beta_a[j] - cost[j]))) for j in range(2)]
+        if t < 3:
+            p = [[math.prod(math.exp(-(u[j][i][h] - mu[j][h]) ** 2 / (2 * var[j][h]))
+                            / math.sqrt(2 * math.pi * var[j][h]) for h in range(2))
+                  for i in range(3)] for j in range(2)]
+            r = [[act[j] * p[j][i] / sum(act[k] * p[k][i] for k in range(2)) for i in range(3)]
+                 for j in range(2)]
+    out = layer(U_HAT, torch.tensor([a], dtype=torch.float64))
+    assert torch.allclose(out.poses[0], torch.tensor(mu, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(out.scores[0], torch.tensor(act, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(out.coupling[0], torch.tensor(r, dtype=torch.float64), atol=1e-10)
+    assert not torch.allclose(out.coupling[0], torch.full((2, 3), 0.5, dtype=torch.float64))
+    fresh = ROUTINGS["em"].make(3, 2, 2, 3)  # every a_j starts near 0.1 while costs are small
+    assert torch.allclose(torch.sigmoid(2.8524 * fresh.beta_a), torch.tensor(0.1), atol=1e-3)
+
+
 def test_uniform_routing_is_one_iteration_of_dynamic_routing():
     torch.manual_seed(0)
     u_hat = torch.randn(2, 10, 30, 16)
@@ -176,7 +217,7 @@ def test_the_routing_flag_lists_its_choices_and_refuses_options_of_another_in_on
     from conftest import run_main
     with pytest.raises(SystemExit):
         train.main(["--help"])
-    assert "{dynamic,self-attention,uniform,attention}" in capsys.readouterr().out
+    assert "{dynamic,self-attention,uniform,em,attention}" in capsys.readouterr().out
     for given, expected in ((["--routing", "uniform", "--leaky-routing"],
                              "--leaky-routing does not apply to --routing uniform"),
                             (["--routing", "self-attention", "--routing-iterations", "2"],
@@ -188,7 +229,19 @@ def test_the_routing_flag_lists_its_choices_and_refuses_options_of_another_in_on
                             (["--routing", "attention", "--digit-bias"],
                              "--digit-bias does not apply to --routing attention"),
                             (["--routing", "attention", "--recipe", "official"],
-                             "--recipe official does not apply to --routing attention")):
+                             "--recipe official does not apply to --routing attention"),
+                            (["--routing", "em", "--leaky-routing"],
+                             "--leaky-routing does not apply to --routing em"),
+                            (["--routing", "em", "--detach-routing"],
+                             "--detach-routing does not apply to --routing em"),
+                            (["--routing", "em", "--digit-bias"],
+                             "--digit-bias does not apply to --routing em"),
+                            (["--routing", "em", "--recipe", "official"],
+                             "--recipe official does not apply to --routing em"),
+                            (["--score-loss", "spread", "--m-plus", "0.8"],
+                             "--m-plus does not apply to --score-loss spread"),
+                            (["--model", "baseline", "--score-loss", "spread"],
+                             "--score-loss spread does not apply to --model baseline")):
         code, err = run_main([*quick_args, *given], capsys)
         assert code == 2 and expected in err and len(err.splitlines()) == 1
 
@@ -213,16 +266,20 @@ def test_a_checkpoint_is_refused_by_another_routing_and_one_without_the_setting_
     assert code == 0, err
 
 
-@pytest.mark.parametrize("name", ["self-attention", "attention"])  # the ones with parameters
-def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, quick_args, capsys):
+@pytest.mark.parametrize("name,loss", [("self-attention", "margin"), ("attention", "margin"),
+                                       ("em", "spread")])  # the routings with parameters
+def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, loss, quick_args,
+                                                                       capsys):
     from conftest import run_main
     from capsnet.run.storage import load_checkpoint
-    code, err = run_main([*quick_args, "--routing", name], capsys)
+    code, err = run_main([*quick_args, "--routing", name, "--score-loss", loss], capsys)
     assert code == 0, err
     run = quick_args[quick_args.index("--run-dir") + 1]
     checkpoint = load_checkpoint(f"{run}/last.pt")
     assert checkpoint["config"]["routing"] == checkpoint["model_args"]["routing"] == name
     assert ("digits.routing.prior" in checkpoint["model"]) == (name == "self-attention")
     assert ("digits.routing.score.weight" in checkpoint["model"]) == (name == "attention")
+    assert ("digits.routing.beta_a" in checkpoint["model"]) == (name == "em")
+    assert checkpoint["config"]["score_loss"] == loss
     code, err = run_main(["--eval", f"{run}/last.pt", *quick_args[:3], "--no-visdom"], capsys)
     assert code == 0, err

@@ -17,6 +17,7 @@ from torch import nn
 
 from .attention import AttentionRouting
 from .dynamic import DynamicRouting
+from .em import EMRouting
 from .routed import Routed
 from .self_attention import SelfAttentionRouting
 from .uniform import UniformRouting
@@ -41,6 +42,8 @@ ROUTINGS: dict[str, Routing] = {r.name: r for r in (
             "the non-iterative self-attention routing of Efficient-CapsNet (Mazzia et al. 2021)"),
     Routing("uniform", UniformRouting, False, False, False, True,
             "no routing: every c_ij is 1/classes (the control)"),
+    Routing("em", EMRouting, True, False, False, False,
+            "EM routing of matrix capsules, Hinton, Sabour & Frosst 2018, Procedure 1"),
     Routing("attention", AttentionRouting, True, False, False, False,
             "inverted dot-product attention routing, Tsai et al. 2020"),
 )}

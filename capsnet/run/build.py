@@ -114,6 +114,13 @@ class RunParts:
                             self.cfg.crop, self.world.rank, self.world.size, limit)
 
 
+def run_progress(scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 steps: int) -> Callable[[], float]:
+    """The fraction of the run's `steps` taken, which the scheduler counts (and a checkpoint
+    keeps); 1 for a run that does not train."""
+    return lambda: min(1.0, scheduler.last_epoch / steps) if steps else 1.0
+
+
 def build_run(cfg: Any, train: bool = True,
               splits: tuple[Split | None, Split] | None = None) -> RunParts:
     """The parts of a run of `cfg`: with `train`, the training split too; `splits` (train,
@@ -153,9 +160,11 @@ def build_run(cfg: Any, train: bool = True,
     optimizer, scheduler = make_optimizer(model, cfg)
     autocast = configure_precision(cfg.precision, device, cfg.deterministic)
     parts = RunParts(cfg, world, device, model, train_network, eval_network,
-                     MODELS[cfg.model].criterion(cfg), autocast, optimizer, scheduler, generator,
+                     None, autocast, optimizer, scheduler, generator,  # type: ignore[arg-type]
                      args, test_split.classes, None, None, footprint)  # type: ignore[arg-type]
     parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
+    steps = cfg.epochs * len(parts.train_batches) if parts.train_batches is not None else 0
+    parts.criterion = MODELS[cfg.model].criterion(cfg, run_progress(scheduler, steps))
     parts.test_batches = parts.batches(test_split, False, cfg.test_samples)
     parts.validation_batches = parts.batches(validation, False) if validation else None
     return parts

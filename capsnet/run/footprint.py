@@ -45,8 +45,9 @@ class Footprint:
         return max(0, int((available - self.fixed) // self.per_example))
 
 
+# what the run's model, loss and optimiser use
 SETTINGS = ("model", "m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe",
-            "lr", "lr_decay", "lr_decay_steps")  # what the run's model, loss and optimiser use
+            "score_loss", "lr", "lr_decay", "lr_decay_steps")
 
 
 def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device

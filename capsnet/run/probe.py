@@ -26,7 +26,7 @@ def probe(spec: dict[str, Any]) -> list[float]:
     model = MODELS[spec["settings"]["model"]].make(**spec["model_args"]).to(device)
     settings = SimpleNamespace(**spec["settings"])
     optimizer, _ = make_optimizer(model, settings)
-    criterion = MODELS[settings.model].criterion(settings)
+    criterion = MODELS[settings.model].criterion(settings, lambda: 0.0)
     autocast = configure_precision(spec["precision"], device)
     classes, objects = spec["model_args"]["num_classes"], spec["objects"]
     mode = spec.get("compile_mode", "")
