@@ -11,9 +11,9 @@ activations a_i are the primary capsules' lengths. R_ij = 1 / classes, then r ti
     E-step, per input i (not after the last M-step):
         p_ij = prod_h N(V_ij^h; mu_j^h, (sigma_j^h)^2);   R_ij = a_j p_ij / sum_k a_k p_ik
 
-with sigma^h the spread of all the votes, each weighted by its a_i: the Gaussian of one capsule
-that explained every vote. The class poses are mu_j, the class scores a_j, the coupling the
-last R_ij. beta_u and beta_a are learned, one of each per class. The inverse temperature follows
+with (sigma^h)^2 = sum_j sum_i a_i (V_ij^h - mean^h)^2 / (classes sum_i a_i) the spread of all
+the votes, each weighted by its a_i: the Gaussian of one capsule that explained every vote. The
+class poses are mu_j, the class scores a_j, the coupling the R_ij of the last M-step. beta_u and beta_a are learned, one of each per class. The inverse temperature follows
 the authors' schedule lambda_t = LAMBDA (1 - 0.95^t) for iterations t = 1..r.
 
 What the paper leaves open, chosen here (docs/models.md says why): the cost measures sigma_j
