@@ -19,16 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from ..squashing import at_least_float32
-from .routed import Routed
+from .routed import Routed, iterations_checked
 
 
 class AttentionRouting(nn.Module):
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
                  detach_inner: bool = False, leaky: bool = False) -> None:
         super().__init__()
-        if iterations < 1:
-            raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-        self.iterations = iterations
+        self.iterations = iterations_checked(iterations)
         self.norm = nn.LayerNorm(dim)  # its gain and bias, shared by the classes
         self.score = nn.Linear(dim, 1)  # pose -> logit, shared by the classes
         with torch.no_grad():

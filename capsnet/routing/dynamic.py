@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..squashing import EPS, at_least_float32, squash
-from .routed import Routed, by_length
+from .routed import Routed, by_length, iterations_checked
 
 
 def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
@@ -170,9 +170,8 @@ class DynamicRouting(nn.Module):
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
                  detach_inner: bool = False, leaky: bool = False) -> None:
         super().__init__()
-        if iterations < 1:
-            raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-        self.iterations, self.detach_inner, self.leaky = iterations, detach_inner, leaky
+        self.iterations = iterations_checked(iterations)
+        self.detach_inner, self.leaky = detach_inner, leaky
 
     def forward(self, u_hat: Tensor, activations: Tensor, bias: Tensor | None = None) -> Routed:
         v, coupling = procedure_1(u_hat, self.iterations, self.detach_inner, bias, self.leaky)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..squashing import at_least_float32
-from .routed import Routed
+from .routed import Routed, iterations_checked
 
 EPS = 1e-4  # the floor of (sigma_j / sigma)^2: a class fed one vote keeps a finite cost
 LAMBDA = 20.0  # lambda_t = LAMBDA (1 - 0.95^t): 1.0, 1.95, 2.85 for three iterations
@@ -46,9 +46,7 @@ class EMRouting(nn.Module):
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
                  detach_inner: bool = False, leaky: bool = False) -> None:
         super().__init__()
-        if iterations < 1:
-            raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-        self.iterations = iterations
+        self.iterations = iterations_checked(iterations)
         self.beta_u = nn.Parameter(torch.zeros(classes))
         self.beta_a = nn.Parameter(torch.full(
             (classes,), math.log(START / (1 - START)) / inverse_temperature(iterations)))

@@ -1,4 +1,4 @@
-"""What every routing returns."""
+"""What every routing returns, and the check every iterated routing makes of its iterations."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,3 +16,9 @@ class Routed(NamedTuple):
 def by_length(poses: Tensor, coupling: Tensor) -> Routed:
     """Squashed poses score by their lengths |v_j|, in [0, 1)."""
     return Routed(poses, torch.linalg.vector_norm(poses, dim=-1), coupling)
+
+
+def iterations_checked(iterations: int) -> int:
+    if iterations < 1:
+        raise ValueError(f"routing iterations must be >= 1, got {iterations}")
+    return iterations
