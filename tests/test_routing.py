@@ -12,6 +12,7 @@ from capsnet import dynamic_routing, squash
 from capsnet.model import CapsNet
 from capsnet.routing import ROUTINGS
 from capsnet.routing.dynamic import procedure_1
+from capsnet.routing.em import em_procedure, em_routing
 
 OPTIONS = list(itertools.product((1, 2, 3), (False, True), (False, True), (False, True)))
 
@@ -45,6 +46,40 @@ def test_the_networks_procedure_1_equals_the_written_one_in_float32_at_the_paper
     got = routed(procedure_1, u_hat, 3, False, None, False)
     for a, e in zip(got, expected):
         assert torch.allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
+def em_outputs_and_gradients(route, votes, activations, beta_u, beta_a, iterations):
+    inputs = [t.clone().requires_grad_() for t in (votes, activations, beta_u, beta_a)]
+    out = route(*inputs, iterations)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((x * torch.randn(x.shape, dtype=torch.float64, generator=g).to(x.dtype)).sum()
+               for x in out)
+    loss.backward()
+    return [*out, *(t.grad for t in inputs)]
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_the_networks_em_routing_equals_the_written_one_with_its_gradients_in_float64(
+        iterations):
+    g = torch.Generator().manual_seed(iterations)
+    votes = 0.3 * torch.randn(3, 4, 25, 6, dtype=torch.float64, generator=g)
+    activations = torch.rand(3, 25, dtype=torch.float64, generator=g)
+    betas = 0.1 * torch.randn(2, 4, dtype=torch.float64, generator=g)
+    expected = em_outputs_and_gradients(em_routing, votes, activations, *betas, iterations)
+    got = em_outputs_and_gradients(em_procedure, votes, activations, *betas, iterations)
+    for a, e in zip(got, expected):
+        assert a.shape == e.shape and torch.allclose(a, e, rtol=0, atol=1e-12)
+        assert e.abs().max() > 0
+
+
+def test_the_networks_em_routing_equals_the_written_one_in_float32_at_the_papers_size():
+    torch.manual_seed(0)
+    votes, activations = 0.01 * torch.randn(4, 10, 1152, 16), torch.rand(4, 1152)
+    betas = ROUTINGS["em"].make(1152, 10, 16, 3).beta_u.detach(), torch.full((10,), -0.77)
+    expected = em_outputs_and_gradients(em_routing, votes, activations, *betas, 3)
+    got = em_outputs_and_gradients(em_procedure, votes, activations, *betas, 3)
+    for a, e in zip(got, expected):
+        assert torch.allclose(a, e, rtol=1e-3, atol=1e-5 * e.abs().max().item())
 
 
 @pytest.mark.parametrize("name", sorted(ROUTINGS))
