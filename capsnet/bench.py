@@ -38,8 +38,8 @@ from .training import forward_step
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 NETWORK = ("model", "dataset", "image_size", "crop", "conv1_channels", "primary_types",
-           "primary_dim", "class_dim", "leaky_routing", "routing_iterations", "baseline_channels",
-           "baseline_hidden", "recipe")  # settings the bench takes
+           "primary_dim", "class_dim", "routing", "leaky_routing", "routing_iterations",
+           "baseline_channels", "baseline_hidden", "recipe")  # settings the bench takes
 
 
 def sync(device: torch.device, world: distributed.World) -> None:

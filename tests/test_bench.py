@@ -51,6 +51,20 @@ def test_bench_takes_a_dataset_shape_and_a_preset_network(tmp_path, capsys):
     assert "test set only" in capsys.readouterr().err
 
 
+def test_bench_times_the_routing_it_is_given_and_refuses_an_option_of_another(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    small = ["--conv1-channels", "16", "--primary-types", "4", "--batch-size", "2", "--steps",
+             "1", "--warmup", "0", "--repeats", "1"]
+    assert bench.main(["--device", "cpu", *small, "--routing", "em", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["network"]["routing"] == "em"
+    assert bench.main(["--device", "cpu", *small, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["parameters"] == result["parameters"] - 20  # the betas
+    capsys.readouterr()
+    assert bench.main(["--device", "cpu", "--routing", "em", "--leaky-routing"]) == 2
+    assert "--leaky-routing does not apply to --routing em" in capsys.readouterr().err
+
+
 def test_bench_compile_builds_graphs_of_the_one_batch_shape_train_py_gives(monkeypatch):
     """Every graph dynamo hands a backend has static shapes with the batch size: the probe of
     the capsule lengths takes a full batch, so nothing recompiles for a symbolic batch."""
