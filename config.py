@@ -155,6 +155,11 @@ class Config:
         self.check_routing_options()
         self.check_score_loss()
 
+    def given(self, name: str) -> bool:
+        """Whether a setting has a value other than its default (a flag given at its default
+        cannot be told from no flag)."""
+        return getattr(self, name) != Config.__dataclass_fields__[name].default
+
     def check_score_loss(self) -> None:
         """The spread loss is CapsNet's and has no m+, m- or lambda."""
         if self.score_loss == "margin":
@@ -163,7 +168,7 @@ class Config:
             raise UserError(f"--score-loss {self.score_loss} does not apply to --model "
                             f"{self.model}, whose loss is the cross-entropy: leave it out")
         for name in ("m_plus", "m_minus", "lambda_absent"):
-            if getattr(self, name) != Config.__dataclass_fields__[name].default:
+            if self.given(name):
                 raise UserError(f"{flag(name)} does not apply to --score-loss {self.score_loss}: "
                                 "leave it out (it is an option of --score-loss margin)")
 
@@ -173,8 +178,7 @@ class Config:
         options = {"leaky_routing": "leaky", "routing_iterations": "iterates",
                    "detach_routing": "detaches", "digit_bias": "bias"}  # flag -> Routing field
         for name, takes in options.items():
-            if not getattr(entry, takes) and getattr(self, name) != \
-                    Config.__dataclass_fields__[name].default:
+            if not getattr(entry, takes) and self.given(name):
                 raise UserError(f"{flag(name)} does not apply to --routing {self.routing}: leave "
                                 "it out (it is an option of " + ", ".join(
                                     f"--routing {r.name}" for r in ROUTINGS.values()

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .routing import ROUTINGS, Routed
 from .squashing import squash
 
+
 class PrimaryCapsules(nn.Module):
     """One convolution whose channels form `types` capsule types of `dim` components each.
     With `scale`, the pre-activation is scale * conv(x) + bias (the official code's 1/32)."""

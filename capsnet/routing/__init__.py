@@ -24,6 +24,7 @@ from .uniform import UniformRouting
 
 __all__ = ["ROUTINGS", "Routed", "Routing"]
 
+
 @dataclass(frozen=True)
 class Routing:
     name: str

@@ -117,8 +117,9 @@ class RunParts:
 def run_progress(scheduler: torch.optim.lr_scheduler.LRScheduler,
                  steps: int) -> Callable[[], float]:
     """The fraction of the run's `steps` taken, which the scheduler counts (and a checkpoint
-    keeps); 1 for a run that does not train."""
-    return lambda: min(1.0, scheduler.last_epoch / steps) if steps else 1.0
+    keeps); 1 for a run that does not train. (spread_margin holds the margin at its last value
+    past 1.)"""
+    return lambda: scheduler.last_epoch / steps if steps else 1.0
 
 
 def build_run(cfg: Any, train: bool = True,
