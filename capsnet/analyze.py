@@ -1,9 +1,9 @@
 """What the capsules learned: the paper's figures from a checkpoint.
 
-python -m capsnet.analyze CHECKPOINT [--out DIR] [--per-class N] [--device ...] [--data-dir ...]
+python -m capsnet.analyze (CHECKPOINT | --pretrained NAME) [--out DIR] [--per-class N] [--device ...] [--data-dir ...]
 
 Runs the checkpoint on its test set and writes PNG figures and an index.html that shows them,
-into DIR (default: figures/ beside the checkpoint). The grids here (by_mask, perturbed, routing_maps)
+into DIR (default: figures/ beside the checkpoint; figures/NAME for --pretrained NAME). The grids here (by_mask, perturbed, routing_maps)
 are also what the dashboard shows live.
 """
 from __future__ import annotations
@@ -335,7 +335,7 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     from .run.storage import make_dir, write_file
     if not 1 <= per_class <= 20:
         raise UserError(f"--per-class {per_class} is not allowed: use a number from 1 to 20")
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, weights=True)
     folder = Path(out) if out else Path(checkpoint_path).parent / "figures"
     cfg = resumed_settings(Config, checkpoint["config"], given)
     if not MODELS[cfg.model].capsules:
@@ -374,8 +374,11 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import ArgumentParser, exit_status
+    from .weights import names
     parser = ArgumentParser(prog="python -m capsnet.analyze", description=__doc__)
-    parser.add_argument("checkpoint", help="a last.pt or best.pt")
+    parser.add_argument("checkpoint", nargs="?", help="a last.pt or best.pt")
+    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package "
+                        "(capsnet/weights/) instead of a checkpoint: " + ", ".join(names()))
     parser.add_argument("--out", metavar="DIR", help="where to write (default: figures/ in the "
                         "checkpoint's run directory)")
     parser.add_argument("--per-class", type=int, default=2, metavar="N",
@@ -388,11 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-samples", type=int, metavar="N",
                         help="use the first N test images (0: all; default: the checkpoint's)")
     args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        parser.error("give a checkpoint or --pretrained NAME (one of them)")
     given = {k: v for k, v in (("device", args.device), ("data_dir", args.data_dir),
                                ("test_samples", args.test_samples)) if v is not None}
 
     def work() -> None:
-        folder = analyze(args.checkpoint, args.out, args.per_class, given)
+        from .weights import path_of
+        checkpoint = args.checkpoint or str(path_of(args.pretrained))
+        out = args.out or (f"figures/{args.pretrained}" if args.pretrained else None)
+        folder = analyze(checkpoint, out, args.per_class, given)
         print(f"figures written to {folder} (open {folder / 'index.html'})")
     return exit_status(work)
 

@@ -1,5 +1,6 @@
-"""Classify your own images with a checkpoint:
-`python -m capsnet.predict CHECKPOINT IMAGE... [--json] [--out DIR] [--invert auto|yes|no]`.
+"""Classify your own images with a checkpoint, or with a model shipped in the package:
+`python -m capsnet.predict (CHECKPOINT | --pretrained NAME) IMAGE... [--json] [--out DIR]
+[--invert auto|yes|no]`.
 
 Each image (PNG, JPEG, ...; grey or colour; a transparent ground is drawn on white first) is made
 what the checkpoint's dataset gives its model:
@@ -168,9 +169,12 @@ def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
 
 def main(argv: list[str] | None = None) -> int:
     from config import DEVICES
+    from .weights import names
     parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__)
-    parser.add_argument("checkpoint", help="a last.pt or best.pt")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("paths", nargs="+", metavar="CHECKPOINT IMAGE",
+                        help="a last.pt or best.pt (not with --pretrained), then the images")
+    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package "
+                        "(capsnet/weights/) instead of a checkpoint: " + ", ".join(names()))
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--out", metavar="DIR", help="write each input beside its reconstruction")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
@@ -178,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(auto: when the border is bright; default: %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     args = parser.parse_args(argv)
+    if args.pretrained is None and len(args.paths) < 2:
+        parser.error("give a checkpoint and at least one image, or --pretrained NAME and images")
+    images = args.paths if args.pretrained else args.paths[1:]
     failed: list[str] = []
 
     def work() -> None:
@@ -185,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         from .run.storage import load_checkpoint, load_state
         from .data.datasets import DATASETS
         from .networks import network_of
-        checkpoint = load_checkpoint(args.checkpoint)
+        from .weights import path_of
+        checkpoint = load_checkpoint(path_of(args.pretrained) if args.pretrained
+                                     else args.paths[0], weights=True)
         config, model_args = checkpoint["config"], checkpoint["model_args"]
         network = network_of(config)
         device = resolve_device(args.device)
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         channels, size = model_args["in_channels"], model_args["image_size"]
         side = entry.shape[-1] if entry.shape else config.get("image_size", size)
         classes, objects = list(checkpoint["classes"]), entry.objects
-        for image in args.images:
+        for image in images:
             try:
                 prepared = prepare(Path(image), channels, side, size, entry.canvas, args.invert,
                                    entry.fit)
@@ -215,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           output.reconstructions[0]))
             print(json.dumps(result) if args.json else text(result), flush=True)
         if failed:
-            raise UserError(f"{len(failed)} of {len(args.images)} images could not be "
+            raise UserError(f"{len(failed)} of {len(images)} images could not be "
                             "classified (see above)")
     return exit_status(work)
 

@@ -27,10 +27,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "README: Resume, evaluate, interrupt)")
     actions.add_argument("--eval", metavar="PATH", nargs="+", help="evaluate this checkpoint on "
                          "the test set; several: their ensemble (mean capsule lengths)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings for a "
-                        "dataset: " + "; ".join(f"{name}: " + ", ".join(
-                            f"{flag(k)} {v}" for k, v in values.items())
-                            for name, values in PRESETS.items()) + " (flags given win)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="named settings (the "
+                        "paper's for a dataset, or the shipped MNIST model's schedule): "
+                        + "; ".join(f"{name}: " + ", ".join(f"{flag(k)} {v}"
+                                                            for k, v in values.items())
+                                    for name, values in PRESETS.items()) + " (flags given win)")
     parser.add_argument("--allow-other-dataset", action="store_true",
                         help="let --resume or --eval use a checkpoint on a dataset other than "
                         "the one it was trained on")
@@ -151,7 +152,7 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
     from config import Config
     from ..meters import accuracy_text
     from ..training import evaluate_checkpoints
-    checkpoints = [load_checkpoint(path) for path in paths]
+    checkpoints = [load_checkpoint(path, weights=True) for path in paths]
     # The whole test set, unless --test-samples is given here: never the training run's subset.
     saved = {**checkpoints[0]["config"], "test_samples": 0}
     cfg = resumed_settings(Config, saved, given)

@@ -141,8 +141,25 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     write_file(path, lambda sink: torch.save(payload, sink))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, or raise UserError naming the file and what is wrong."""
+# A trained-weights file (capsnet.weights): the model alone, in float16, for evaluation and
+# prediction; a checkpoint's other parts (optimiser, schedule, meters, random states) are not in it.
+WEIGHTS_FORMAT = "capsnet-weights-1"
+WEIGHTS_PARTS = ("model", "model_args", "config", "classes", "epoch")
+WEIGHTS_KEYS = ("format", *WEIGHTS_PARTS, "digest")
+
+
+def save_weights(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write a checkpoint's model as a trained-weights file: floating tensors in float16."""
+    parts = {k: checkpoint[k] for k in WEIGHTS_PARTS}
+    parts["model"] = {k: v.half() if v.is_floating_point() else v
+                      for k, v in parts["model"].items()}
+    save_checkpoint(path, {"format": WEIGHTS_FORMAT, **parts})
+
+
+def load_checkpoint(path: str | Path, weights: bool = False) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU, or raise UserError naming the file and what is wrong.
+    With `weights`, a trained-weights file is taken too, and given back with float32 weights
+    and only its WEIGHTS_PARTS."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (expected a last.pt or best.pt file)")
@@ -151,15 +168,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as error:  # torch raises many types for damaged files
         raise UserError(f"checkpoint {path} is not a readable capsnet checkpoint "
                         f"({type(error).__name__})") from None
-    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED):
-        missing = REQUIRED if not isinstance(payload, dict) else \
-            [key for key in REQUIRED if key not in payload]
+    trained = isinstance(payload, dict) and payload.get("format") == WEIGHTS_FORMAT
+    if trained and not weights:
+        raise UserError(f"{path} holds trained weights only, without the optimiser's state: it "
+                        "can be evaluated (--eval) and used for predictions, not resumed")
+    required = WEIGHTS_KEYS if trained else REQUIRED
+    if not isinstance(payload, dict) or any(key not in payload for key in required):
+        missing = required if not isinstance(payload, dict) else \
+            [key for key in required if key not in payload]
         raise UserError(f"checkpoint {path} is not a capsnet checkpoint of this version "
                         f"(it lacks {', '.join(missing)})")
     saved = payload.pop("digest")
     if digest(payload) != saved:
         raise UserError(f"checkpoint {path} is damaged: its contents do not match the digest "
                         "written with them")
+    if trained:
+        payload["model"] = {k: v.float() if v.is_floating_point() else v
+                            for k, v in payload["model"].items()}
     return payload
 
 
