@@ -54,8 +54,8 @@ def test_the_shipped_mnist_model_scores_its_published_accuracy_on_the_10000_test
     the accuracy published beside the weights (to 0.03 points: other CPUs round otherwise)."""
     from capsnet.data.idx import read_idx
     folder = Path(DATA) / MNIST.folder
-    images = torch.from_numpy(read_idx(folder / MNIST.test_files[0], 3)).float() / 255.0
-    labels = torch.from_numpy(read_idx(folder / MNIST.test_files[1], 1)).long()
+    images = torch.from_numpy(read_idx(folder / MNIST.test_files[0], 3).copy()).float() / 255.0
+    labels = torch.from_numpy(read_idx(folder / MNIST.test_files[1], 1).copy()).long()
     model = capsnet.pretrained("mnist")
     right = 0
     with torch.inference_mode():
