@@ -1,10 +1,11 @@
 """What the capsules learned: the paper's figures from a checkpoint.
 
-python -m capsnet.analyze (CHECKPOINT | --pretrained NAME) [--out DIR] [--per-class N] [--device ...] [--data-dir ...]
+python -m capsnet.analyze (CHECKPOINT | --pretrained NAME) [--out DIR] [--per-class N]
+                          [--device ...] [--data-dir ...]
 
 Runs the checkpoint on its test set and writes PNG figures and an index.html that shows them,
-into DIR (default: figures/ beside the checkpoint; figures/NAME for --pretrained NAME). The grids here (by_mask, perturbed, routing_maps)
-are also what the dashboard shows live.
+into DIR (default: figures/ beside the checkpoint; figures/NAME for --pretrained NAME). The grids
+here (by_mask, perturbed, routing_maps) are also what the dashboard shows live.
 """
 from __future__ import annotations
 
