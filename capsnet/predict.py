@@ -189,18 +189,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         from .cli import resolve_device
-        from .run.storage import load_checkpoint, load_state
+        from .run.storage import load_checkpoint
         from .data.datasets import DATASETS
-        from .networks import network_of
-        from .weights import path_of
+        from .weights import model_of, path_of
         checkpoint = load_checkpoint(path_of(args.pretrained) if args.pretrained
                                      else args.paths[0], weights=True)
         config, model_args = checkpoint["config"], checkpoint["model_args"]
-        network = network_of(config)
         device = resolve_device(args.device)
-        model = network.make(**model_args).to(device)
-        load_state(model, checkpoint["model"], "model")
-        model.eval()
+        model = model_of(checkpoint, device)
         entry = DATASETS[config["dataset"]]
         channels, size = model_args["in_channels"], model_args["image_size"]
         side = entry.shape[-1] if entry.shape else config.get("image_size", size)

@@ -39,14 +39,20 @@ def record_of(name: str, folder: Path = FOLDER) -> dict[str, Any]:
     return json.loads((folder / f"{name}.json").read_text())
 
 
+def model_of(checkpoint: dict[str, Any], device: torch.device) -> nn.Module:
+    """A loaded checkpoint's (or trained-weights file's) model, in eval mode on `device`."""
+    from ..networks import network_of
+    from ..run.storage import load_state
+    model = network_of(checkpoint["config"]).make(**checkpoint["model_args"])
+    load_state(model, checkpoint["model"], "model")
+    return model.to(device).eval()
+
+
 def pretrained(name: str = "mnist", device: str | torch.device = "cpu",
                folder: Path = FOLDER) -> nn.Module:
     """The trained model `name` in eval mode on `device`, in float32: for MNIST a CapsNet taking
     (B, 1, 28, 28) images in [0, 1]; `model(images).lengths` are the (B, 10) class scores."""
     from ..cli import resolve_device
-    from ..networks import network_of
-    from ..run.storage import load_checkpoint, load_state
-    checkpoint = load_checkpoint(path_of(name, folder), weights=True)
-    model = network_of(checkpoint["config"]).make(**checkpoint["model_args"])
-    load_state(model, checkpoint["model"], "model")
-    return model.to(resolve_device(str(device))).eval()
+    from ..run.storage import load_checkpoint
+    return model_of(load_checkpoint(path_of(name, folder), weights=True),
+                    resolve_device(str(device)))

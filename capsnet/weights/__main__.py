@@ -24,11 +24,13 @@ PLACE = ("data_dir", "run_dir")
 def command_of(config: dict[str, Any]) -> str:
     """The train.py command that gives these settings: every one that is not config.py's."""
     from config import Config, flag
+    from ..cli import build
+    cfg = build(Config, config)
     words = ["python", "train.py"]
-    for name, field in Config.__dataclass_fields__.items():
-        if name in PLACE or name not in config or config[name] == field.default:
+    for name in Config.__dataclass_fields__:
+        if name in PLACE or not cfg.given(name):
             continue
-        value = config[name]
+        value = getattr(cfg, name)
         if isinstance(value, bool):
             words.append(flag(name) if value else "--no-" + flag(name)[2:])
         else:
@@ -41,6 +43,7 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str) -> dict[str, A
     import torch
     from ..cli import device_name, resolve_device
     from ..errors import UserError
+    from ..run.rundir import RunDir
     from ..run.runner import evaluate_run
     from ..run.storage import load_checkpoint, make_dir, save_weights, write_file
     if not name.replace("-", "").isalnum():
@@ -55,8 +58,7 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str) -> dict[str, A
     if not (run / "metrics.csv").is_file():
         raise UserError(f"{run / 'metrics.csv'} does not exist: the checkpoint's run directory "
                         "must hold its metrics.csv, shipped beside the weights")
-    with open(run / "metrics.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= checkpoint["epoch"]]
+    rows = [row for row in RunDir(run).read_metrics() if int(row["epoch"]) <= checkpoint["epoch"]]
     config = {k: v for k, v in checkpoint["config"].items() if k not in PLACE}
     make_dir(out)
     weights, curve = out / f"{name}.pt", out / f"{name}-metrics.csv"
