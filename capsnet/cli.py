@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import shlex
 import sys
 import typing
 from typing import Any, Callable, NoReturn
@@ -86,7 +87,24 @@ def build(settings: type, values: dict[str, Any]) -> Any:
 # Settings of the machine, not of the run: a resumed or evaluated checkpoint takes them from this
 # invocation (its flags, environment or config.py's defaults), never from the checkpoint.
 MACHINE_SETTINGS = ("device", "threads", "compile", "compile_mode", "memory_check")
+# Settings of where a run's files are, not of what it learned: left out of its recorded commands.
+PLACE_SETTINGS = ("data_dir", "run_dir")
 DATA_DIR_ENV = "CAPSNET_DATA_DIR"
+
+
+def command_line(given: dict[str, Any], resume: str | None = None) -> str | None:
+    """The train.py command of the settings `given` (field -> value), less PLACE_SETTINGS; None
+    for a resume that changes none."""
+    words = ["python", "train.py", *(["--resume", resume] if resume else [])]
+    for name, value in given.items():
+        if name in PLACE_SETTINGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return None if resume and len(words) == 4 else shlex.join(words)
 
 
 def resumed_settings(settings: type, saved: dict[str, Any], given: dict[str, Any]) -> Any:

@@ -124,8 +124,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: Any, run: Any, checkpoint: dict | None = None,
-                 source: Path | None = None, allow_other_dataset: bool = False) -> None:
+                 source: Path | None = None, allow_other_dataset: bool = False,
+                 command: str | None = None) -> None:
         self.cfg, self.run = cfg, run
+        # The train.py commands that made the run, kept in its checkpoints (capsnet.weights
+        # records them); None once resumed from a checkpoint that does not keep them.
+        self.commands: list[str] | None = [command] if command else []
         if checkpoint is not None:  # before any data is read or downloaded
             check_dataset(checkpoint, cfg, allow=allow_other_dataset)
         self.parts = parts = build_run(cfg)
@@ -349,7 +353,7 @@ class Trainer:
                 "best_test_accuracy": self.best_test_accuracy, "meters": meters,
                 "processes": self.world.size, "config": dataclasses.asdict(self.cfg),
                 "classes": list(self.classes), "torch_rng": torch.get_rng_state(),
-                "data_rng": self.epoch_rng,
+                "data_rng": self.epoch_rng, "commands": self.commands,
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)}  # dropout's, on a GPU
                    if self.device.type == "cuda" else {}),
             })
@@ -393,6 +397,8 @@ class Trainer:
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as error:
             raise UserError(f"the checkpoint's random or meter state is damaged ({error})") from None
         self.epoch_rng = checkpoint["data_rng"]
+        earlier = checkpoint.get("commands")
+        self.commands = None if earlier is None else [*earlier, *self.commands]
         self.good = (source, self.where())
         self.apply_schedule(saved)
 

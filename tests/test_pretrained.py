@@ -13,7 +13,7 @@ from capsnet import analyze, predict, weights
 from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
 from capsnet.model import CapsNet
-from conftest import run_main
+from conftest import SMALL, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("CAPSNET_DATA_DIR", "")  # read at import, before the autouse fixture
@@ -41,11 +41,23 @@ def test_the_shipped_mnist_model_is_a_float32_capsnet_in_eval_mode_on_the_cpu():
 def test_the_shipped_file_is_small_and_says_how_where_and_when_it_was_trained():
     record = weights.record_of("mnist")
     assert SHIPPED.stat().st_size <= 20 * 2 ** 20 and record["bytes"] == SHIPPED.stat().st_size
-    assert record["command"].startswith("python train.py") and record["machine"]
+    assert record["commands"][0].startswith("python train.py") and record["machine"]
     assert record["date"] and record["tested"] == "10,000 images"
     assert record["selected"] == "the last epoch"
     curve = (weights.FOLDER / record["metrics"]).read_text().splitlines()
     assert len(curve) == record["epoch"] + 1  # a header and a row per epoch trained
+
+
+def test_the_presets_documented_for_the_shipped_model_give_its_settings():
+    from capsnet.cli import MACHINE_SETTINGS, PLACE_SETTINGS
+    from capsnet.weights.__main__ import settings_of_commands
+    record = weights.record_of("mnist")
+    for commands in (record["commands"],
+                     ["python train.py --preset mnist-cpu --no-visdom",
+                      "python train.py --resume runs/mnist-cpu/last.pt --preset mnist-cpu-more"]):
+        made = settings_of_commands(commands)
+        assert {k: v for k, v in made.items() if k not in MACHINE_SETTINGS + PLACE_SETTINGS} \
+            == {k: v for k, v in record["settings"].items() if k not in MACHINE_SETTINGS}
 
 
 @pytest.mark.skipif(not HAS_MNIST, reason="CAPSNET_DATA_DIR does not hold the MNIST files")
@@ -109,7 +121,9 @@ def test_shipping_a_run_writes_half_precision_weights_that_score_what_their_reco
     assert main([str(tiny_checkpoints["capsnet"]), "tiny", "--out", str(out)]) == 0
     record = weights.record_of("tiny", out)
     assert record["epoch"] == 1 and record["tested"] == "48 images"
-    assert record["command"].startswith("python train.py --no-download --conv1-channels 16")
+    assert record["commands"] == ["python train.py --no-download --epochs 1 --batch-size 32 "
+                                  "--no-visdom --threads 2 --conv1-channels 16 --primary-types 4 "
+                                  "--class-dim 8"]
     saved = torch.load(out / "tiny.pt", weights_only=True)
     assert {v.dtype for v in saved["model"].values() if v.is_floating_point()} == {torch.float16}
     capsys.readouterr()
@@ -136,3 +150,45 @@ def test_a_run_whose_test_set_is_missing_ships_nothing(tiny_checkpoints, tmp_pat
     assert main([str(tiny_checkpoints["capsnet"]), "tiny", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert list(out.iterdir()) == []
+
+
+def test_a_run_resumed_with_a_new_schedule_ships_with_both_of_its_commands(
+        tiny_checkpoints, data_root, tmp_path, monkeypatch):
+    import shutil
+    from capsnet.weights.__main__ import main
+    monkeypatch.setenv("CAPSNET_DATA_DIR", str(data_root))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoints["capsnet"].parent, run)
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "2",
+                       "--lr-decay", "0.5"]) == 0
+    assert main([str(run / "last.pt"), "tiny", "--out", str(tmp_path / "shipped")]) == 0
+    first, resumed = weights.record_of("tiny", tmp_path / "shipped")["commands"]
+    assert first.startswith("python train.py --no-download --epochs 1 ")
+    assert resumed == f"python train.py --resume {run / 'last.pt'} --epochs 2 --lr-decay 0.5"
+
+
+def test_a_run_whose_checkpoint_does_not_keep_its_commands_ships_with_checked_ones(
+        tiny_checkpoints, tmp_path, capsys, monkeypatch, data_root):
+    from capsnet.run.storage import load_checkpoint, save_checkpoint
+    from capsnet.weights.__main__ import main
+    monkeypatch.setenv("CAPSNET_DATA_DIR", str(data_root))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_bytes(tiny_checkpoints["capsnet"].with_name("metrics.csv")
+                                      .read_bytes())
+    checkpoint = load_checkpoint(tiny_checkpoints["capsnet"])
+    checkpoint["commands"] = None  # resumed from a checkpoint of a version that kept none
+    save_checkpoint(run / "last.pt", {k: v for k, v in checkpoint.items() if k != "digest"})
+    out = tmp_path / "shipped"
+    assert main([str(run / "last.pt"), "tiny", "--out", str(out)]) == 2
+    assert "name them, in order, with --command" in capsys.readouterr().err
+    first = "python train.py --epochs 1 --batch-size 32 --no-visdom " + " ".join(SMALL)
+    assert main([str(run / "last.pt"), "tiny", "--out", str(out), "--command", first,
+                 "--command", f"python train.py --resume {run / 'last.pt'} --lr 0.01"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: the --command lines do not give the checkpoint's settings (download: True from "
+        "them, False in the checkpoint; lr: 0.01 from them, 0.001 in the checkpoint)")
+    assert not out.exists() or list(out.iterdir()) == []
+    assert main([str(run / "last.pt"), "tiny", "--out", str(out), "--command",
+                 first + " --no-download"]) == 0
+    assert weights.record_of("tiny", out)["commands"] == [first + " --no-download"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .storage import load_checkpoint
-from ..cli import ArgumentParser, add_settings, overrides, precision_label, resumed_settings
+from ..cli import (ArgumentParser, add_settings, command_line, overrides, precision_label,
+                   resumed_settings)
 
 TRAIN_HELP = "Train CapsNet: `python train.py [--epochs N ...]`; config.py holds the defaults."
 
@@ -79,7 +80,7 @@ def train_run(given: dict[str, Any], resume: str | None = None,
         run.lock(new=checkpoint is None)
     try:
         trainer = Trainer(cfg, run, checkpoint, Path(resume) if resume else None,
-                          allow_other_dataset)
+                          allow_other_dataset, command_line(given, resume))
         if world.main:
             start(cfg, run, trainer, resume)
         try:

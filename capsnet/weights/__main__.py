@@ -1,9 +1,9 @@
-"""Ship a run's model: `python -m capsnet.weights CHECKPOINT NAME [--out DIR]`.
+"""Ship a run's model: `python -m capsnet.weights CHECKPOINT NAME [--out DIR] [--command C]...`.
 
 Writes NAME.pt (the checkpoint's weights in float16), NAME-metrics.csv (the run's metrics.csv)
 and NAME.json into DIR (default: capsnet/weights/, where `capsnet.pretrained(NAME)` finds them).
 The float16 weights are tested on the whole test set first, and NAME.json records that accuracy
-with the settings, the train.py command they stand for, the machine and the date.
+with the settings, the train.py commands that made them, the machine and the date.
 """
 from __future__ import annotations
 
@@ -17,31 +17,70 @@ from typing import Any
 
 from . import FOLDER
 
-# Settings of where a run was made, not of what it learned: left out of the shipped settings.
-PLACE = ("data_dir", "run_dir")
-
 
 def command_of(config: dict[str, Any]) -> str:
     """The train.py command that gives these settings: every one that is not config.py's."""
-    from config import Config, flag
-    from ..cli import build
+    from config import Config
+    from ..cli import build, command_line
     cfg = build(Config, config)
-    words = ["python", "train.py"]
-    for name in Config.__dataclass_fields__:
-        if name in PLACE or not cfg.given(name):
-            continue
-        value = getattr(cfg, name)
-        if isinstance(value, bool):
-            words.append(flag(name) if value else "--no-" + flag(name)[2:])
-        else:
-            words += [flag(name), str(value)]
-    return " ".join(words)
+    return command_line({name: getattr(cfg, name) for name in Config.__dataclass_fields__
+                         if cfg.given(name)})
 
 
-def ship(checkpoint_path: str, name: str, out: Path, device: str) -> dict[str, Any]:
-    """Write NAME.pt, NAME-metrics.csv and NAME.json into `out`; return the record."""
+def settings_of_commands(commands: list[str]) -> dict[str, Any]:
+    """The settings a run gets from `commands`: a new run of the first, resumed by each later
+    one (refused in one line if they are not train.py commands in that order)."""
+    import dataclasses
+    import shlex
+    from config import Config
+    from ..cli import resumed_settings
+    from ..errors import UserError
+    from ..run.runner import parse, settings_of
+    cfg = None
+    for k, command in enumerate(commands):
+        words = shlex.split(command)
+        if words[:2] != ["python", "train.py"]:
+            raise UserError(f"--command {command!r} is not allowed: each is a "
+                            "'python train.py ...' command")
+        args = parse(words[2:])
+        if args.eval or (args.resume is None) != (k == 0):
+            raise UserError(f"--command {command!r} is not allowed: the first starts the run and "
+                            "each later one resumes it (--resume)")
+        cfg = (Config(**settings_of(args)) if cfg is None else
+               resumed_settings(Config, dataclasses.asdict(cfg), settings_of(args)))
+    return dataclasses.asdict(cfg) if cfg is not None else {}
+
+
+def commands_of(checkpoint: dict[str, Any], given: list[str]) -> list[str]:
+    """The train.py commands that made the checkpoint's run: `given` (checked against its
+    settings), else those the checkpoint keeps, else (kept by none) the one its settings give."""
+    from ..cli import MACHINE_SETTINGS, PLACE_SETTINGS
+    from ..errors import UserError
+    config = checkpoint["config"]
+    if given:
+        made = settings_of_commands(given)
+        differ = [name for name in config if name in made and made[name] != config[name]
+                  and name not in MACHINE_SETTINGS + PLACE_SETTINGS]
+        if differ:
+            raise UserError("the --command lines do not give the checkpoint's settings ("
+                            + "; ".join(f"{name}: {made[name]!r} from them, "
+                                        f"{config[name]!r} in the checkpoint" for name in differ)
+                            + ")")
+        return given
+    if "commands" not in checkpoint:  # from a version that did not keep them
+        return [command_of(config)]
+    if checkpoint["commands"] is None:
+        raise UserError("the run was resumed from a checkpoint that does not keep the commands "
+                        "that made it: name them, in order, with --command")
+    return checkpoint["commands"]
+
+
+def ship(checkpoint_path: str, name: str, out: Path, device: str,
+         commands: list[str] | None = None) -> dict[str, Any]:
+    """Write NAME.pt, NAME-metrics.csv and NAME.json into `out`; return the record. `commands`:
+    the train.py commands that made the run, when its checkpoint does not keep them."""
     import torch
-    from ..cli import device_name, resolve_device
+    from ..cli import PLACE_SETTINGS, device_name, resolve_device
     from ..errors import UserError
     from ..run.rundir import RunDir
     from ..run.runner import evaluate_run
@@ -58,8 +97,9 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str) -> dict[str, A
     if not (run / "metrics.csv").is_file():
         raise UserError(f"{run / 'metrics.csv'} does not exist: the checkpoint's run directory "
                         "must hold its metrics.csv, shipped beside the weights")
+    made_by = commands_of(checkpoint, commands or [])
     rows = [row for row in RunDir(run).read_metrics() if int(row["epoch"]) <= checkpoint["epoch"]]
-    config = {k: v for k, v in checkpoint["config"].items() if k not in PLACE}
+    config = {k: v for k, v in checkpoint["config"].items() if k not in PLACE_SETTINGS}
     make_dir(out)
     weights, curve = out / f"{name}.pt", out / f"{name}-metrics.csv"
     try:
@@ -83,7 +123,7 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str) -> dict[str, A
         "selected": ("the best validation epoch" if Path(checkpoint_path).name == "best.pt"
                      else "the last epoch"),
         "parameters": sum(v.numel() for v in checkpoint["model"].values()),
-        "command": command_of(config), "settings": config,
+        "commands": made_by, "settings": config,
         "trained_seconds": round(sum(float(row["seconds"]) for row in rows)),
         "machine": device_name(resolve_device("cpu")), "torch": torch.__version__,
         "date": datetime.date.today().isoformat(), "metrics": curve.name,
@@ -103,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write (default: %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where to test the weights (default: %(default)s)")
+    parser.add_argument("--command", action="append", default=[], metavar="COMMAND",
+                        help="a train.py command that made the run, in order (repeat): needed "
+                        "only for a run resumed from a checkpoint that does not keep them; "
+                        "checked against the checkpoint's settings")
     args = parser.parse_args(argv)
 
     def work() -> None:
-        record = ship(args.checkpoint, args.name, args.out, args.device)
+        record = ship(args.checkpoint, args.name, args.out, args.device, args.command)
         print(f"{args.out / record['file']}: {record['bytes'] / 2 ** 20:.1f} MiB, test accuracy "
               f"{record['test_accuracy']:.2f}% on {record['tested']} (epoch {record['epoch']}); "
               f"capsnet.pretrained({args.name!r}) loads it")
