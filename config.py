@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from capsnet.cli import flag
 from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
 from capsnet.loss import SCORE_LOSSES
@@ -211,10 +212,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "baseline_hidden": "133,192"},
     "baseline-affnist": {"model": "baseline", "dataset": "mnist40", "baseline_hidden": "54,192"},
 }
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def fail(name: str, value: Any, allowed: str) -> None:

@@ -54,6 +54,11 @@ def exit_status(work: Callable[[], None]) -> int:
     return 0
 
 
+def flag(name: str) -> str:
+    """A setting's command-line flag: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
     """Add one flag per dataclass field; a flag not given is absent from the parsed namespace."""
     group = parser.add_argument_group("settings (defaults from config.py)")
@@ -61,7 +66,7 @@ def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
     for f in dataclasses.fields(settings):
         kind = hints[f.name]
         default = f.default
-        name = "--" + f.name.replace("_", "-")
+        name = flag(f.name)
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
         if kind is bool:
             group.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -99,11 +104,10 @@ def command_line(given: dict[str, Any], resume: str | None = None) -> str | None
     for name, value in given.items():
         if name in PLACE_SETTINGS:
             continue
-        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
+            words.append(flag(name) if value else "--no-" + flag(name)[2:])
         else:
-            words += [flag, str(value)]
+            words += [flag(name), str(value)]
     return None if resume and len(words) == 4 else shlex.join(words)
 
 

@@ -34,7 +34,7 @@ def path_of(name: str, folder: Path = FOLDER) -> Path:
 
 
 def record_of(name: str, folder: Path = FOLDER) -> dict[str, Any]:
-    """NAME.json: the settings, command, machine, date and test accuracy of a model."""
+    """NAME.json: the settings, commands, machine, date and test accuracy of a model."""
     path_of(name, folder)
     return json.loads((folder / f"{name}.json").read_text())
 

@@ -88,9 +88,8 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
     if not name.replace("-", "").isalnum():
         raise UserError(f"the name {name!r} is not allowed: use letters, digits and '-'")
     checkpoint = load_checkpoint(checkpoint_path)
-    run = Path(checkpoint_path).parent
-    if Path(checkpoint_path).name == "best.pt" and not checkpoint["config"].get(
-            "validation_samples"):
+    run, best = Path(checkpoint_path).parent, Path(checkpoint_path).name == "best.pt"
+    if best and not checkpoint["config"].get("validation_samples"):
         raise UserError(f"{checkpoint_path} was chosen on the test set (its run has no "
                         "--validation-samples), so its test accuracy is not a fair one: ship "
                         f"{run / 'last.pt'}")
@@ -120,8 +119,7 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
         "test_accuracy": round(evaluation.summary["accuracy"], 2),
         "test_loss": round(evaluation.summary["loss"], 5),
         "epoch": checkpoint["epoch"],
-        "selected": ("the best validation epoch" if Path(checkpoint_path).name == "best.pt"
-                     else "the last epoch"),
+        "selected": "the best validation epoch" if best else "the last epoch",
         "parameters": sum(v.numel() for v in checkpoint["model"].values()),
         "commands": made_by, "settings": config,
         "trained_seconds": round(sum(float(row["seconds"]) for row in rows)),
