@@ -14,7 +14,7 @@ from capsnet.cli import flag
 from capsnet.data.datasets import DATASETS
 from capsnet.errors import UserError
 from capsnet.loss import SCORE_LOSSES
-from capsnet.model import RECIPES
+from capsnet.model import PRIMARY_NORMS, RECIPES
 from capsnet.networks import MODELS
 from capsnet.routing import ROUTINGS
 
@@ -59,6 +59,9 @@ class Config:
                                  "dimension)")
     primary_dim: int = setting(8, "dimensions of a primary capsule")
     class_dim: int = setting(16, "dimensions of a class (digit) capsule")
+    primary_norm: str = setting("squash", "primary capsules squashed (eq. 1) or layer-norm'd "
+                                "over their dimensions with a learned gain and bias (Tsai et al. "
+                                "2020)", PRIMARY_NORMS)
     routing: str = setting("dynamic", "how primary capsules route to the class capsules: "
                            "dynamic (the paper's Procedure 1), self-attention (Efficient-CapsNet's, "
                            "not iterated), uniform (every c_ij = 1/classes: the control), "
@@ -79,10 +82,11 @@ class Config:
     dropout: float = setting(0.5, "dropout before the baseline's logits (paper recipe)")
     # Loss
     score_loss: str = setting("margin", "the loss on the class scores: margin (the paper's "
-                              "eq. 4, with m+, m- and lambda below) or spread (Matrix capsules' "
+                              "eq. 4, with m+, m- and lambda below), spread (Matrix capsules' "
                               "sum over wrong classes of max(0, m - (a_t - a_i))^2, m rising "
-                              "linearly from 0.2 to 0.9 over the run; docs/models.md)",
-                              SCORE_LOSSES)
+                              "linearly from 0.2 to 0.9 over the run) or cross-entropy (softmax "
+                              "of the class logits: --routing attention, as its authors train "
+                              "it; docs/models.md)", SCORE_LOSSES)
     m_plus: float = setting(0.9, "margin loss m+")
     m_minus: float = setting(0.1, "margin loss m-")
     lambda_absent: float = setting(0.5, "margin loss down-weighting of absent classes (lambda)")
@@ -162,12 +166,18 @@ class Config:
         return getattr(self, name) != Config.__dataclass_fields__[name].default
 
     def check_score_loss(self) -> None:
-        """The spread loss is CapsNet's and has no m+, m- or lambda."""
+        """The spread loss and the cross-entropy are CapsNet's and have no m+, m- or lambda;
+        the cross-entropy needs a routing's logits."""
         if self.score_loss == "margin":
             return
         if self.model != "capsnet":
             raise UserError(f"--score-loss {self.score_loss} does not apply to --model "
                             f"{self.model}, whose loss is the cross-entropy: leave it out")
+        if self.score_loss == "cross-entropy" and not ROUTINGS[self.routing].logits:
+            raise UserError(f"--score-loss cross-entropy needs class logits, which --routing "
+                            f"{self.routing} has not (its scores are lengths); it applies to "
+                            + ", ".join(f"--routing {r.name}" for r in ROUTINGS.values()
+                                        if r.logits))
         for name in ("m_plus", "m_minus", "lambda_absent"):
             if self.given(name):
                 raise UserError(f"{flag(name)} does not apply to --score-loss {self.score_loss}: "
@@ -184,6 +194,10 @@ class Config:
                                 "it out (it is an option of " + ", ".join(
                                     f"--routing {r.name}" for r in ROUTINGS.values()
                                     if getattr(r, takes)) + ")")
+        if self.primary_norm == "layer-norm" and entry.lengths:
+            raise UserError(f"--primary-norm layer-norm does not apply to --routing "
+                            f"{self.routing}, which reads the primary capsules' lengths as "
+                            "probabilities (squashed ones, below 1): use --primary-norm squash")
         if self.recipe == "official" and self.model == "capsnet" and not entry.bias:
             raise UserError(f"--recipe official does not apply to --routing {self.routing}: its "
                             "digit-capsule bias is added before squash, which this routing has "

@@ -1,5 +1,5 @@
-"""The losses on the class scores (`--score-loss`: the margin loss, eq. 4, or Matrix capsules'
-spread loss) and the reconstruction regulariser."""
+"""The losses on the class scores (`--score-loss`: the margin loss, eq. 4, Matrix capsules'
+spread loss, or the cross-entropy on a routing's logits) and the reconstruction regulariser."""
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .model import CapsNetOutput
 
-SCORE_LOSSES = ("margin", "spread")
+SCORE_LOSSES = ("margin", "spread", "cross-entropy")
 SPREAD_MARGIN = (0.2, 0.9)  # the spread loss's m, from the first step to the last
 
 
@@ -39,6 +39,13 @@ def spread_loss(scores: Tensor, labels: Tensor, margin: float) -> Tensor:
     pairs = present.unsqueeze(2) * (1.0 - present).unsqueeze(1)  # (B, t, i)
     gap = scores.unsqueeze(2) - scores.unsqueeze(1)  # a_t - a_i
     return (pairs * F.relu(margin - gap).pow(2)).sum(dim=(1, 2))
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-example cross-entropy of softmax(logits), (B, classes) logits and (B,) labels -> (B,):
+    -log p_t; with K classes present, -sum_t log p_t over the present t."""
+    present = present_classes(labels, logits.shape[1], logits.dtype)
+    return -(present * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 def spread_margin(progress: float) -> float:
@@ -77,21 +84,25 @@ class CapsuleLoss(nn.Module):
     With `class_mean` (the official code), the margin loss is halved and averaged over the
     classes instead of summed: 1/20 of the paper's for ten classes. With `spread`, a function
     giving the run's progress (0 to 1), the spread loss with its margin at that progress takes
-    the margin loss's place."""
+    the margin loss's place; with `logits`, the cross-entropy on CapsNetOutput.logits does."""
 
     def __init__(self, m_plus: float = 0.9, m_minus: float = 0.1, lambda_: float = 0.5,
                  reconstruction_weight: float = 0.0005, class_mean: bool = False,
-                 spread: Callable[[], float] | None = None) -> None:
+                 spread: Callable[[], float] | None = None, logits: bool = False) -> None:
         super().__init__()
         self.m_plus, self.m_minus, self.lambda_ = m_plus, m_minus, lambda_
         self.reconstruction_weight, self.class_mean = reconstruction_weight, class_mean
-        self.spread = spread
+        self.spread, self.logits = spread, logits
 
     def parts(self, targets: Tensor, labels: Tensor, output: CapsNetOutput,
               weights: Tensor | None = None) -> LossParts:
         """`targets`: what the reconstructions are scored against (Sample.targets); `weights`
         (B,): which examples count (Sample.weights; None: all)."""
-        if self.spread is not None:
+        if self.logits:
+            if output.logits is None:
+                raise ValueError("the cross-entropy needs a routing that gives class logits")
+            margin = cross_entropy(output.logits, labels)
+        elif self.spread is not None:
             margin = spread_loss(output.lengths, labels, spread_margin(self.spread()))
         else:
             margin = margin_loss(output.lengths, labels, self.m_plus, self.m_minus, self.lambda_)

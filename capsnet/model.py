@@ -11,15 +11,24 @@ from .routing import ROUTINGS, Routed
 from .squashing import squash
 
 
+PRIMARY_NORMS = ("squash", "layer-norm")  # what makes a primary capsule of its conv output
+
+
 class PrimaryCapsules(nn.Module):
-    """One convolution whose channels form `types` capsule types of `dim` components each.
-    With `scale`, the pre-activation is scale * conv(x) + bias (the official code's 1/32)."""
+    """One convolution whose channels form `types` capsule types of `dim` components each,
+    squashed (eq. 1), or with `norm` "layer-norm" layer-normalised over the `dim` components
+    with a learned gain and bias (Tsai et al. 2020's primary capsules). With `scale`, the
+    pre-activation is scale * conv(x) + bias (the official code's 1/32)."""
 
     def __init__(self, in_channels: int = 256, types: int = 32, dim: int = 8,
-                 kernel_size: int = 9, stride: int = 2, scale: float = 1.0) -> None:
+                 kernel_size: int = 9, stride: int = 2, scale: float = 1.0,
+                 norm: str = "squash") -> None:
         super().__init__()
+        if norm not in PRIMARY_NORMS:
+            raise ValueError(f"norm must be one of {PRIMARY_NORMS}, got {norm!r}")
         self.types, self.dim, self.scale = types, dim, scale
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
+        self.layer_norm = nn.LayerNorm(dim) if norm == "layer-norm" else None
 
     def forward(self, features: Tensor) -> Tensor:
         """Capsules of conv1's features (B, 256, H, W)."""
@@ -27,13 +36,14 @@ class PrimaryCapsules(nn.Module):
 
     def capsules(self, out: Tensor) -> Tensor:
         """This layer's conv output, channels-last (B, H, W, types*dim) with channel
-        type*dim + component, as squashed capsules u_i: (B, types*H*W, dim), ordered by type,
-        row, column."""
+        type*dim + component, as capsules u_i: (B, types*H*W, dim), ordered by type, row,
+        column."""
         batch, height, width, _ = out.shape
         if self.scale != 1.0:
             out = torch.add(self.conv.bias, out - self.conv.bias, alpha=self.scale)
         u = out.reshape(batch, height, width, self.types, self.dim).permute(0, 3, 1, 2, 4)
-        return squash(u.reshape(batch, self.types * height * width, self.dim))
+        u = u.reshape(batch, self.types * height * width, self.dim)
+        return squash(u) if self.layer_norm is None else self.layer_norm(u)
 
 
 class DigitCapsules(nn.Module):
@@ -44,7 +54,8 @@ class DigitCapsules(nn.Module):
                  iterations: int = 3, detach_inner: bool = False, bias: bool = False,
                  leaky: bool = False, routing: str = "dynamic") -> None:
         super().__init__()
-        self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
+        std = ROUTINGS[routing].weight_std(in_caps, in_dim, out_caps)
+        self.weight = nn.Parameter(std * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
         if bias and not ROUTINGS[routing].bias:
             raise ValueError(f"the {routing} routing takes no class-capsule bias")
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
@@ -98,6 +109,7 @@ class CapsNetOutput(NamedTuple):
     poses: Tensor  # (B, classes, 16): the digit capsules v_j
     reconstructions: Tensor  # like the input images, in [0, 1]; (B, K, C, H, W) for K digits
     coupling: Tensor | None = None  # (B, classes, in_caps): c_ij of the last routing iteration
+    logits: Tensor | None = None  # (B, classes): Routed.logits, from a routing that has them
 
 
 RECIPES = ("paper", "official")
@@ -117,7 +129,8 @@ class CapsNet(nn.Module):
                  routing_iterations: int = 3, detach_routing: bool = False,
                  digit_bias: bool = False, recipe: str = "paper", conv1_channels: int = 256,
                  primary_types: int = 32, primary_dim: int = 8, class_dim: int = 16,
-                 leaky_routing: bool = False, routing: str = "dynamic") -> None:
+                 leaky_routing: bool = False, routing: str = "dynamic",
+                 primary_norm: str = "squash") -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -126,7 +139,8 @@ class CapsNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, conv1_channels, kernel_size=9, stride=1)
         self.primary = PrimaryCapsules(conv1_channels, types=primary_types, dim=primary_dim,
                                        kernel_size=9, stride=2,
-                                       scale=1 / primary_types if official else 1.0)
+                                       scale=1 / primary_types if official else 1.0,
+                                       norm=primary_norm)
         grid = ((image_size - 8) - 9) // 2 + 1  # 6 for 28x28 inputs
         if image_size < SMALLEST_IMAGE:
             raise ValueError(f"images of {image_size}x{image_size} are too small for CapsNet "
@@ -153,7 +167,7 @@ class CapsNet(nn.Module):
         routed = self.digits(u)  # poses (B, classes, 16), scores (B, classes), coupling
         chosen = labels if labels is not None else predict(routed.scores, objects)
         return CapsNetOutput(routed.scores, routed.poses, self.reconstruct(routed.poses, chosen),
-                             routed.coupling)
+                             routed.coupling, routed.logits)
 
     def reconstruct(self, poses: Tensor, classes: Tensor) -> Tensor:
         """The decoder's image from the capsule of class classes[b] of each example: poses

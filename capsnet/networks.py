@@ -25,6 +25,7 @@ CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
 def capsnet_args(cfg: Any, objects: int) -> dict[str, Any]:
     return {"routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
             "leaky_routing": cfg.leaky_routing, "routing": cfg.routing,
+            "primary_norm": cfg.primary_norm,
             "digit_bias": cfg.digit_bias or cfg.recipe == "official", "recipe": cfg.recipe,
             **{name: getattr(cfg, name) for name in CAPSNET_WIDTHS}}
 
@@ -43,7 +44,8 @@ def baseline_args(cfg: Any, objects: int) -> dict[str, Any]:
 def capsule_loss(cfg: Any, progress: Callable[[], float]) -> CapsuleLoss:
     return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
                        class_mean=cfg.recipe == "official",
-                       spread=progress if cfg.score_loss == "spread" else None)
+                       spread=progress if cfg.score_loss == "spread" else None,
+                       logits=cfg.score_loss == "cross-entropy")
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,9 @@ def make_baseline(**args: Any) -> Baseline:
 
 MODELS: dict[str, Network] = {n.name: n for n in (
     Network("capsnet", capsnet_args, make_capsnet, capsule_loss,
-            SHAPE + ("digit_bias", "recipe", "routing") + CAPSNET_WIDTHS, True,
+            SHAPE + ("digit_bias", "recipe", "routing", "primary_norm") + CAPSNET_WIDTHS, True,
             "CapsNet with routing (--routing) and the reconstruction decoder", SMALLEST_IMAGE,
-            {"routing": "dynamic"}),
+            {"routing": "dynamic", "primary_norm": "squash"}),
     Network("baseline", baseline_args, make_baseline, lambda cfg, progress: BaselineLoss(),
             SHAPE + ("recipe", "channels", "hidden", "objects"), False,
             "the paper's CNN baseline (capsnet/baseline.py)"),

@@ -102,20 +102,26 @@ def test_routing_algorithms_compares_every_routing_with_its_size_and_speed(data_
     text = (out / "results.md").read_text()
     assert "| run | ours | seeds | the paper | parameters | train images/s | s per epoch |" in text
     rows = {r[0]: r for r in table(text)}
-    assert list(rows) == list(ROUTINGS) == ["dynamic", "self-attention", "uniform", "em",
-                                             "attention"]
-    assert [rows[name][3] for name in rows] == ["0.25", "-", "-", "-", "-"]
+    authors = "attention, its authors' form"
+    assert list(ROUTINGS) == ["dynamic", "self-attention", "uniform", "em", "attention"]
+    assert list(rows) == [*ROUTINGS, authors]
+    assert [rows[name][3] for name in rows] == ["0.25", "-", "-", "-", "-", "-"]
     params = {name: int(r[4].replace(",", "")) for name, r in rows.items()}
     assert params["self-attention"] == params["dynamic"] + 10 * 4 * 6 * 6  # its prior b_ij
     assert params["uniform"] == params["dynamic"]
     assert params["attention"] == params["dynamic"] + 2 * 8 + 8 + 1  # LayerNorm, score layer
     assert params["em"] == params["dynamic"] + 2 * 10  # beta_u and beta_a of each class
+    assert params[authors] == params["attention"] + 2 * 8  # the primary capsules' LayerNorm
     assert all(0 <= float(r[1]) <= 100 and float(r[5]) > 0 and float(r[6]) > 0
                for r in rows.values())
     from capsnet.run.storage import load_checkpoint
     for name in ROUTINGS:  # each an ordinary run of its routing
         run_dir = out / f"{experiments.slug(name)}-seed0"
         assert load_checkpoint(run_dir / "last.pt")["config"]["routing"] == name
+    config = load_checkpoint(out / f"{experiments.slug(authors)}-seed0" / "last.pt")["config"]
+    assert (config["routing"], config["primary_norm"], config["score_loss"],
+            config["reconstruction_weight"], config["routing_iterations"]) == \
+        ("attention", "layer-norm", "cross-entropy", 0.0, 2)
     capsys.readouterr()
     assert run("routing-algorithms", tmp_path / "again", data_root, "--routing", "uniform") == 2
     err = capsys.readouterr().err

@@ -50,7 +50,8 @@ def test_the_networks_procedure_1_equals_the_written_one_in_float32_at_the_paper
 
 def em_outputs_and_gradients(route, votes, activations, beta_u, beta_a, iterations):
     inputs = [t.clone().requires_grad_() for t in (votes, activations, beta_u, beta_a)]
-    out = route(*inputs, iterations)
+    routed = route(*inputs, iterations)
+    out = (routed.poses, routed.scores, routed.coupling)
     g = torch.Generator().manual_seed(1)
     loss = sum((x * torch.randn(x.shape, dtype=torch.float64, generator=g).to(x.dtype)).sum()
                for x in out)
@@ -90,7 +91,8 @@ def test_every_routing_stays_in_float32_under_bf16_autocast(name):
     layer = ROUTINGS[name].make(64, 10, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(u_hat, activations.bfloat16())
-    assert all(t.dtype == torch.float32 for t in out)
+    assert all(t.dtype == torch.float32 for t in out if t is not None)
+    assert (out.logits is not None) == ROUTINGS[name].logits
     reference = layer(u_hat.float(), activations.bfloat16().float())
     assert torch.allclose(out.poses, reference.poses, atol=1e-6)
 
@@ -229,6 +231,68 @@ def test_uniform_routing_is_one_iteration_of_dynamic_routing():
     assert torch.allclose(out.poses[0, 0], squash(u_hat[0, 0].sum(0) / 10 + bias[0]), atol=1e-6)
 
 
+def authors_capsule_fc(primary: torch.Tensor, w: torch.Tensor, layer_norm, num_routing: int
+                       ) -> torch.Tensor:
+    """Tsai et al.'s CapsuleFC (vector poses) as their code computes it, written out here:
+    primary (b, n, a) poses, w (n, a, m, d); the first pass couples uniformly, then each of
+    num_routing - 1 passes re-couples by softmax over m of the votes' agreement with the
+    current poses, scaled by 1/sqrt(d); LayerNorm after every pass."""
+    n, _, m, d = w.shape
+    coupling = torch.full((n, m), 1.0 / m, dtype=w.dtype)
+    poses = layer_norm(torch.einsum("nm,bna,namd->bmd", coupling, primary, w))
+    for _ in range(num_routing - 1):
+        agreement = torch.einsum("bna,namd,bmd->bnm", primary, w, poses) / math.sqrt(d)
+        coupling = agreement.softmax(dim=2)
+        poses = layer_norm(torch.einsum("bnm,bna,namd->bmd", coupling, primary, w))
+    return poses
+
+
+def test_attention_routing_in_its_authors_form_is_their_model_and_loss():
+    """--routing attention --primary-norm layer-norm --score-loss cross-entropy
+    --reconstruction-weight 0 against the authors' pipeline: conv output -> capsules of 4
+    channels -> LayerNorm -> CapsuleFC -> one shared linear layer -> cross-entropy."""
+    import torch.nn.functional as F
+
+    from capsnet.loss import CapsuleLoss
+    torch.manual_seed(0)
+    model = CapsNet(conv1_channels=8, primary_types=2, primary_dim=4, class_dim=4,
+                    routing="attention", primary_norm="layer-norm").double()
+    with torch.no_grad():  # gains and biases away from their initial 1 and 0
+        for norm in (model.primary.layer_norm, model.digits.routing.norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+    images = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    labels = torch.tensor([4, 0, 7])
+    out = model(images, labels)
+
+    conv = model.primary.conv(F.relu(model.conv1(images)))  # (b, types*dim, 6, 6)
+    u = conv.permute(0, 2, 3, 1).reshape(3, 6, 6, 2, 4).permute(0, 3, 1, 2, 4)  # (b, t, 6, 6, a)
+    primary = model.primary.layer_norm(u).permute(0, 4, 1, 2, 3).reshape(3, 4, -1)
+    primary = primary.permute(0, 2, 1)  # (b, n, a): n by type, row, column
+    w = model.digits.weight.permute(0, 3, 1, 2)  # ours (n, m, d, a) -> theirs (n, a, m, d)
+    poses = authors_capsule_fc(primary, w, model.digits.routing.norm, 3)
+    logits = model.digits.routing.score(poses).squeeze(-1)  # their final_fc
+    assert torch.allclose(out.poses, poses, atol=1e-10)
+    assert torch.allclose(out.logits, logits, atol=1e-10)
+    assert torch.equal(out.lengths.argmax(dim=1), logits.argmax(dim=1))
+    loss = CapsuleLoss(reconstruction_weight=0.0, logits=True)(images, labels, out)
+    assert torch.allclose(loss, F.cross_entropy(logits, labels), atol=1e-12)
+    # their W_ij start at N(0, classes / (in_dim in_caps)); the other routings' at N(0, 0.01^2)
+    big = CapsNet(routing="attention").digits.weight
+    assert abs(big.std().item() - math.sqrt(10 / (8 * 1152))) < 0.001
+    assert abs(CapsNet().digits.weight.std().item() - 0.01) < 0.0005
+
+
+def test_the_cross_entropy_sums_over_every_class_present():
+    from capsnet.loss import cross_entropy
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    log_p = logits.log_softmax(dim=1)
+    assert torch.allclose(cross_entropy(logits, torch.tensor([0, 2])),
+                          -torch.stack([log_p[0, 0], log_p[1, 2]]))
+    assert torch.allclose(cross_entropy(logits, torch.tensor([[0, 1], [1, 2]])),
+                          -torch.stack([log_p[0, 0] + log_p[0, 1], log_p[1, 1] + log_p[1, 2]]))
+
+
 @pytest.mark.parametrize("name", sorted(ROUTINGS))
 def test_every_routing_trains_in_the_network_with_finite_gradients(name):
     torch.manual_seed(0)
@@ -276,7 +340,12 @@ def test_the_routing_flag_lists_its_choices_and_refuses_options_of_another_in_on
                             (["--score-loss", "spread", "--m-plus", "0.8"],
                              "--m-plus does not apply to --score-loss spread"),
                             (["--model", "baseline", "--score-loss", "spread"],
-                             "--score-loss spread does not apply to --model baseline")):
+                             "--score-loss spread does not apply to --model baseline"),
+                            (["--score-loss", "cross-entropy"],
+                             "--score-loss cross-entropy needs class logits, which --routing "
+                             "dynamic has not"),
+                            (["--routing", "em", "--primary-norm", "layer-norm"],
+                             "--primary-norm layer-norm does not apply to --routing em")):
         code, err = run_main([*quick_args, *given], capsys)
         assert code == 2 and expected in err and len(err.splitlines()) == 1
 
@@ -301,13 +370,17 @@ def test_a_checkpoint_is_refused_by_another_routing_and_one_without_the_setting_
     assert code == 0, err
 
 
-@pytest.mark.parametrize("name,loss", [("self-attention", "margin"), ("attention", "margin"),
-                                       ("em", "spread")])  # the routings with parameters
-def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, loss, quick_args,
-                                                                       capsys):
+AUTHORS_ATTENTION = ["--primary-norm", "layer-norm", "--reconstruction-weight", "0"]
+
+
+@pytest.mark.parametrize("name,loss,more", [  # the routings with parameters
+    ("self-attention", "margin", []), ("attention", "cross-entropy", AUTHORS_ATTENTION),
+    ("em", "spread", [])])
+def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, loss, more,
+                                                                       quick_args, capsys):
     from conftest import run_main
     from capsnet.run.storage import load_checkpoint
-    code, err = run_main([*quick_args, "--routing", name, "--score-loss", loss], capsys)
+    code, err = run_main([*quick_args, "--routing", name, "--score-loss", loss, *more], capsys)
     assert code == 0, err
     run = quick_args[quick_args.index("--run-dir") + 1]
     checkpoint = load_checkpoint(f"{run}/last.pt")
@@ -315,6 +388,7 @@ def test_a_run_of_another_routing_trains_and_its_checkpoint_evaluates(name, loss
     assert ("digits.routing.prior" in checkpoint["model"]) == (name == "self-attention")
     assert ("digits.routing.score.weight" in checkpoint["model"]) == (name == "attention")
     assert ("digits.routing.beta_a" in checkpoint["model"]) == (name == "em")
+    assert ("primary.layer_norm.weight" in checkpoint["model"]) == bool(more)
     assert checkpoint["config"]["score_loss"] == loss
     code, err = run_main(["--eval", f"{run}/last.pt", *quick_args[:3], "--no-visdom"], capsys)
     assert code == 0, err

@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from .attention import AttentionRouting
+from .attention import AttentionRouting, authors_weight_std
 from .dynamic import DynamicRouting
 from .em import EMRouting
 from .routed import Routed
@@ -34,6 +34,10 @@ class Routing:
     leaky: bool  # takes --leaky-routing
     bias: bool  # adds the class capsules' bias (--digit-bias, --recipe official) before squash
     about: str
+    logits: bool = False  # gives Routed.logits (takes --score-loss cross-entropy)
+    lengths: bool = False  # reads the primary capsules' lengths as probabilities (squashed ones)
+    # (in_caps, in_dim, classes) -> the standard deviation of W_ij's initial normal
+    weight_std: Callable[[int, int, int], float] = lambda in_caps, in_dim, classes: 0.01
 
 
 ROUTINGS: dict[str, Routing] = {r.name: r for r in (
@@ -44,7 +48,9 @@ ROUTINGS: dict[str, Routing] = {r.name: r for r in (
     Routing("uniform", UniformRouting, False, False, False, True,
             "no routing: every c_ij is 1/classes (the control)"),
     Routing("em", EMRouting, True, False, False, False,
-            "EM routing of matrix capsules, Hinton, Sabour & Frosst 2018, Procedure 1"),
+            "EM routing of matrix capsules, Hinton, Sabour & Frosst 2018, Procedure 1",
+            lengths=True),
     Routing("attention", AttentionRouting, True, False, False, False,
-            "inverted dot-product attention routing, Tsai et al. 2020"),
+            "inverted dot-product attention routing, Tsai et al. 2020", logits=True,
+            weight_std=authors_weight_std),
 )}

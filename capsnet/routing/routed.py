@@ -11,6 +11,9 @@ class Routed(NamedTuple):
     poses: Tensor  # (B, classes, dim): the class capsules v_j
     scores: Tensor  # (B, classes) in [0, 1]: the probability that each class is present
     coupling: Tensor  # (B, classes, in_caps): how much of each primary capsule went to a class
+    # (B, classes): the logits whose sigmoid the scores are, from a routing that scores its
+    # poses by a learned layer (attention; --score-loss cross-entropy reads them), else None
+    logits: Tensor | None = None
 
 
 def by_length(poses: Tensor, coupling: Tensor) -> Routed:
