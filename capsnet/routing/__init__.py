@@ -18,7 +18,7 @@ from torch import nn
 from .attention import AttentionRouting, authors_weight_std
 from .dynamic import DynamicRouting
 from .em import EMRouting
-from .routed import Routed
+from .routed import Routed, paper_weight_std
 from .self_attention import SelfAttentionRouting
 from .uniform import UniformRouting
 
@@ -37,7 +37,7 @@ class Routing:
     logits: bool = False  # gives Routed.logits (takes --score-loss cross-entropy)
     lengths: bool = False  # reads the primary capsules' lengths as probabilities (squashed ones)
     # (in_caps, in_dim, classes) -> the standard deviation of W_ij's initial normal
-    weight_std: Callable[[int, int, int], float] = lambda in_caps, in_dim, classes: 0.01
+    weight_std: Callable[[int, int, int], float] = paper_weight_std
 
 
 ROUTINGS: dict[str, Routing] = {r.name: r for r in (

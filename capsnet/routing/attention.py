@@ -24,7 +24,7 @@ from .routed import Routed, iterations_checked
 
 def authors_weight_std(in_caps: int, in_dim: int, classes: int) -> float:
     """W_ij's initial N(0, std^2) in the authors' CapsuleFC: sqrt(classes / (in_dim in_caps))
-    (0.033 on MNIST, where the other routings take the paper's 0.01)."""
+    (0.033 on MNIST, where the other routings take 0.01)."""
     return math.sqrt(classes / (in_dim * in_caps))
 
 

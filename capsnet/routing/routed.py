@@ -21,6 +21,11 @@ def by_length(poses: Tensor, coupling: Tensor) -> Routed:
     return Routed(poses, torch.linalg.vector_norm(poses, dim=-1), coupling)
 
 
+def paper_weight_std(in_caps: int, in_dim: int, classes: int) -> float:
+    """W_ij's initial N(0, std^2): 0.01 (the paper gives none; this package's since its start)."""
+    return 0.01
+
+
 def iterations_checked(iterations: int) -> int:
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
