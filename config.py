@@ -25,6 +25,11 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def routings_with(field: str) -> str:
+    """The --routing flags of the routings whose ROUTINGS entry has `field` true."""
+    return ", ".join(f"--routing {r.name}" for r in ROUTINGS.values() if getattr(r, field))
+
+
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A Config field with its --help text (and allowed values, if any)."""
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -176,8 +181,7 @@ class Config:
         if self.score_loss == "cross-entropy" and not ROUTINGS[self.routing].logits:
             raise UserError(f"--score-loss cross-entropy needs class logits, which --routing "
                             f"{self.routing} has not (its scores are lengths); it applies to "
-                            + ", ".join(f"--routing {r.name}" for r in ROUTINGS.values()
-                                        if r.logits))
+                            + routings_with("logits"))
         for name in ("m_plus", "m_minus", "lambda_absent"):
             if self.given(name):
                 raise UserError(f"{flag(name)} does not apply to --score-loss {self.score_loss}: "
@@ -191,9 +195,7 @@ class Config:
         for name, takes in options.items():
             if not getattr(entry, takes) and self.given(name):
                 raise UserError(f"{flag(name)} does not apply to --routing {self.routing}: leave "
-                                "it out (it is an option of " + ", ".join(
-                                    f"--routing {r.name}" for r in ROUTINGS.values()
-                                    if getattr(r, takes)) + ")")
+                                "it out (it is an option of " + routings_with(takes) + ")")
         if self.primary_norm == "layer-norm" and entry.lengths:
             raise UserError(f"--primary-norm layer-norm does not apply to --routing "
                             f"{self.routing}, which reads the primary capsules' lengths as "
