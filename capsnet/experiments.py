@@ -269,6 +269,7 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
     selection = ""
     for row in experiment.rows:
         values, row_curves, speeds = [], [], []  # speeds: (parameters, images/s, s per epoch)
+        lowest = []  # each seed's best test epoch, a point of its curve: (test error, epoch)
         for seed in range(runner.seeds):
             run = runner.run_dir(row, seed)
             if not (run / "best.pt").exists():
@@ -282,6 +283,7 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
                            statistics.mean(float(m["seconds"]) for m in metrics)))
             row_curves.append([(int(m["epoch"]), 100 - float(m["test_accuracy"]))
                                for m in metrics])
+            lowest.append(min((error, epoch) for epoch, error in row_curves[-1]))
             if experiment.name == "affnist":
                 if (run / "affnist.txt").exists():
                     values.append(float((run / "affnist.txt").read_text().split()[0]))
@@ -302,8 +304,15 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         if experiment.speed:
             speed = (f" {speeds[0][0]:,} | {statistics.mean(s[1] for s in speeds):.1f} | "
                      f"{statistics.mean(s[2] for s in speeds):.2f} |" if speeds else " - | - | - |")
+        best = "-"
+        if lowest:
+            errors = [error for error, _ in lowest]
+            best = (f"{statistics.mean(errors):.2f}"
+                    + (f" ± {statistics.stdev(errors):.2f}" if len(errors) > 1 else "")
+                    + f" (epoch{'s' if len(lowest) > 1 else ''} "
+                    + ", ".join(str(epoch) for _, epoch in lowest) + ")")
         lines.append(f"| {row.label} | {ours} | {len(values)} | "
-                     f"{paper if paper is not None else '-'} |{speed}")
+                     f"{paper if paper is not None else '-'} |{speed} {best} |")
     tested = ""
     if experiment.name == "affnist":
         tested = (" Tested on **the offline stand-in, not affNIST**: not comparable with the "
@@ -313,14 +322,16 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         f"# {experiment.name}" + (f" on {runner.dataset}" if experiment.name != "affnist" else ""),
         "",
         f"{experiment.metric} in {unit}: mean ± standard deviation over the seeds, beside the "
-        f"paper's.{tested}",
+        f"paper's.{tested} Best test epoch: each run's lowest test error and its epoch, a point "
+        "of its curve, never the result.",
         "",
         f"Selection: {selection or '-'}. Epochs: {runner.epochs}. Seeds: {runner.seeds}. "
         f"Device: {device}. Date: {time.strftime('%Y-%m-%d')}.",
         "",
         "| run | ours | seeds | the paper |"
-        + (" parameters | train images/s | s per epoch |" if experiment.speed else ""),
-        "|---|---|---|---|" + ("---|---|---|" if experiment.speed else ""),
+        + (" parameters | train images/s | s per epoch |" if experiment.speed else "")
+        + " best test epoch |",
+        "|---|---|---|---|" + ("---|---|---|" if experiment.speed else "") + "---|",
         *lines,
         "",
         "![test error per epoch](curves.png)",

@@ -32,6 +32,7 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
     assert [r[0] for r in rows] == [r.label for r in experiments.EXPERIMENTS["table1"].rows]
     assert [r[3] for r in rows] == ["0.39", "0.34", "0.29", "0.35", "0.25"]  # the paper's
     assert all(0 <= float(r[1]) <= 100 and r[2] == "1" for r in rows)
+    assert all(float(r[4].split(" (epoch ")[0]) <= float(r[1]) for r in rows)  # best test epoch
     assert "Selection: none: the last epoch" in results and "Epochs: 2" in results
     assert (straight / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # interrupted in the third run's second epoch, then started again
@@ -100,7 +101,8 @@ def test_routing_algorithms_compares_every_routing_with_its_size_and_speed(data_
     out = tmp_path / "algorithms"
     assert run("routing-algorithms", out, data_root) == 0
     text = (out / "results.md").read_text()
-    assert "| run | ours | seeds | the paper | parameters | train images/s | s per epoch |" in text
+    assert "| run | ours | seeds | the paper | parameters | train images/s | s per epoch | " \
+        "best test epoch |" in text
     rows = {r[0]: r for r in table(text)}
     authors = "attention, its authors' form"
     assert list(ROUTINGS) == ["dynamic", "self-attention", "uniform", "em", "attention"]
@@ -114,6 +116,9 @@ def test_routing_algorithms_compares_every_routing_with_its_size_and_speed(data_
     assert params[authors] == params["attention"] + 2 * 8  # the primary capsules' LayerNorm
     assert all(0 <= float(r[1]) <= 100 and float(r[5]) > 0 and float(r[6]) > 0
                for r in rows.values())
+    for r in rows.values():  # the lowest point of a 2-epoch curve ending at the last epoch's
+        lowest, epoch = r[7].split(" (epoch ")
+        assert float(lowest) <= float(r[1]) and epoch in ("1)", "2)")
     from capsnet.run.storage import load_checkpoint
     for name in ROUTINGS:  # each an ordinary run of its routing
         run_dir = out / f"{experiments.slug(name)}-seed0"
