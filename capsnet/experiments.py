@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -127,6 +128,15 @@ class Runner:
         run = self.run_dir(row, seed)
         name = f"{row.label}, seed {seed}"
         last = run / "last.pt"
+        try:
+            record = read_record(run)
+        except UserError as error:
+            self.fail(name, counter, str(error))
+            return
+        if record is not None and complete(record, self.epochs):
+            self.say(f"{counter} {name}: complete, skipped ({run})")
+            self.after(row, run, name, counter)
+            return
         resume = None
         if last.exists():
             try:
@@ -134,11 +144,17 @@ class Runner:
             except UserError as error:
                 self.fail(name, counter, str(error))
                 return
-            if complete(checkpoint, self.epochs):
+            if complete(record_of(checkpoint), self.epochs):  # finished before result.json
+                self.keep(run, record_of(checkpoint))
                 self.say(f"{counter} {name}: complete, skipped ({run})")
                 self.after(row, run, name, counter)
                 return
             resume = str(last)
+        elif record is not None:  # a kept record of fewer epochs, with nothing to continue from
+            self.fail(name, counter, f"{run / RECORD} has {record['epochs']} epochs, fewer than "
+                      f"--epochs {self.epochs}, and {last} is not there to continue from; "
+                      "remove the directory to train it again")
+            return
         elif run.exists():  # started but no checkpoint yet: nothing to keep
             for path in run.iterdir():
                 path.unlink()
@@ -157,15 +173,22 @@ class Runner:
             try:
                 with contextlib.redirect_stdout(sink), \
                         contextlib.redirect_stderr(Tee(sink, sys.stderr)):
-                    train_run({**given, "epochs": self.epochs}, resume)
+                    result = train_run({**given, "epochs": self.epochs}, resume)
             except UserError as error:
                 print(f"error: {error}", file=sink)
                 self.fail(name, counter, f"{error}; see {log}")
                 return
+        self.keep(run, {**{k: v for k, v in asdict(result).items() if k != "run_dir"},
+                        **settings_of_record(json.loads((run / "config.json").read_text())),
+                        "date": time.strftime("%Y-%m-%d")})
         rows = RunDir(run).read_metrics()
         self.say(f"{counter} {name}: {len(rows)} epochs in {time.monotonic() - started:.1f} s, "
                  f"test error {100 - float(rows[-1]['test_accuracy']):.2f}%")
         self.after(row, run, name, counter)
+
+    def keep(self, run: Path, record: dict[str, Any]) -> None:
+        if self.main:
+            write_file(run / RECORD, (json.dumps(record, indent=2) + "\n").encode())
 
     def after(self, row: Row, run: Path, name: str, counter: str) -> None:
         """The affNIST experiment tests each trained run on affNIST (or the stand-in), once."""
@@ -209,12 +232,44 @@ class Tee(io.TextIOBase):
         return self.terminal.isatty()
 
 
-def complete(checkpoint: dict[str, Any], epochs: int) -> bool:
+# A finished run's record in its directory: what results.md says of it, so that the run's
+# config.json, metrics.csv and this file are enough to keep it (its checkpoints are not needed).
+RECORD = "result.json"
+
+
+def settings_of_record(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config.get(k, 0) for k in ("stop_at_accuracy", "validation_samples")}
+
+
+def record_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The record of a run from its last checkpoint, for a run finished before records were kept
+    (where it ran is not in the checkpoint)."""
+    return {"epochs": checkpoint["epoch"], "batch": checkpoint["batch"],
+            "best_epoch": checkpoint["best_epoch"], "best_accuracy": checkpoint["best_accuracy"],
+            "test_accuracy": checkpoint["best_test_accuracy"],
+            "validated": bool(checkpoint["config"].get("validation_samples")),
+            "parameters": sum(t.numel() for t in checkpoint["model"].values()),
+            "machine": "not recorded", "precision": checkpoint["config"].get("precision", "fp32"),
+            **settings_of_record(checkpoint["config"]), "date": "not recorded"}
+
+
+def read_record(run: Path) -> dict[str, Any] | None:
+    path = run / RECORD
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"could not read {path} ({error}); remove it to train the run "
+                        "again") from None
+
+
+def complete(record: dict[str, Any], epochs: int) -> bool:
     """A run that trained its epochs, or stopped at its --stop-at-accuracy."""
-    if checkpoint["batch"]:
+    if record.get("batch"):
         return False
-    target = checkpoint["config"].get("stop_at_accuracy", 0)
-    return checkpoint["epoch"] >= epochs or bool(target and checkpoint["best_accuracy"] >= target)
+    target = record["stop_at_accuracy"]
+    return record["epochs"] >= epochs or bool(target and record["best_accuracy"] >= target)
 
 
 def passed_settings(passed: list[str]) -> dict[str, Any]:
@@ -258,13 +313,13 @@ ON_RESUME = MACHINE_SETTINGS + ("data_dir", "download", "visdom", "visdom_host",
 
 
 def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:
-    """results.md's text, and each row's test-error curves (one per seed)."""
-    from .cli import device_name, resolve_device
-    from .run.storage import load_checkpoint
+    """results.md's text, and each row's test-error curves (one per seed), from each run's
+    record and metrics.csv."""
     from .run.rundir import RunDir
     experiment = runner.experiment
     paper_key = "affnist" if experiment.name == "affnist" else runner.dataset
-    device = "?"
+    machines: set[str] = set()  # where the runs trained, and when
+    dates: set[str] = set()
     lines, curves = [], []
     selection = ""
     for row in experiment.rows:
@@ -272,13 +327,16 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         lowest = []  # each seed's best test epoch, a point of its curve: (test error, epoch)
         for seed in range(runner.seeds):
             run = runner.run_dir(row, seed)
-            if not (run / "best.pt").exists():
+            try:
+                record = read_record(run)
+            except UserError:  # its line in the run's output says so
+                record = None
+            if record is None:
                 continue
-            best = load_checkpoint(run / "best.pt")
-            cfg = best["config"]
-            device = device_name(resolve_device(cfg.get("device", "auto")))
+            machines.add(f"{record['machine']} in {record['precision']}")
+            dates.add(record["date"])
             metrics = RunDir(run).read_metrics()
-            speeds.append((sum(t.numel() for t in best["model"].values()),
+            speeds.append((record["parameters"],
                            statistics.mean(float(m["train_images_per_s"]) for m in metrics),
                            statistics.mean(float(m["seconds"]) for m in metrics)))
             row_curves.append([(int(m["epoch"]), 100 - float(m["test_accuracy"]))
@@ -288,9 +346,9 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
                 if (run / "affnist.txt").exists():
                     values.append(float((run / "affnist.txt").read_text().split()[0]))
                 selection = "the best validation epoch (stopped at 99.23% or at --epochs)"
-            elif cfg.get("validation_samples"):
-                values.append(100 - best.get("best_test_accuracy", best["best_accuracy"]))
-                selection = (f"the best validation epoch ({cfg['validation_samples']:,} "
+            elif record["validated"]:
+                values.append(100 - record["test_accuracy"])
+                selection = (f"the best validation epoch ({record['validation_samples']:,} "
                              "training images held out)")
             else:
                 values.append(100 - float(metrics[-1]["test_accuracy"]))
@@ -326,7 +384,7 @@ def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, f
         "of its curve, never the result.",
         "",
         f"Selection: {selection or '-'}. Epochs: {runner.epochs}. Seeds: {runner.seeds}. "
-        f"Device: {device}. Date: {time.strftime('%Y-%m-%d')}.",
+        f"Device: {'; '.join(sorted(machines)) or '-'}. Trained: {', '.join(sorted(dates)) or '-'}.",
         "",
         "| run | ours | seeds | the paper |"
         + (" parameters | train images/s | s per epoch |" if experiment.speed else "")

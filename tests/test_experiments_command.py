@@ -35,6 +35,20 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
     assert all(float(r[4].split(" (epoch ")[0]) <= float(r[1]) for r in rows)  # best test epoch
     assert "Selection: none: the last epoch" in results and "Epochs: 2" in results
     assert (straight / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # kept without its checkpoints (config.json, metrics.csv, result.json): complete, the same
+    import shutil
+    kept = tmp_path / "kept"
+    shutil.copytree(straight, kept, ignore=shutil.ignore_patterns("*.pt", "*.log"))
+    capsys.readouterr()
+    assert run("table1", kept, data_root) == 0
+    assert capsys.readouterr().out.count("complete, skipped") == 5
+    assert (kept / "results.md").read_text() == results
+    # asked for more epochs than a kept run has, with nothing to continue from: refused, kept
+    assert experiments.main(["table1", "--epochs", "3", "--out", str(kept),
+                             "--data-dir", str(data_root), *TINY]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("has 2 epochs, fewer than --epochs 3") == 5
+    assert (kept / "baseline-cnn-seed0" / "result.json").exists()
     # interrupted in the third run's second epoch, then started again
     interrupted = tmp_path / "interrupted"
     import capsnet.run.runner as runner

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .storage import load_checkpoint
-from ..cli import (ArgumentParser, add_settings, command_line, overrides, precision_label,
-                   resumed_settings)
+from ..cli import (ArgumentParser, add_settings, command_line, device_name, overrides,
+                   precision_label, resumed_settings)
 
 TRAIN_HELP = "Train CapsNet: `python train.py [--epochs N ...]`; config.py holds the defaults."
 
@@ -55,6 +55,9 @@ class RunResult:
     best_accuracy: float  # the selection accuracy (validation, else test) of best_epoch
     test_accuracy: float  # best_epoch's test accuracy
     validated: bool  # selected on a held-out validation split (else on the test set)
+    parameters: int
+    machine: str  # the GPU's name or the CPU's model, as device_name says it
+    precision: str  # as the run's first line says it
 
 
 def train_run(given: dict[str, Any], resume: str | None = None,
@@ -94,7 +97,8 @@ def train_run(given: dict[str, Any], resume: str | None = None,
         run.unlock()
     validated = trainer.validator is not None
     result = RunResult(run.path, trainer.epoch, trainer.best_epoch, trainer.best_accuracy,
-                       trainer.best_test_accuracy, validated)
+                       trainer.best_test_accuracy, validated, trainer.parameter_count,
+                       device_name(trainer.device), precision_label(cfg.precision, trainer.device))
     if world.main:
         metric = "pair accuracy" if trainer.objects > 1 else "accuracy"
         if validated:
