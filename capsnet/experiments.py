@@ -13,8 +13,10 @@
 
 Every run is an ordinary run directory under --out (with its own dashboard environment): runs
 already complete are skipped and interrupted ones resumed, so the command can be stopped and started
-again. It prints a line per run, goes on past a failed run, and writes results.md (each row's mean
-and spread over the seeds beside the paper's number) and curves.png. A failed run's reason is in
+again. A finished run keeps result.json beside its config.json and metrics.csv, and those three
+files alone make its row: a run kept without its checkpoints still counts as complete. It prints a
+line per run, goes on past a failed run, and writes results.md (each row's mean and spread over
+the seeds beside the paper's number) and curves.png. A failed run's reason is in
 its line, and its log (RUN.log beside it) keeps what it printed and its errors.
 
 Any other flag goes to every run, as train.py takes it, except what the experiment sets itself:
