@@ -406,6 +406,7 @@ def plot(path: Path, curves: list[tuple[str, list[list[tuple[int, float]]]]], ti
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for k, (label, runs) in enumerate(curves):
         for s, points in enumerate(runs):
@@ -413,6 +414,7 @@ def plot(path: Path, curves: list[tuple[str, list[list[tuple[int, float]]]]], ti
                 xs, ys = zip(*points)
                 axis.plot(xs, ys, marker="o", color=f"C{k}", alpha=0.8,
                           label=label if s == 0 else None)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     axis.set_xlabel("epoch")
     axis.set_ylabel("test error (%)")
     axis.set_title(title)
