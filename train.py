@@ -2,10 +2,9 @@
 or evaluation (capsnet.run.runner) out; Ctrl-C or SIGTERM saves and stops between batches."""
 from __future__ import annotations
 
-import signal
 import sys
 
-from capsnet.cli import exit_status
+from capsnet.cli import training_exit_status
 from capsnet.run.distributed import leave
 from capsnet.run.memory import tune_allocator
 from capsnet.run.runner import evaluate_run, parse, settings_of, train_run
@@ -22,11 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train_run(given, args.resume, args.allow_other_dataset)
         leave()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
-    try:
-        return exit_status(work)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return training_exit_status(work)
 
 
 if __name__ == "__main__":

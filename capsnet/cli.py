@@ -7,6 +7,7 @@ import dataclasses
 import os
 import platform
 import shlex
+import signal
 import sys
 import typing
 from typing import Any, Callable, NoReturn
@@ -52,6 +53,16 @@ def exit_status(work: Callable[[], None]) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def training_exit_status(work: Callable[[], None]) -> int:
+    """exit_status for a command that trains: SIGTERM stops it as Ctrl-C does, so the run saves
+    its checkpoint between batches before it ends."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return exit_status(work)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def flag(name: str) -> str:

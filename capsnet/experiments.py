@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import signal
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .run import distributed
-from .cli import MACHINE_SETTINGS, ArgumentParser, exit_status
+from .cli import MACHINE_SETTINGS, ArgumentParser, training_exit_status
 from .errors import UserError
 from .run.memory import tune_allocator
 from .run.storage import write_file
@@ -477,11 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         if runner.failed:
             raise UserError(f"{len(runner.failed)} of the runs failed: "
                             + "; ".join(runner.failed))
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
-    try:
-        return exit_status(work)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return training_exit_status(work)
 
 
 if __name__ == "__main__":
