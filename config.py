@@ -105,6 +105,9 @@ class Config:
     lr: float = setting(1e-3, "Adam learning rate")
     lr_decay: float = setting(0.96, "learning-rate decay factor per lr_decay_steps (1: none)")
     lr_decay_steps: int = setting(2000, "optimizer steps over which the rate decays by lr_decay")
+    average_from: int = setting(0, "from this epoch on, test, save and ship the average of the "
+                                "weights at each epoch's end (stochastic weight averaging; "
+                                "training is unchanged; 0: off)")
     # Runtime
     device: str = setting("auto", "where to train: auto picks cuda when there is a GPU", DEVICES)
     precision: str = setting("fp32", "fp32; tf32 (tensor-core float32 on CUDA); bf16 (convolutions "
@@ -158,6 +161,9 @@ class Config:
             fail("dropout", self.dropout, "a number in [0, 1)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             fail("lr", self.lr, "a number > 0")
+        if not 0 <= self.average_from <= self.epochs:
+            fail("average_from", self.average_from, f"an epoch from 1 to --epochs "
+                 f"({self.epochs}), or 0: no average")
         if not 0 < self.lr_decay <= 1:
             fail("lr_decay", self.lr_decay, "a number in (0, 1]")
         if not 0 <= self.m_minus < self.m_plus <= 1:

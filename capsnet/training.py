@@ -11,8 +11,9 @@ One iteration of Trainer.fit, in torchnet's order (Engine.train):
   step            optimizer.step()
   on_update       the learning-rate schedule steps; listeners get a Progress record
 Around the batches: on_start_epoch (model.train(), the meters reset unless resumed mid-epoch, a
-fresh progress bar) and on_end_epoch (the validation and test passes, a metrics.csv row, best.pt
-and last.pt, the epoch's line; listeners get an EpochEnd record). The listeners (the dashboard)
+fresh progress bar) and on_end_epoch (the weights added to their average from --average-from on,
+the validation and test passes of the weights tested (that average, else the trained ones), a
+metrics.csv row, best.pt and last.pt, the epoch's line; listeners get an EpochEnd record). The listeners (the dashboard)
 know the loop only by those records (capsnet.records).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torchnet.engine import Engine
 from tqdm import tqdm
 
+from .averaging import Averaged, WeightAverage
 from .run import interrupt
 from .run.build import RunParts, build_run, check_dataset, check_structure
 from .run.storage import load_state, save_checkpoint
@@ -144,6 +146,7 @@ class Trainer:
                           if parts.validation_batches is not None else None)
         self.meters = Meters(len(self.classes))
         self.running = self.meters.totals()  # this epoch's totals over all processes, so far
+        self.average = WeightAverage(self.model, cfg.average_from)
         self.epoch, self.batch, self.step, self.best_accuracy = 0, 0, 0, -1.0
         self.best_epoch, self.best_test_accuracy = 0, -1.0  # the selected epoch's test result
         self.epoch_rng = self.generator.get_state()  # the data generator at the epoch's start
@@ -296,13 +299,17 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.flush_meters()
         train = self.running.summary(self.objects)
-        validation = self.validator.run() if self.validator else None
-        test = self.evaluator.run()
+        self.average.add(state["epoch"])
+        with self.average.applied():
+            validation = self.validator.run() if self.validator else None
+            test = self.evaluator.run()
         self.epoch, self.batch = state["epoch"], 0
         self.epoch_rng = self.generator.get_state()
+        averaged = self.average.epochs
         row = {"epoch": self.epoch, "lr": lr,
                "train_images_per_s": min(trained, self.train_images) / train_seconds,
-               "seconds": time.perf_counter() - self.epoch_started}
+               "seconds": time.perf_counter() - self.epoch_started,
+               "averaged_epochs": averaged.count if averaged else 0}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"test_{k}": v for k, v in test.items()})
         row.update({f"validation_{k}": v for k, v in (validation or {}).items()})
@@ -322,14 +329,16 @@ class Trainer:
         self.say(f"epoch {self.epoch}/{state['maxepoch']}  "
                  f"train loss {train['loss']:.4f} {accuracy_text(train)}  {held_out}"
                  f"test loss {test['loss']:.4f} {accuracy_text(test)}{' *' if best else ''}  "
-                 f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)")
+                 f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)"
+                 + (f"  (tested: {averaged.describe()})" if averaged else ""))
         target = self.cfg.stop_at_accuracy
         if target and selected >= target:
             state["maxepoch"] = self.epoch  # the Engine's loop ends after this epoch
             self.say(f"stopped: {self.selection} accuracy {selected:.2f}% reached "
                      f"--stop-at-accuracy {target:g} at epoch {self.epoch}")
-        for listener in self.listeners:
-            listener.on_epoch(EpochEnd(self.epoch, row, self.evaluator.confusion))
+        with self.average.applied():  # the figures show the weights tested
+            for listener in self.listeners:
+                listener.on_epoch(EpochEnd(self.epoch, row, self.evaluator.confusion))
 
     @property
     def selection(self) -> str:
@@ -338,15 +347,20 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Write a checkpoint of the current position (rank 0; every process takes part);
-        never one with non-finite weights."""
+        never one with non-finite weights. Its "model" is the weights tested: their average
+        once it has begun ("averaged": its epochs; "trained_model": the weights trained on)."""
         self.flush_meters()
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise Diverged(f"training diverged: the weights are not finite at {self.where()}, "
                            f"so they were not saved to {path.name}")
         meters = self.world.gather(self.meters.state_dict())  # each process's share of the epoch
+        averaged = self.average.epochs
+        trained = self.model.state_dict()
+        average = ({"model": self.average.state, "averaged": tuple(averaged),
+                    "trained_model": trained} if averaged else {"model": trained})
         if self.world.main:
             save_checkpoint(path, {
-                "model": self.model.state_dict(), "model_args": self.model_args,
+                **average, "model_args": self.model_args,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
@@ -381,6 +395,7 @@ class Trainer:
             self.check_mid_epoch(checkpoint)
         check_structure(checkpoint["model_args"], self.model_args, self.cfg.model)
         load_state(self.model, checkpoint["model"], "model")
+        self.restore_average(checkpoint)
         load_state(self.optimizer, checkpoint["optimizer"], "optimizer state")
         load_state(self.scheduler, checkpoint["scheduler"], "learning-rate schedule")
         self.epoch, self.batch, self.step = checkpoint["epoch"], batch, checkpoint["step"]
@@ -401,6 +416,19 @@ class Trainer:
         self.commands = None if earlier is None else [*earlier, *self.commands]
         self.good = (source, self.where())
         self.apply_schedule(saved)
+
+    def restore_average(self, checkpoint: dict) -> None:
+        """A checkpoint whose model is an average also holds the weights trained on; the
+        average goes on from the epoch it began with, whatever --average-from now says."""
+        if not checkpoint.get("averaged"):
+            return
+        averaged = Averaged(*checkpoint["averaged"])
+        if self.cfg.average_from != averaged.first:
+            raise UserError(f"--average-from {self.cfg.average_from} cannot apply to a resumed "
+                            f"run whose checkpoint holds {averaged.describe()}: keep "
+                            f"--average-from {averaged.first}")
+        self.average.restore(self.model.state_dict(), averaged)
+        load_state(self.model, checkpoint.get("trained_model"), "trained weights")
 
     def check_mid_epoch(self, checkpoint: dict) -> None:
         """A checkpoint from inside an epoch resumes only with the batches it was cut from."""

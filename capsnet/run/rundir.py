@@ -23,7 +23,7 @@ from .storage import WriteError, cause, make_dir, write_file
 
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_margin", "train_reconstruction",
            "test_loss", "test_accuracy", "test_margin", "test_reconstruction", "lr",
-           "train_images_per_s", "seconds")
+           "train_images_per_s", "seconds", "averaged_epochs")
 LOCK = "lock"
 
 

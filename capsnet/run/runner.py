@@ -149,6 +149,13 @@ class Evaluation(NamedTuple):
     tested: str  # what was tested, in words: "mnist (10,000 images)"
 
 
+def tested_weights(checkpoint: dict[str, Any]) -> str:
+    """", the average of the weights after epochs a-b" for a checkpoint whose model is one."""
+    from ..averaging import Averaged
+    averaged = checkpoint.get("averaged")
+    return f", {Averaged(*averaged).describe()}" if averaged else ""
+
+
 def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: bool = False,
                  report: bool = True) -> Evaluation:
     """Test one checkpoint, or the ensemble of several (mean capsule lengths), on the whole test
@@ -165,7 +172,8 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
                                                                allow_other_dataset)
     if not report:
         return Evaluation(summary, confusion, classes, tested)
-    what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}" if len(paths) == 1 else
+    what = (f"{paths[0]}: epoch {checkpoints[0]['epoch']}{tested_weights(checkpoints[0])}"
+            if len(paths) == 1 else
             f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
     print(f"{what} on {cfg.dataset} ({tested}), test loss {summary['loss']:.4f}, "
           f"{accuracy_text(summary)} "

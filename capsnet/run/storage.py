@@ -149,8 +149,9 @@ WEIGHTS_KEYS = ("format", *WEIGHTS_PARTS, "digest")
 
 
 def save_weights(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write a checkpoint's model as a trained-weights file: floating tensors in float16."""
-    parts = {k: checkpoint[k] for k in WEIGHTS_PARTS}
+    """Write a checkpoint's model as a trained-weights file: floating tensors in float16 (and
+    which epochs' average they are, for a model that is one)."""
+    parts = {k: checkpoint[k] for k in WEIGHTS_PARTS + ("averaged",) if k in checkpoint}
     parts["model"] = {k: v.half() if v.is_floating_point() else v
                       for k, v in parts["model"].items()}
     save_checkpoint(path, {"format": WEIGHTS_FORMAT, **parts})

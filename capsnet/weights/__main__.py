@@ -75,6 +75,14 @@ def commands_of(checkpoint: dict[str, Any], given: list[str]) -> list[str]:
     return checkpoint["commands"]
 
 
+def selected(checkpoint: dict[str, Any], best: bool) -> str:
+    """Which weights of the run a checkpoint holds, in words."""
+    from ..averaging import Averaged
+    epoch = "the best validation epoch" if best else "the last epoch"
+    averaged = checkpoint.get("averaged")
+    return f"{Averaged(*averaged).describe()} ({epoch})" if averaged else epoch
+
+
 def ship(checkpoint_path: str, name: str, out: Path, device: str,
          commands: list[str] | None = None) -> dict[str, Any]:
     """Write NAME.pt, NAME-metrics.csv and NAME.json into `out`; return the record. `commands`:
@@ -119,7 +127,7 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
         "test_accuracy": round(evaluation.summary["accuracy"], 2),
         "test_loss": round(evaluation.summary["loss"], 5),
         "epoch": checkpoint["epoch"],
-        "selected": "the best validation epoch" if best else "the last epoch",
+        "selected": selected(checkpoint, best),
         "parameters": sum(v.numel() for v in checkpoint["model"].values()),
         "commands": made_by, "settings": config,
         "trained_seconds": round(sum(float(row["seconds"]) for row in rows)),
