@@ -73,11 +73,12 @@ class Browser:
     def page_state(self) -> dict:
         return json.loads(self.evaluate(PAGE_STATE) or "{}")
 
-    def wait_for(self, done, timeout: float = 120.0) -> dict:
-        """Poll the page state until done(state) holds; return the last state."""
+    def wait_for(self, done, timeout: float = 120.0, waiting=lambda: False) -> dict:
+        """Poll the page state until done(state) holds, or `timeout` has passed while
+        waiting() says nothing is worth waiting for any longer; return the last state."""
         deadline = time.monotonic() + timeout
         state = self.page_state()
-        while not done(state) and time.monotonic() < deadline:
+        while not done(state) and (time.monotonic() < deadline or waiting()):
             time.sleep(0.5)
             state = self.page_state()
         return state

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,17 @@ TITLES = ["Loss", "Accuracy", "Loss parts", "Learning rate", "Training throughpu
           "Routing: votes per class"]
 
 
+def epochs_done(run: Path) -> int:
+    """Epochs the run has finished, by its metrics.csv's rows."""
+    try:
+        return max(0, len((run / "metrics.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
 def test_the_dashboard_renders_every_window_while_training(server, quick_args, tmp_path):
     args = dashboard_args(quick_args, server.port, "browser", epochs=1000)
+    run = tmp_path / "run"
     training = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -32,9 +42,14 @@ def test_the_dashboard_renders_every_window_while_training(server, quick_args, t
             time.sleep(0.2)
         with Browser() as browser:
             browser.goto(f"http://127.0.0.1:{server.port}/env/browser")
+            opened = epochs_done(run)
+            # Every epoch redraws every window: on a machine too busy to draw them in 3 minutes
+            # the wait goes on while the run has not yet finished 20 more epochs.
             state = browser.wait_for(lambda s: s.get("plots", 0) >= 6 and s.get("images", 0) >= 5
                                      and s.get("traces", 0) >= TRACES
-                                     and len(s.get("titles", [])) >= 11, timeout=180)
+                                     and len(s.get("titles", [])) >= 11, timeout=180,
+                                     waiting=lambda: training.poll() is None
+                                     and epochs_done(run) < opened + 20)
             assert training.poll() is None, "training ended before the page was checked"
             browser.screenshot(tmp_path / "dashboard.png")
     finally:
