@@ -13,8 +13,8 @@ One iteration of Trainer.fit, in torchnet's order (Engine.train):
 Around the batches: on_start_epoch (model.train(), the meters reset unless resumed mid-epoch, a
 fresh progress bar) and on_end_epoch (the weights added to their average from --average-from on,
 the validation and test passes of the weights tested (that average, else the trained ones), a
-metrics.csv row, best.pt and last.pt, the epoch's line; listeners get an EpochEnd record). The listeners (the dashboard)
-know the loop only by those records (capsnet.records).
+metrics.csv row, best.pt and last.pt, the epoch's line; listeners get an EpochEnd record). The
+listeners (the dashboard) know the loop only by those records (capsnet.records).
 """
 from __future__ import annotations
 
@@ -356,11 +356,11 @@ class Trainer:
         meters = self.world.gather(self.meters.state_dict())  # each process's share of the epoch
         averaged = self.average.epochs
         trained = self.model.state_dict()
-        average = ({"model": self.average.state, "averaged": tuple(averaged),
+        weights = ({"model": self.average.state, "averaged": tuple(averaged),
                     "trained_model": trained} if averaged else {"model": trained})
         if self.world.main:
             save_checkpoint(path, {
-                **average, "model_args": self.model_args,
+                **weights, "model_args": self.model_args,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
@@ -419,7 +419,7 @@ class Trainer:
 
     def restore_average(self, checkpoint: dict) -> None:
         """A checkpoint whose model is an average also holds the weights trained on; the
-        average goes on from the epoch it began with, whatever --average-from now says."""
+        average goes on from the epoch it began with, which --average-from cannot change."""
         if not checkpoint.get("averaged"):
             return
         averaged = Averaged(*checkpoint["averaged"])
