@@ -26,7 +26,8 @@ def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     assert train.main([*common, "--epochs", "1", "--run-dir", str(plain)]) == 0
     for epoch in (2, 3):
         (plain / f"epoch-{epoch - 1}.pt").write_bytes((plain / "last.pt").read_bytes())
-        assert train.main(["--resume", str(plain / "last.pt"), "--epochs", str(epoch)]) == 0
+        assert train.main(["--resume", str(plain / "last.pt"), "--epochs", str(epoch),
+                           "--data-dir", str(data_root)]) == 0  # not $CAPSNET_DATA_DIR's
     (plain / "epoch-3.pt").write_bytes((plain / "last.pt").read_bytes())
     return {"averaged": root / "averaged", "plain": plain}
 
