@@ -32,6 +32,12 @@ class Averaged(NamedTuple):
     first: int
     last: int
 
+    @classmethod
+    def of(cls, checkpoint: dict) -> Averaged | None:
+        """The epochs a checkpoint's (or trained-weights file's) model averages; None: not one."""
+        averaged = checkpoint.get("averaged")
+        return cls(*averaged) if averaged else None
+
     @property
     def count(self) -> int:
         return self.last - self.first + 1
@@ -58,7 +64,8 @@ class WeightAverage:
         self.state = average_into(self.state, self.model.state_dict(), self.epochs.count)
 
     def restore(self, state: State, epochs: Averaged) -> None:
-        """A checkpoint's average (already checked to fit the model) and the epochs it holds."""
+        """A checkpoint's average (already checked to fit the model), copied onto the model's
+        device, and the epochs it holds."""
         current = self.model.state_dict()
         self.state = {k: v.to(current[k].device, current[k].dtype, copy=True)
                       for k, v in state.items()}

@@ -420,14 +420,14 @@ class Trainer:
     def restore_average(self, checkpoint: dict) -> None:
         """A checkpoint whose model is an average also holds the weights trained on; the
         average goes on from the epoch it began with, which --average-from cannot change."""
-        if not checkpoint.get("averaged"):
+        averaged = Averaged.of(checkpoint)
+        if averaged is None:
             return
-        averaged = Averaged(*checkpoint["averaged"])
         if self.cfg.average_from != averaged.first:
             raise UserError(f"--average-from {self.cfg.average_from} cannot apply to a resumed "
                             f"run whose checkpoint holds {averaged.describe()}: keep "
                             f"--average-from {averaged.first}")
-        self.average.restore(self.model.state_dict(), averaged)
+        self.average.restore(checkpoint["model"], averaged)  # loaded above: it fits
         load_state(self.model, checkpoint.get("trained_model"), "trained weights")
 
     def check_mid_epoch(self, checkpoint: dict) -> None:

@@ -152,8 +152,8 @@ class Evaluation(NamedTuple):
 def tested_weights(checkpoint: dict[str, Any]) -> str:
     """", the average of the weights after epochs a-b" for a checkpoint whose model is one."""
     from ..averaging import Averaged
-    averaged = checkpoint.get("averaged")
-    return f", {Averaged(*averaged).describe()}" if averaged else ""
+    averaged = Averaged.of(checkpoint)
+    return f", {averaged.describe()}" if averaged else ""
 
 
 def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: bool = False,

@@ -79,8 +79,8 @@ def selected(checkpoint: dict[str, Any], best: bool) -> str:
     """Which weights of the run a checkpoint holds, in words."""
     from ..averaging import Averaged
     epoch = "the best validation epoch" if best else "the last epoch"
-    averaged = checkpoint.get("averaged")
-    return f"{Averaged(*averaged).describe()} ({epoch})" if averaged else epoch
+    averaged = Averaged.of(checkpoint)
+    return f"{averaged.describe()} ({epoch})" if averaged else epoch
 
 
 def ship(checkpoint_path: str, name: str, out: Path, device: str,
