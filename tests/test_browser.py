@@ -32,7 +32,7 @@ def epochs_done(run: Path) -> int:
 
 def test_the_dashboard_renders_every_window_while_training(server, quick_args, tmp_path):
     args = dashboard_args(quick_args, server.port, "browser", epochs=1000)
-    run = tmp_path / "run"
+    run = Path(args[args.index("--run-dir") + 1])  # the run whose epochs the wait counts
     training = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
