@@ -328,7 +328,7 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     index.html last; on a failure the figures written so far are removed."""
     import matplotlib
     matplotlib.use("Agg")
-    from config import Config
+    from .config import Config
     from .run.build import build_run, check_structure
     from .networks import MODELS
     from .run.storage import load_checkpoint, load_state
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=2, metavar="N",
                         help="test images per class in the reconstruction figure (1-20; "
                         "default: %(default)s)")
-    from config import DEVICES
+    from .config import DEVICES
     parser.add_argument("--device", choices=DEVICES)
     parser.add_argument("--data-dir", metavar="DIR", help="dataset root (default: the "
                         "checkpoint's, or $CAPSNET_DATA_DIR)")

@@ -77,7 +77,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         steps: int, warmup: int, repeats: int, network: dict[str, Any] | None = None,
         footprint: bool = False, compile_mode: str = "default") -> dict[str, Any]:
     """`network`: Config settings of the dataset and network (dataset, widths, crop, ...)."""
-    from config import Config
+    from .config import Config
     cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
                  compile=compile, compile_mode=compile_mode, device=device_choice)
     split = functools.partial(random_split, cfg.dataset, image_size=cfg.image_size)  # (count, seed)
@@ -177,7 +177,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # the runs' allocator, before their first tensor
-    from config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS, Config, flag
+    from .config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS, Config, flag
     parser = ArgumentParser(prog="python -m capsnet.bench", description=__doc__)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch-size", type=at_least(1), default=128)

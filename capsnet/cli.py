@@ -70,13 +70,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
-    """Add one flag per dataclass field; a flag not given is absent from the parsed namespace."""
-    group = parser.add_argument_group("settings (defaults from config.py)")
+def add_settings(parser: argparse.ArgumentParser, settings: type, title: str,
+                 defaults: dict[str, Any] | None = None) -> None:
+    """Add one flag per dataclass field, its help saying its default (`defaults`' value, else
+    the field's); a flag not given is absent from the parsed namespace."""
+    group = parser.add_argument_group(title)
     hints = typing.get_type_hints(settings)
     for f in dataclasses.fields(settings):
         kind = hints[f.name]
-        default = f.default
+        default = (defaults or {}).get(f.name, f.default)
         name = flag(f.name)
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
         if kind is bool:
@@ -101,8 +103,9 @@ def build(settings: type, values: dict[str, Any]) -> Any:
 
 
 # Settings of the machine, not of the run: a resumed or evaluated checkpoint takes them from this
-# invocation (its flags, environment or config.py's defaults), never from the checkpoint.
-MACHINE_SETTINGS = ("device", "threads", "compile", "compile_mode", "memory_check")
+# invocation (its flags, environment or config.py's values), never from the checkpoint.
+MACHINE_SETTINGS = ("device", "threads", "compile", "compile_mode", "memory_check",
+                    "fast_kernels")
 # Settings of where a run's files are, not of what it learned: left out of its recorded commands.
 PLACE_SETTINGS = ("data_dir", "run_dir")
 DATA_DIR_ENV = "CAPSNET_DATA_DIR"
@@ -122,13 +125,15 @@ def command_line(given: dict[str, Any], resume: str | None = None) -> str | None
     return None if resume and len(words) == 4 else shlex.join(words)
 
 
-def resumed_settings(settings: type, saved: dict[str, Any], given: dict[str, Any]) -> Any:
-    """The settings of a checkpoint's run, overridden by this invocation's flags. The dataset
-    root is the flag's, else $CAPSNET_DATA_DIR's, else the checkpoint's."""
+def resumed_settings(settings: type, saved: dict[str, Any], given: dict[str, Any],
+                     defaults: dict[str, Any] | None = None) -> Any:
+    """The settings of a checkpoint's run, overridden by this invocation's flags; `defaults`
+    (config.py's values) stand where the checkpoint has none, and for MACHINE_SETTINGS. The
+    dataset root is the flag's, else $CAPSNET_DATA_DIR's, else the checkpoint's."""
     kept = {k: v for k, v in saved.items() if k not in MACHINE_SETTINGS}
     if os.environ.get(DATA_DIR_ENV):
         kept["data_dir"] = os.environ[DATA_DIR_ENV]
-    return build(settings, {**kept, **given})
+    return build(settings, {**(defaults or {}), **kept, **given})
 
 
 def resolve_device(name: str) -> torch.device:

@@ -276,7 +276,7 @@ def complete(record: dict[str, Any], epochs: int) -> bool:
 def passed_settings(passed: list[str]) -> dict[str, Any]:
     """The Config settings among the flags passed on (a --preset's too), parsed and checked as
     train.py does: a bad flag, value or abbreviation is refused in one line before any run."""
-    from config import Config
+    from .config import Config
     from .run.runner import parse, settings_of
     args = parse(passed)
     if args.resume or args.eval:
@@ -293,7 +293,7 @@ OWNED = ("epochs", "seed", "run_dir", "visdom_env")
 
 def check_owned(experiment: Experiment, settings: dict[str, Any]) -> None:
     """Refuse a passed setting that the experiment sets for its runs (in whatever form given)."""
-    from config import flag
+    from .config import flag
     varied = {k for row in experiment.rows for k in row.flags} | set(experiment.fixed)
     for name in settings:
         if name in ("epochs", "seed"):
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     args, passed = parser.parse_known_args(argv)
 
     def work() -> None:
-        from config import Config
+        from .config import Config
         from .data.splits import shared_splits
         if args.epochs < 1 or args.seeds < 1:
             raise UserError("--epochs and --seeds must be >= 1")

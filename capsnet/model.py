@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import spectral
 from .routing import ROUTINGS, Routed
 from .squashing import squash
 
@@ -48,11 +49,12 @@ class PrimaryCapsules(nn.Module):
 
 class DigitCapsules(nn.Module):
     """One capsule per class, fed by every primary capsule through its own weight W_ij, its
-    votes combined by a routing of capsnet.routing (`routing`: a name in ROUTINGS)."""
+    votes combined by a routing of capsnet.routing (`routing`: a name in ROUTINGS), through its
+    fast form (a hand-written backward) with `fast_kernels`, where it has one."""
 
     def __init__(self, in_caps: int, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16,
                  iterations: int = 3, detach_inner: bool = False, bias: bool = False,
-                 leaky: bool = False, routing: str = "dynamic") -> None:
+                 leaky: bool = False, routing: str = "dynamic", fast_kernels: bool = True) -> None:
         super().__init__()
         std = ROUTINGS[routing].weight_std(in_caps, in_dim, out_caps)
         self.weight = nn.Parameter(std * torch.randn(in_caps, out_caps, out_dim, in_dim))  # W_ij
@@ -60,7 +62,7 @@ class DigitCapsules(nn.Module):
             raise ValueError(f"the {routing} routing takes no class-capsule bias")
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
         self.routing = ROUTINGS[routing].make(in_caps, out_caps, out_dim, iterations,
-                                              detach_inner, leaky)
+                                              detach_inner, leaky, fast_kernels)
 
     def forward(self, u: Tensor) -> Routed:
         """u_i (B, in_caps, in_dim) -> poses (B, out_caps, out_dim), scores (B, out_caps) and
@@ -123,19 +125,23 @@ class CapsNet(nn.Module):
 
     `recipe` "official" follows the authors' released code where it departs from the paper:
     PrimaryCaps pre-activation conv(x)/32 + bias, a learned bias on the digit capsules before
-    every squash, and its initial weights (see `official_init`)."""
+    every squash, and its initial weights (see `official_init`).
+
+    `fast_kernels` computes the same network with faster kernels where they apply: conv1 and
+    PrimaryCaps over DFTs on the CPU (capsnet.spectral), the routing with a hand-written
+    backward. Off, every layer runs as written here, left to autograd: the form to edit."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  routing_iterations: int = 3, detach_routing: bool = False,
                  digit_bias: bool = False, recipe: str = "paper", conv1_channels: int = 256,
                  primary_types: int = 32, primary_dim: int = 8, class_dim: int = 16,
                  leaky_routing: bool = False, routing: str = "dynamic",
-                 primary_norm: str = "squash") -> None:
+                 primary_norm: str = "squash", fast_kernels: bool = True) -> None:
         super().__init__()
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         official = recipe == "official"
-        self.num_classes = num_classes
+        self.num_classes, self.fast_kernels = num_classes, fast_kernels
         self.conv1 = nn.Conv2d(in_channels, conv1_channels, kernel_size=9, stride=1)
         self.primary = PrimaryCapsules(conv1_channels, types=primary_types, dim=primary_dim,
                                        kernel_size=9, stride=2,
@@ -147,23 +153,22 @@ class CapsNet(nn.Module):
                              f"(>= {SMALLEST_IMAGE})")
         self.digits = DigitCapsules(primary_types * grid * grid, primary_dim, num_classes,
                                     class_dim, routing_iterations, detach_routing,
-                                    digit_bias or official, leaky_routing, routing)
+                                    digit_bias or official, leaky_routing, routing, fast_kernels)
         self.decoder = Decoder(num_classes * class_dim, (in_channels, image_size, image_size))
         self.grid = grid
         if official:
             official_init(self)
-
-    def primary_capsules(self, images: Tensor) -> Tensor:
-        """Conv1 -> ReLU -> PrimaryCaps: u_i (B, 32*6*6, 8). (The run builder swaps in
-        capsnet.spectral's faster CPU kernels for the same two convolutions.)"""
-        return self.primary(F.relu(self.conv1(images)))  # conv1: (B, 256, 20, 20)
 
     def forward(self, images: Tensor, labels: Tensor | None = None,
                 objects: int = 1) -> CapsNetOutput:
         """Mask the decoder with `labels` when given: (B,) class indices, or (B, K) for one
         reconstruction per digit (MultiMNIST). Without labels: the predicted class, or with
         `objects` K > 1 the K longest capsules, in ascending class order."""
-        u = self.primary_capsules(images)  # (B, 1152, 8)
+        if self.fast_kernels and spectral.supported(images):  # the same u_i, faster on a CPU
+            u = self.primary.capsules(spectral.conv1_primary(images, self.conv1, self.primary.conv))
+        else:
+            u = self.primary(F.relu(self.conv1(images)))  # conv1 (B, 256, 20, 20) -> u_i
+        # u: (B, 1152, 8)
         routed = self.digits(u)  # poses (B, classes, 16), scores (B, classes), coupling
         chosen = labels if labels is not None else predict(routed.scores, objects)
         return CapsNetOutput(routed.scores, routed.poses, self.reconstruct(routed.poses, chosen),

@@ -12,7 +12,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from . import spectral
 from .baseline import Baseline, BaselineLoss, widths
 from .errors import UserError
 from .loss import CapsuleLoss
@@ -61,11 +60,13 @@ class Network:
     smallest_image: int = 1  # the smallest input side it takes
     # structure arguments that older checkpoints lack, with the value they were made with
     older: dict[str, Any] = field(default_factory=dict)
+    # settings the model is built with beside its arguments: this invocation's, never a
+    # checkpoint's (they change how it computes, not its weights)
+    settings: tuple[str, ...] = ()
 
-
-def make_capsnet(**args: Any) -> CapsNet:
-    """The paper's CapsNet, with the CPU kernels of capsnet.spectral for its convolutions."""
-    return spectral.install(CapsNet(**args))
+    def build(self, model_args: dict[str, Any], cfg: Any) -> nn.Module:
+        """The model of `model_args` (a run's or a checkpoint's) with `cfg`'s `settings`."""
+        return self.make(**model_args, **{name: getattr(cfg, name) for name in self.settings})
 
 
 def make_baseline(**args: Any) -> Baseline:
@@ -74,10 +75,10 @@ def make_baseline(**args: Any) -> Baseline:
 
 
 MODELS: dict[str, Network] = {n.name: n for n in (
-    Network("capsnet", capsnet_args, make_capsnet, capsule_loss,
+    Network("capsnet", capsnet_args, CapsNet, capsule_loss,
             SHAPE + ("digit_bias", "recipe", "routing", "primary_norm") + CAPSNET_WIDTHS, True,
             "CapsNet with routing (--routing) and the reconstruction decoder", SMALLEST_IMAGE,
-            {"routing": "dynamic", "primary_norm": "squash"}),
+            {"routing": "dynamic", "primary_norm": "squash"}, ("fast_kernels",)),
     Network("baseline", baseline_args, make_baseline, lambda cfg, progress: BaselineLoss(),
             SHAPE + ("recipe", "channels", "hidden", "objects"), False,
             "the paper's CNN baseline (capsnet/baseline.py)"),

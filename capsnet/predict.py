@@ -168,7 +168,7 @@ def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import DEVICES
+    from .config import DEVICES
     from .weights import names
     parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__)
     parser.add_argument("paths", nargs="+", metavar="CHECKPOINT IMAGE",

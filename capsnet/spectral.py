@@ -7,44 +7,28 @@ four stride-1 convolutions of 10x10 maps with 5x5 kernels. Over a 10x10 discrete
 transform, each of those becomes one product per frequency, and one matrix product per frequency
 contracts all four phases and 256 channels at once, for the 52 frequencies of half the spectrum of
 a real 10x10 map. That costs under a third of the multiply-adds of the direct convolution. Every
-transform here is a small matrix product, so autograd derives the backward pass. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up
-to float32 rounding (tests/test_spectral.py). `install(model)` swaps these kernels into a CapsNet;
-the run builder does (capsnet.networks), so model.py stays the paper's layers.
+transform here is a small matrix product, so autograd derives the backward pass. Conv1 writes its
+output straight into the phase layout. Results equal F.conv2d's up to float32 rounding
+(tests/test_spectral.py). CapsNet.forward (capsnet.model) takes this path where `supported` and
+its `fast_kernels` is on, and its layers' nn.Conv2d otherwise.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import types
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-_direct = False  # set inside direct(): nn.Conv2d everywhere
-
-
-@contextlib.contextmanager
-def direct() -> Iterator[None]:
-    """Inside, conv1 and PrimaryCaps run through nn.Conv2d on the CPU too, the path CUDA takes
-    (one graph for torch.compile: the spectral path keeps its weight spectrum eagerly)."""
-    global _direct
-    before, _direct = _direct, True
-    try:
-        yield
-    finally:
-        _direct = before
-
-
 def supported(images: Tensor) -> bool:
-    """The spectral path runs for float CPU inputs outside direct(). Under CPU autocast
-    (--precision bf16) its products run in bfloat16 with float32 accumulation."""
-    return (not _direct and images.device.type == "cpu"
-            and images.dtype in (torch.float32, torch.float64))
+    """The spectral path runs for float CPU inputs (on a GPU, cuDNN's convolutions are faster).
+    Under CPU autocast (--precision bf16) its products run in bfloat16 with float32
+    accumulation."""
+    return images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
 
 
 def built_in_grad_mode(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,10 +140,8 @@ def primary_conv(phases: Tensor, spectrum: tuple[Tensor, Tensor], conv: nn.Conv2
 
 
 def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tensor:
-    """primary(relu(conv1(images))), channels-last (B, H', W', O): over DFTs where `supported`,
-    through nn.Conv2d (cuDNN, oneDNN) elsewhere."""
-    if not supported(images):
-        return primary(F.relu(conv1(images))).permute(0, 2, 3, 1)
+    """primary(relu(conv1(images))) over DFTs, channels-last (B, H', W', O), for images that
+    are `supported`."""
     n = grid_size(images.shape[-1], conv1.kernel_size[0])
     out = (images.shape[-1] - conv1.kernel_size[0] + 1 - primary.kernel_size[0]) // 2 + 1
     phases = conv1_phases(images, conv1, n)  # (n*n, B*4*C)
@@ -168,19 +150,6 @@ def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tenso
     spectrum = (torch.compiler.disable(weight_spectrum) if torch.compiler.is_compiling()
                 else weight_spectrum)
     return primary_conv(phases, spectrum(primary.weight, n), primary, out)
-
-
-def install(model: nn.Module) -> nn.Module:
-    """`model` (a CapsNet) with its conv1 -> PrimaryCaps computed by conv1_primary: the same
-    capsules up to float32 rounding, faster on the CPU. A bound method, so copies of the model
-    (copy.deepcopy) compute with their own layers."""
-    model.primary_capsules = types.MethodType(primary_capsules, model)
-    return model
-
-
-def primary_capsules(model: nn.Module, images: Tensor) -> Tensor:
-    """CapsNet.primary_capsules through conv1_primary."""
-    return model.primary.capsules(conv1_primary(images, model.conv1, model.primary.conv))
 
 
 _kept: dict[int, tuple] = {}  # id(weight) -> (key, spectrum), dropped with the weight

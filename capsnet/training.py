@@ -472,7 +472,7 @@ def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset:
     for checkpoint in checkpoints:
         check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)
         check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
-        member = MODELS[cfg.model].make(**checkpoint["model_args"]).to(parts.device)
+        member = MODELS[cfg.model].build(checkpoint["model_args"], cfg).to(parts.device)
         load_state(member, checkpoint["model"], "model")
         members.append(member)
     model = members[0] if len(members) == 1 else Ensemble(members)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import train
 from capsnet import analyze
@@ -50,7 +51,7 @@ def test_by_mask_true_class_column_is_the_reconstruction_masked_by_the_label(mod
 def test_coupling_sums_to_one_and_is_what_routing_returns(model, images):
     with torch.no_grad():
         output = model(images)
-        u = model.primary_capsules(images)
+        u = model.primary(F.relu(model.conv1(images)))
         coupling = model.digits(u).coupling
     assert output.coupling.shape == (3, 10, 1152)
     assert torch.allclose(output.coupling.sum(dim=1), torch.ones(3, 1152), atol=1e-5)

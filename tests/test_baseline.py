@@ -9,7 +9,7 @@ from capsnet.baseline import Baseline, BaselineLoss, BaselineOutput
 from capsnet.run.build import build_run
 from capsnet.run.storage import load_checkpoint
 from capsnet.networks import MODELS
-from config import PRESETS, Config
+from capsnet.config import PRESETS, Config
 from conftest import run_main, write_dataset
 
 SMALL = ["--baseline-channels", "8,8,4", "--baseline-hidden", "16,8"]  # quick, the same layers

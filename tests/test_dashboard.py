@@ -15,7 +15,7 @@ from capsnet.hooks import subscribe
 from capsnet.run.rundir import RunDir
 from capsnet.dashboard.server import answers
 from capsnet.training import Trainer
-from config import Config
+from capsnet.config import Config
 from conftest import SMALL_SETTINGS, fast_network
 from visdom_server import ROOT, Server, client, free_port
 

@@ -7,7 +7,7 @@ from capsnet.run import footprint, probe
 from capsnet.run.build import model_args
 from capsnet.errors import UserError
 from capsnet.run.footprint import Footprint
-from config import Config
+from capsnet.config import Config
 from conftest import run_main
 from test_experiments import noise_digits
 

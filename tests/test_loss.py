@@ -102,7 +102,7 @@ def test_the_spread_margin_rises_linearly_from_0_2_to_0_9_over_the_run():
 def test_the_spread_loss_follows_the_optimiser_steps_of_the_run():
     from capsnet.networks import capsule_loss
     from capsnet.run.build import run_progress
-    from config import Config
+    from capsnet.config import Config
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9)
     criterion = capsule_loss(Config(score_loss="spread"), run_progress(scheduler, 4))

@@ -160,10 +160,10 @@ def test_official_recipe_primary_pre_activation_is_conv_over_32_plus_bias():
     pre = (F.conv2d(features, conv.weight, None, stride=2) / 32
            + conv.bias[:, None, None]).permute(0, 2, 3, 1)  # (B, 6, 6, 256)
     expected = squash(pre.reshape(2, 6, 6, 32, 8).permute(0, 3, 1, 2, 4).reshape(2, 1152, 8))
-    assert torch.allclose(model.primary_capsules(images), expected, atol=1e-6)
+    assert torch.allclose(model.primary(F.relu(model.conv1(images))), expected, atol=1e-6)
     paper = CapsNet(digit_bias=True)
     paper.load_state_dict(model.state_dict())  # the same weights without the 1/32
-    assert not torch.allclose(paper.primary_capsules(images), expected, atol=1e-3)
+    assert not torch.allclose(paper.primary(F.relu(paper.conv1(images))), expected, atol=1e-3)
 
 
 def test_official_recipe_adds_the_digit_bias_before_every_squash():
@@ -201,7 +201,7 @@ def test_widths_set_every_layer_and_the_parameter_count():
                     primary_dim=6, class_dim=8)  # the paper's SVHN network
     out = model(torch.rand(2, 3, 32, 32), torch.tensor([1, 2]))
     assert out.poses.shape == (2, 10, 8) and out.coupling.shape == (2, 10, 16 * 8 * 8)
-    assert model.primary_capsules(torch.rand(2, 3, 32, 32)).shape == (2, 16 * 8 * 8, 6)
+    assert model.primary(F.relu(model.conv1(torch.rand(2, 3, 32, 32)))).shape == (2, 16 * 8 * 8, 6)
     count = sum(p.numel() for p in model.parameters())
     conv1, primary = 3 * 64 * 81 + 64, 64 * 96 * 81 + 96
     digits = 1024 * 10 * 8 * 6

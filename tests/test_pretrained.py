@@ -53,7 +53,7 @@ def test_the_presets_documented_for_the_shipped_model_give_its_settings():
 
     from capsnet.cli import MACHINE_SETTINGS, PLACE_SETTINGS
     from capsnet.weights.__main__ import settings_of_commands
-    from config import Config
+    from capsnet.config import Config
     record = weights.record_of("mnist")
     for commands in (record["commands"],
                      ["python train.py --preset mnist-cpu --precision bf16 --no-visdom"]):

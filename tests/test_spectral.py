@@ -11,6 +11,16 @@ def direct(images: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> torch.Te
     return conv2(F.relu(conv1(images))).permute(0, 2, 3, 1)  # (B, H, W, O)
 
 
+def fast_capsules(model: CapsNet, images: torch.Tensor) -> torch.Tensor:
+    """The primary capsules as CapsNet.forward makes them with fast_kernels on the CPU."""
+    return model.primary.capsules(spectral.conv1_primary(images, model.conv1, model.primary.conv))
+
+
+def plain_capsules(model: CapsNet, images: torch.Tensor) -> torch.Tensor:
+    """The primary capsules as written: PrimaryCapsules.forward of conv1's features."""
+    return model.primary(F.relu(model.conv1(images)))
+
+
 def spectral_conv(images: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> torch.Tensor:
     n = spectral.grid_size(images.shape[-1], conv1.kernel_size[0])
     out = (images.shape[-1] - 8 - conv2.kernel_size[0]) // 2 + 1
@@ -36,26 +46,43 @@ def test_spectral_convolutions_equal_conv2d_with_gradients(size: int, kernel: in
 
 def test_capsnet_on_the_cpu_matches_plain_convolutions_in_float32():
     torch.manual_seed(0)
-    model = spectral.install(CapsNet())
+    model = CapsNet()
     images = torch.rand(4, 1, 28, 28)
-    expected = model.primary(F.relu(model.conv1(images)))
-    got = model.primary_capsules(images)
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(fast_capsules(model, images), plain_capsules(model, images), atol=1e-5)
+
+
+@pytest.mark.parametrize("routing", ["dynamic", "em"])
+def test_capsnet_with_fast_kernels_equals_capsnet_without_them_with_gradients(routing):
+    """The whole network, fp32: the same outputs and the same gradients of every weight."""
+    torch.manual_seed(0)
+    fast = CapsNet(conv1_channels=16, primary_types=4, routing=routing)
+    plain = CapsNet(conv1_channels=16, primary_types=4, routing=routing, fast_kernels=False)
+    plain.load_state_dict(fast.state_dict())
+    images, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 3, 9])
+    grads = []
+    for model in (fast, plain):
+        output = model(images, labels)
+        (output.lengths.square().sum() + output.reconstructions.sum()).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(fast(images), plain(images)):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(*grads):  # to 0.1% of each gradient's largest entry
+        assert (a - b).abs().max() <= 1e-3 * b.abs().max()
 
 
 def test_the_kept_spectrum_follows_every_weight_change():
     torch.manual_seed(0)
-    model = spectral.install(CapsNet())
+    model = CapsNet()
     images = torch.rand(2, 1, 28, 28)
     weight = model.primary.conv.weight
 
     def check() -> None:
         with torch.no_grad():
-            got = model.primary_capsules(images)
-            assert torch.allclose(got, model.primary(F.relu(model.conv1(images))), atol=1e-5)
+            assert torch.allclose(fast_capsules(model, images), plain_capsules(model, images),
+                                  atol=1e-5)
 
     check()
-    model.primary_capsules(images).sum().backward()
+    fast_capsules(model, images).sum().backward()
     torch.optim.Adam(model.parameters()).step()  # an in-place update
     check()
     model.load_state_dict(CapsNet().state_dict())  # a loaded checkpoint
@@ -66,9 +93,8 @@ def test_the_kept_spectrum_follows_every_weight_change():
 
 INFERENCE_THEN_TRAINING = """
 import torch
-from capsnet import spectral
 from capsnet.model import CapsNet
-model = spectral.install(CapsNet())
+model = CapsNet()
 images, labels = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
 first, second = {orders}
 def forward(mode):
@@ -98,36 +124,11 @@ def test_the_cached_transforms_serve_training_and_inference_in_either_order(orde
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
-def test_the_model_is_the_papers_layers_and_the_kernels_are_swapped_in_by_the_builder():
-    import copy
-
-    from capsnet.networks import MODELS
-    torch.manual_seed(0)
-    plain = CapsNet(conv1_channels=16, primary_types=4)
-    built = MODELS["capsnet"].make(conv1_channels=16, primary_types=4)
-    built.load_state_dict(plain.state_dict())
-    images = torch.rand(3, 1, 28, 28)
-    calls = []
-    original = spectral.conv1_primary
-    spectral.conv1_primary = lambda *args: calls.append(1) or original(*args)
-    try:
-        assert torch.allclose(built.primary_capsules(images), plain.primary_capsules(images),
-                              atol=1e-5)
-        assert len(calls) == 1  # the builder's model took the kernel; the plain one did not
-        twin = copy.deepcopy(built)
-        with torch.no_grad():
-            twin.conv1.weight.mul_(2)
-        assert not torch.allclose(twin.primary_capsules(images), built.primary_capsules(images))
-    finally:
-        spectral.conv1_primary = original
-
-
 def test_bf16_on_the_cpu_runs_the_spectral_path_and_agrees_with_fp32():
     """Under CPU autocast the spectral products run in bf16; the capsule lengths stay within 3%
     of the largest (the bench's probe bound), and the weights get finite gradients."""
-    from capsnet.networks import MODELS
     torch.manual_seed(0)
-    model = MODELS["capsnet"].make()
+    model = CapsNet()
     images, labels = torch.rand(8, 1, 28, 28), torch.arange(8)
     calls = []
     original = spectral.primary_conv
@@ -149,10 +150,10 @@ def test_bf16_on_the_cpu_runs_the_spectral_path_and_agrees_with_fp32():
 
 def test_the_kept_spectrum_is_kept_apart_for_bf16_and_fp32():
     torch.manual_seed(0)
-    model = spectral.install(CapsNet(conv1_channels=16, primary_types=4))
+    model = CapsNet(conv1_channels=16, primary_types=4)
     images = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
-        expected = model.primary(F.relu(model.conv1(images)))
+        expected = plain_capsules(model, images)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            model.primary_capsules(images)  # keeps a bf16 spectrum
-        assert torch.allclose(model.primary_capsules(images), expected, atol=1e-5)
+            fast_capsules(model, images)  # keeps a bf16 spectrum
+        assert torch.allclose(fast_capsules(model, images), expected, atol=1e-5)

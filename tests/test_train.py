@@ -15,7 +15,7 @@ import train
 from capsnet.run.storage import load_checkpoint
 from capsnet.run.rundir import COLUMNS, RunDir
 from capsnet.training import Trainer, subscribe
-from config import Config
+from capsnet.config import Config
 from conftest import SMALL_SETTINGS, fast_network
 
 ROOT = Path(__file__).resolve().parents[1]

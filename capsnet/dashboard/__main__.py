@@ -8,7 +8,7 @@ from .server import DEFAULT_ENV_PATH, serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import Config
+    from ..config import Config
     from ..cli import ArgumentParser
     defaults = Config.__dataclass_fields__
     parser = ArgumentParser(prog="python -m capsnet.dashboard",

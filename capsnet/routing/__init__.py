@@ -28,7 +28,9 @@ __all__ = ["ROUTINGS", "Routed", "Routing"]
 @dataclass(frozen=True)
 class Routing:
     name: str
-    make: Callable[..., nn.Module]  # (in_caps, classes, dim, iterations, detach, leaky) -> module
+    # (in_caps, classes, dim, iterations, detach, leaky, fast_kernels) -> the module; a routing
+    # without a fast form (a hand-written backward) runs its one form either way
+    make: Callable[..., nn.Module]
     iterates: bool  # takes --routing-iterations
     detaches: bool  # takes --detach-routing
     leaky: bool  # takes --leaky-routing

@@ -3,12 +3,13 @@
     b_ij <- 0;  r times:  c_i = softmax_j(b_i);  s_j = sum_i c_ij u_hat_j|i (+ bias_j);
                           v_j = squash(s_j);  b_ij <- b_ij + u_hat_j|i . v_j
 
-`dynamic_routing` is the procedure as written, left to autograd: the reference form. The
-network's layer, `DynamicRouting`, runs the same procedure (`Procedure1`) with its backward pass
-written by hand. Routing reads the votes u_hat (B, classes, in_caps, dim), 94 MB at batch 128,
-once per product: three sums s_j and two agreements forward. Left to autograd, the backward pass
-writes a rank-one gradient of the votes for each of those five products and adds them up; here
-it is one product over all the terms,
+`dynamic_routing` is the procedure as written, left to autograd: the reference form, and the one
+to edit. `procedure_1` runs the same procedure (`Procedure1`) with its backward pass written by
+hand; the network's layer, `DynamicRouting`, takes it when built with `fast_kernels`. Routing
+reads the votes u_hat (B, classes, in_caps, dim), 94 MB at batch 128, once per product: three
+sums s_j and two agreements forward. Left to autograd, the backward pass writes a rank-one
+gradient of the votes for each of those five products and adds them up; here it is one product
+over all the terms,
     dL/du_hat_j|i = sum_t c_ij^t dL/ds_j^t + sum_(t<r) dL/da_ij^t v_j^t,
 and the agreements u_hat_j|i . x_j are read as x_j^T U_j^T, row by row (as U_j x_j they are
 16-wide dot products, three times slower on a CPU). Both forms give the same results to float64
@@ -165,14 +166,20 @@ def procedure_1(u_hat: Tensor, iterations: int, detach_inner: bool = False,
 
 class DynamicRouting(nn.Module):
     """Procedure 1 as a routing layer: r iterations, optionally leaky or with the inner
-    iterations detached. The class scores are the lengths |v_j|."""
+    iterations detached; with `fast_kernels`, through procedure_1. The class scores are the
+    lengths |v_j|."""
 
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
-                 detach_inner: bool = False, leaky: bool = False) -> None:
+                 detach_inner: bool = False, leaky: bool = False,
+                 fast_kernels: bool = True) -> None:
         super().__init__()
         self.iterations = iterations_checked(iterations)
-        self.detach_inner, self.leaky = detach_inner, leaky
+        self.detach_inner, self.leaky, self.fast_kernels = detach_inner, leaky, fast_kernels
 
     def forward(self, u_hat: Tensor, activations: Tensor, bias: Tensor | None = None) -> Routed:
-        v, coupling = procedure_1(u_hat, self.iterations, self.detach_inner, bias, self.leaky)
+        if self.fast_kernels:  # the same results, one product for the votes' gradient
+            v, coupling = procedure_1(u_hat, self.iterations, self.detach_inner, bias, self.leaky)
+        else:
+            v, coupling = dynamic_routing(u_hat, self.iterations, self.detach_inner, bias,
+                                          self.leaky)
         return by_length(v, coupling)

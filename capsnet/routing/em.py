@@ -23,10 +23,11 @@ of summing, and weighs each class by its share of the mass relative to the mean 
 paper's raw sum over 1,152 inputs saturates every a_j at once); eps is relative to sigma too;
 beta_a starts where every a_j is 0.1, as capsule lengths start near the margin loss's m-.
 
-`em_routing` is the procedure as written, left to autograd: the reference form. The network's
-layer runs it through `EMProcedure`, whose backward pass through the votes is written by hand
-(the same results to float64 rounding, gradients included: tests/test_routing.py); under
-torch.compile it runs the reference form, whose products the compiler fuses itself.
+`em_routing` is the procedure as written, left to autograd: the reference form, and the one to
+edit. With `fast_kernels` the network's layer runs it through `EMProcedure` (`em_procedure`),
+whose backward pass through the votes is written by hand (the same results to float64 rounding,
+gradients included: tests/test_routing.py); under torch.compile it runs the reference form,
+whose products the compiler fuses itself.
 """
 from __future__ import annotations
 
@@ -231,9 +232,10 @@ def em_procedure(votes: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Ten
 
 class EMRouting(nn.Module):
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
-                 detach_inner: bool = False, leaky: bool = False) -> None:
+                 detach_inner: bool = False, leaky: bool = False,
+                 fast_kernels: bool = True) -> None:
         super().__init__()
-        self.iterations = iterations_checked(iterations)
+        self.iterations, self.fast_kernels = iterations_checked(iterations), fast_kernels
         self.beta_u = nn.Parameter(torch.zeros(classes))
         self.beta_a = nn.Parameter(torch.full(
             (classes,), math.log(START / (1 - START)) / inverse_temperature(iterations)))
@@ -244,5 +246,6 @@ class EMRouting(nn.Module):
             votes, a_in = at_least_float32(u_hat), at_least_float32(activations)
             beta_u, beta_a = self.beta_u.to(votes.dtype), self.beta_a.to(votes.dtype)
             # compiled, the reference form: the compiler fuses its products itself
-            route = em_routing if torch.compiler.is_compiling() else em_procedure
-            return route(votes, a_in, beta_u, beta_a, self.iterations)
+            if self.fast_kernels and not torch.compiler.is_compiling():
+                return em_procedure(votes, a_in, beta_u, beta_a, self.iterations)
+            return em_routing(votes, a_in, beta_u, beta_a, self.iterations)

@@ -25,7 +25,8 @@ from .routed import Routed, by_length
 
 class SelfAttentionRouting(nn.Module):
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 1,
-                 detach_inner: bool = False, leaky: bool = False) -> None:
+                 detach_inner: bool = False, leaky: bool = False,
+                 fast_kernels: bool = True) -> None:
         super().__init__()
         self.prior = nn.Parameter(torch.zeros(classes, in_caps))  # b_ij
 

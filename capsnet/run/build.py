@@ -151,7 +151,7 @@ def build_run(cfg: Any, train: bool = True,
     objects = DATASETS[cfg.dataset].objects
     footprint = (check_footprint(spec_of(cfg, args, objects, device), cfg.batch_size, device)
                  if train and cfg.memory_check else None)
-    model = MODELS[cfg.model].make(**args).to(device)
+    model = MODELS[cfg.model].build(args, cfg).to(device)
     eval_network = compile_model(model, cfg.compile, cfg.compile_mode)
     train_network = eval_network
     if world.distributed:

@@ -47,7 +47,7 @@ class Footprint:
 
 # what the run's model, loss and optimiser use
 SETTINGS = ("model", "m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe",
-            "score_loss", "lr", "lr_decay", "lr_decay_steps")
+            "score_loss", "lr", "lr_decay", "lr_decay_steps", "fast_kernels")
 
 
 def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device

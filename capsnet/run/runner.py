@@ -1,7 +1,11 @@
 """A run as a library call: `train_run(settings)` trains (or resumes) one run and returns its
-result; `evaluate_run(paths, settings)` tests checkpoints. `parse` reads train.py's flags and
-`settings_of` turns them into those settings; the experiments command parses the flags it passes
-on the same way and calls the same functions for each of its runs."""
+result; `evaluate_run(paths, settings)` tests checkpoints. `parse` reads the training command's
+flags (capsnet.train) and `settings_of` turns them into those settings; the experiments command
+parses the flags it passes on the same way and calls the same functions for each of its runs.
+
+`defaults` everywhere are a config file's values (capsnet.config.values_in): for a new run they
+stand under a --preset and the flags; a resumed or evaluated run keeps its checkpoint's
+settings, and takes them only where it has none."""
 from __future__ import annotations
 
 import argparse
@@ -11,17 +15,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .storage import load_checkpoint
-from ..cli import (ArgumentParser, add_settings, command_line, device_name, overrides,
+from ..config import PRESETS, Config
+from ..cli import (ArgumentParser, add_settings, command_line, device_name, flag, overrides,
                    precision_label, resumed_settings)
 
-TRAIN_HELP = "Train CapsNet: `python train.py [--epochs N ...]`; config.py holds the defaults."
 
-
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    """train.py's flags: --resume, --eval, --preset, --allow-other-dataset and one per Config
-    field; no abbreviations, so a flag means what it says."""
-    from config import PRESETS, Config, flag
-    parser = ArgumentParser(prog="train.py", description=TRAIN_HELP, allow_abbrev=False)
+def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None,
+          prog: str = "train.py", description: str = "") -> argparse.Namespace:
+    """The training command's flags: --resume, --eval, --preset, --allow-other-dataset and one
+    per Config field, each saying its default (`defaults`' value, else the package's); no
+    abbreviations, so a flag means what it says."""
+    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--resume", metavar="PATH", help="continue the run of this checkpoint, "
                          "in its directory; flags given here override its saved settings (see "
@@ -36,13 +40,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allow-other-dataset", action="store_true",
                         help="let --resume or --eval use a checkpoint on a dataset other than "
                         "the one it was trained on")
-    add_settings(parser, Config)
+    add_settings(parser, Config, "settings" + (" (defaults: config.py's values)" if defaults
+                                               is not None else " (defaults: the package's)"),
+                 defaults)
     return parser.parse_args(argv)
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The Config settings given: a --preset's, then the flags'."""
-    from config import PRESETS, Config
+    """The Config settings given on the command line: a --preset's, then the flags'."""
     return {**PRESETS.get(args.preset, {}), **overrides(args, Config)}
 
 
@@ -61,19 +66,20 @@ class RunResult:
 
 
 def train_run(given: dict[str, Any], resume: str | None = None,
-              allow_other_dataset: bool = False) -> RunResult:
-    """Train a new run of the settings `given` (Config field -> value), or resume the run of
-    the checkpoint `resume` with `given` overriding its saved settings. Prints the run's first
-    and last lines; Ctrl-C or SIGTERM saves last.pt and exits with status 130."""
-    from config import Config
+              allow_other_dataset: bool = False,
+              defaults: dict[str, Any] | None = None) -> RunResult:
+    """Train a new run of the settings `given` (Config field -> value) over `defaults`, or
+    resume the run of the checkpoint `resume` with `given` overriding its saved settings. Prints
+    the run's first and last lines; Ctrl-C or SIGTERM saves last.pt and exits with status 130."""
     from .distributed import join
     from .rundir import RunDir
     from ..training import Trainer
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         cfg = resumed_settings(Config, checkpoint["config"],
-                               {**given, "run_dir": str(Path(resume).parent)})
+                               {**given, "run_dir": str(Path(resume).parent)}, defaults)
     else:
+        given = {**(defaults or {}), **given}
         cfg = Config(**given)
     world = join(cfg.device)
     if checkpoint is None:  # rank 0 names a new run's directory for every process
@@ -157,17 +163,16 @@ def tested_weights(checkpoint: dict[str, Any]) -> str:
 
 
 def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: bool = False,
-                 report: bool = True) -> Evaluation:
+                 report: bool = True, defaults: dict[str, Any] | None = None) -> Evaluation:
     """Test one checkpoint, or the ensemble of several (mean capsule lengths), on the whole test
     set unless `given` says test_samples; with `report`, print the result and the confusion
     matrix."""
-    from config import Config
     from ..meters import accuracy_text
     from ..training import evaluate_checkpoints
     checkpoints = [load_checkpoint(path, weights=True) for path in paths]
     # The whole test set, unless --test-samples is given here: never the training run's subset.
     saved = {**checkpoints[0]["config"], "test_samples": 0}
-    cfg = resumed_settings(Config, saved, given)
+    cfg = resumed_settings(Config, saved, given, defaults)
     summary, confusion, classes, tested = evaluate_checkpoints(cfg, checkpoints,
                                                                allow_other_dataset)
     if not report:

@@ -19,8 +19,9 @@ from . import FOLDER
 
 
 def command_of(config: dict[str, Any]) -> str:
-    """The train.py command that gives these settings: every one that is not config.py's."""
-    from config import Config
+    """The train.py command that gives these settings: every one that is not the package's
+    default."""
+    from ..config import Config
     from ..cli import build, command_line
     cfg = build(Config, config)
     return command_line({name: getattr(cfg, name) for name in Config.__dataclass_fields__
@@ -32,7 +33,7 @@ def settings_of_commands(commands: list[str]) -> dict[str, Any]:
     one (refused in one line if they are not train.py commands in that order)."""
     import dataclasses
     import shlex
-    from config import Config
+    from ..config import Config
     from ..cli import resumed_settings
     from ..errors import UserError
     from ..run.runner import parse, settings_of
@@ -140,7 +141,7 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import DEVICES
+    from ..config import DEVICES
     from ..cli import ArgumentParser, exit_status
     parser = ArgumentParser(prog="python -m capsnet.weights", description=__doc__)
     parser.add_argument("checkpoint", help="a run's last.pt (or best.pt with a validation split)")
