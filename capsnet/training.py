@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from torchnet.engine import Engine
 from tqdm import tqdm
 
-from .averaging import Averaged, WeightAverage
+from . import checkpoint as checkpoints
+from .averaging import WeightAverage
+from .checkpoint import Best, Position
 from .run import interrupt
 from .run.build import RunParts, build_run, check_dataset, check_structure
 from .run.storage import load_state, save_checkpoint
@@ -108,17 +110,9 @@ class Diverged(UserError):
     """The loss became non-finite: training stops without saving the damaged weights."""
 
 
-MID_EPOCH_FIXED = ("dataset", "batch_size", "train_samples", "shift")  # define an epoch's batches
-SCHEDULE = ("lr", "lr_decay", "lr_decay_steps")
-
-
 class Trainer:
-    """Model, optimiser, data and run directory of one training run, on torchnet's Engine.
-
-    The run's position is (epoch, batch): `epoch` epochs are complete and `batch` batches of the
-    next one are done. A checkpoint holds the position, the data generator's state at the start
-    of that epoch and the epoch's meters, so a run resumed from any batch continues exactly as
-    the uninterrupted run would have.
+    """Model, optimiser, data and run directory of one training run, on torchnet's Engine; its
+    position and checkpoints: capsnet.checkpoint.
 
     Under torchrun every process runs a Trainer on its share of each batch; the meters are summed
     over the processes at every logging interval, where the processes also agree on stopping
@@ -139,7 +133,7 @@ class Trainer:
         self.device, self.model, self.network = parts.device, parts.model, parts.train_network
         self.autocast, self.criterion = parts.autocast, parts.criterion
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
-        self.generator, self.classes, self.model_args = parts.generator, parts.classes, parts.model_args
+        self.generator, self.classes = parts.generator, parts.classes
         self.train_batches, self.objects = parts.train_batches, parts.objects
         self.evaluator = Evaluator(parts)
         self.validator = (Evaluator(parts, parts.validation_batches, "validation")
@@ -147,8 +141,7 @@ class Trainer:
         self.meters = Meters(len(self.classes))
         self.running = self.meters.totals()  # this epoch's totals over all processes, so far
         self.average = WeightAverage(self.model, cfg.average_from)
-        self.epoch, self.batch, self.step, self.best_accuracy = 0, 0, 0, -1.0
-        self.best_epoch, self.best_test_accuracy = 0, -1.0  # the selected epoch's test result
+        self.position, self.best = Position(), Best()
         self.epoch_rng = self.generator.get_state()  # the data generator at the epoch's start
         self.stopping = False  # all processes agreed to stop at the next batch
         self.step_seconds = 0.0  # this epoch's time in training steps (forward, backward, update)
@@ -157,7 +150,15 @@ class Trainer:
         self.notes: list[str] = []  # what a resume changed, for the run's first line
         if checkpoint is not None:
             check_dataset(checkpoint, cfg, self.classes, allow_other_dataset)
-            self.restore(checkpoint, source or run.last)
+            checkpoints.check_resume(checkpoint, cfg, self.world.size)
+            self.position, self.best = checkpoints.restore(checkpoint, parts, self.average,
+                                                           self.meters)
+            self.epoch_rng = checkpoint["data_rng"]
+            earlier = checkpoint.get("commands")
+            self.commands = None if earlier is None else [*earlier, *self.commands]
+            self.good = (source or run.last, self.where())
+            note = checkpoints.apply_schedule(checkpoint["config"], parts, self.position.step)
+            self.notes += [note] if note else []
         self.bar: tqdm | None = None
         self.listeners: list[Listener] = []  # told of progress in records (capsnet.records)
         self.engine = Engine()
@@ -171,12 +172,14 @@ class Trainer:
         """What a listener starts from: the showcase, and a resumed run's history."""
         showcase = Showcase(self.model, self.autocast, head(self.evaluator.batches, SHOWCASE),
                             self.classes, self.objects, self.parts.capsules)
-        history = [row for row in self.run.read_metrics() if int(row["epoch"]) <= self.epoch]
-        resumed = self.epoch + self.batch / len(self.train_batches) if history else None
+        position = self.position
+        history = [row for row in self.run.read_metrics() if int(row["epoch"]) <= position.epoch]
+        resumed = position.epoch + position.batch / len(self.train_batches) if history else None
         return RunStart(showcase, history, resumed)
 
     def progress(self) -> Progress:
-        return Progress(self.epoch, self.batch, len(self.train_batches), self.running,
+        return Progress(self.position.epoch, self.position.batch, len(self.train_batches),
+                        self.running,
                         self.step_seconds, self.optimizer.param_groups[0]["lr"])
 
     @property
@@ -215,11 +218,7 @@ class Trainer:
 
     def where(self) -> str:
         """The run's position in words."""
-        if self.batch == 0:
-            return f"end of epoch {self.epoch}"
-        if self.batch == len(self.train_batches):
-            return f"epoch {self.epoch + 1} before its test pass"
-        return f"epoch {self.epoch + 1} after batch {self.batch} of {len(self.train_batches)}"
+        return self.position.where(len(self.train_batches))
 
     def resume_hint(self) -> str:
         if self.good is None:
@@ -229,19 +228,20 @@ class Trainer:
                f"python train.py --resume {path}"
 
     def on_start(self, state: dict) -> None:
-        state["epoch"], state["t"] = self.epoch, self.step  # continue a resumed run
+        state["epoch"], state["t"] = self.position.epoch, self.position.step  # as resumed
 
     def on_start_epoch(self, state: dict) -> None:
         self.model.train()
-        if self.batch == 0:  # a new epoch; a resumed one keeps its restored meters
+        if self.position.batch == 0:  # a new epoch; a resumed one keeps its restored meters
             self.epoch_rng = self.generator.get_state()
             self.meters.reset()
         self.running = Totals.of(self.world.sum(self.meters.totals().vector()))
-        self.first_batch, self.step_seconds = self.batch, 0.0
+        self.first_batch, self.step_seconds = self.position.batch, 0.0
         self.epoch_started = time.perf_counter()
         # A fresh bar over the base batches each epoch: never a wrapper of last epoch's wrapper.
-        self.bar = tqdm(self.train_batches.starting_at(self.batch), total=len(self.train_batches),
-                        initial=self.batch, desc=f"epoch {state['epoch'] + 1}/{state['maxepoch']}",
+        self.bar = tqdm(self.train_batches.starting_at(self.position.batch),
+                        total=len(self.train_batches), initial=self.position.batch,
+                        desc=f"epoch {state['epoch'] + 1}/{state['maxepoch']}",
                         unit="batch", leave=False, dynamic_ncols=True, disable=not self.world.main)
         state["iterator"] = self.bar
         for listener in self.listeners:
@@ -261,7 +261,7 @@ class Trainer:
 
     def on_forward(self, state: dict) -> None:
         add_to_meters(self.meters, state)
-        if self.logs_after(self.batch + 1):
+        if self.logs_after(self.position.batch + 1):
             self.flush_meters(in_batch=True)
             summary = self.running.summary(self.objects)
             if self.bar is not None:
@@ -280,22 +280,23 @@ class Trainer:
         self.stopping = self.stopping or bool(summed[-1] > 0)
         if bad is not None or not self.running.finite():
             first = int(in_batch) - queued + 1 + (bad if bad is not None else queued - 1)
-            raise Diverged(f"training diverged: the loss is not finite at epoch {self.epoch + 1}, "
-                           f"batch {self.batch + first} (step {self.step + first}), and "
-                           "nothing was saved from then on (a lower --lr may help)")
+            at = self.position
+            raise Diverged(f"training diverged: the loss is not finite at epoch {at.epoch + 1}, "
+                           f"batch {at.batch + first} (step {at.step + first}), and nothing was "
+                           "saved from then on (a lower --lr may help)")
 
     def on_update(self, state: dict) -> None:
         self.step_seconds += time.perf_counter() - self.step_started
         self.scheduler.step()
-        self.step = state["t"] + 1
-        self.batch += 1
+        self.position.step = state["t"] + 1
+        self.position.batch += 1
         for listener in self.listeners:
             listener.on_progress(self.progress())
 
     def on_end_epoch(self, state: dict) -> None:
         self.bar.close()
         train_seconds = time.perf_counter() - self.epoch_started
-        trained = (self.batch - self.first_batch) * self.cfg.batch_size * self.world.size
+        trained = (self.position.batch - self.first_batch) * self.cfg.batch_size * self.world.size
         lr = self.optimizer.param_groups[0]["lr"]
         self.flush_meters()
         train = self.running.summary(self.objects)
@@ -303,10 +304,10 @@ class Trainer:
         with self.average.applied():
             validation = self.validator.run() if self.validator else None
             test = self.evaluator.run()
-        self.epoch, self.batch = state["epoch"], 0
+        self.position.epoch, self.position.batch = state["epoch"], 0
         self.epoch_rng = self.generator.get_state()
         averaged = self.average.epochs
-        row = {"epoch": self.epoch, "lr": lr,
+        row = {"epoch": self.position.epoch, "lr": lr,
                "train_images_per_s": min(trained, self.train_images) / train_seconds,
                "seconds": time.perf_counter() - self.epoch_started,
                "averaged_epochs": averaged.count if averaged else 0}
@@ -314,10 +315,9 @@ class Trainer:
         row.update({f"test_{k}": v for k, v in test.items()})
         row.update({f"validation_{k}": v for k, v in (validation or {}).items()})
         selected = (validation or test)["accuracy"]  # best.pt: on validation when held out
-        best = selected > self.best_accuracy
+        best = selected > self.best.accuracy
         if best:
-            self.best_accuracy, self.best_epoch = selected, self.epoch
-            self.best_test_accuracy = test["accuracy"]
+            self.best = Best(selected, self.position.epoch, test["accuracy"])
         if self.world.main:
             self.run.append_metrics(row)
         if best:  # best.pt before last.pt: last.pt never points past a best.pt not written
@@ -326,19 +326,19 @@ class Trainer:
         state["metrics"] = row
         held_out = (f"validation loss {validation['loss']:.4f} {accuracy_text(validation)}  "
                     if validation else "")
-        self.say(f"epoch {self.epoch}/{state['maxepoch']}  "
+        self.say(f"epoch {self.position.epoch}/{state['maxepoch']}  "
                  f"train loss {train['loss']:.4f} {accuracy_text(train)}  {held_out}"
                  f"test loss {test['loss']:.4f} {accuracy_text(test)}{' *' if best else ''}  "
                  f"lr {lr:.2e}  {row['seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)"
                  + (f"  (tested: {averaged.describe()})" if averaged else ""))
         target = self.cfg.stop_at_accuracy
         if target and selected >= target:
-            state["maxepoch"] = self.epoch  # the Engine's loop ends after this epoch
+            state["maxepoch"] = self.position.epoch  # the Engine's loop ends after this epoch
             self.say(f"stopped: {self.selection} accuracy {selected:.2f}% reached "
-                     f"--stop-at-accuracy {target:g} at epoch {self.epoch}")
+                     f"--stop-at-accuracy {target:g} at epoch {self.position.epoch}")
         with self.average.applied():  # the figures show the weights tested
             for listener in self.listeners:
-                listener.on_epoch(EpochEnd(self.epoch, row, self.evaluator.confusion))
+                listener.on_epoch(EpochEnd(self.position.epoch, row, self.evaluator.confusion))
 
     @property
     def selection(self) -> str:
@@ -347,118 +347,17 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Write a checkpoint of the current position (rank 0; every process takes part);
-        never one with non-finite weights. Its "model" is the weights tested: their average
-        once it has begun ("averaged": its epochs; "trained_model": the weights trained on)."""
+        never one with non-finite weights."""
         self.flush_meters()
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise Diverged(f"training diverged: the weights are not finite at {self.where()}, "
                            f"so they were not saved to {path.name}")
         meters = self.world.gather(self.meters.state_dict())  # each process's share of the epoch
-        averaged = self.average.epochs
-        trained = self.model.state_dict()
-        weights = ({"model": self.average.state, "averaged": tuple(averaged),
-                    "trained_model": trained} if averaged else {"model": trained})
         if self.world.main:
-            save_checkpoint(path, {
-                **weights, "model_args": self.model_args,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
-                "best_test_accuracy": self.best_test_accuracy, "meters": meters,
-                "processes": self.world.size, "config": dataclasses.asdict(self.cfg),
-                "classes": list(self.classes), "torch_rng": torch.get_rng_state(),
-                "data_rng": self.epoch_rng, "commands": self.commands,
-                **({"cuda_rng": torch.cuda.get_rng_state(self.device)}  # dropout's, on a GPU
-                   if self.device.type == "cuda" else {}),
-            })
+            save_checkpoint(path, checkpoints.contents(self.parts, self.position, self.best,
+                                                       self.average, meters, self.epoch_rng,
+                                                       self.commands))
         self.good = (path, self.where())
-
-    def restore(self, checkpoint: dict, source: Path) -> None:
-        saved = checkpoint["config"]
-        if checkpoint["epoch"] >= self.cfg.epochs:
-            raise UserError(f"the checkpoint has finished {checkpoint['epoch']} of --epochs "
-                            f"{self.cfg.epochs}; pass a larger --epochs to train further")
-        if saved.get("validation_samples", 0) != self.cfg.validation_samples:
-            raise UserError(f"--validation-samples {self.cfg.validation_samples} cannot apply "
-                            "to a resumed run: its held-out split is "
-                            f"{saved.get('validation_samples', 0)} images")
-        target = self.cfg.stop_at_accuracy
-        if target and checkpoint["best_accuracy"] >= target:
-            raise UserError(f"the run already reached --stop-at-accuracy {target:g} (its best "
-                            f"accuracy is {checkpoint['best_accuracy']:.2f}%); pass a higher "
-                            "one, or 0, to train further")
-        if saved.get("seed") != self.cfg.seed:
-            raise UserError(f"--seed {self.cfg.seed} cannot apply to a resumed run: its random "
-                            f"state comes from the checkpoint (seed {saved.get('seed')})")
-        batch = checkpoint["batch"]
-        if batch:
-            self.check_mid_epoch(checkpoint)
-        check_structure(checkpoint["model_args"], self.model_args, self.cfg.model)
-        load_state(self.model, checkpoint["model"], "model")
-        self.restore_average(checkpoint)
-        load_state(self.optimizer, checkpoint["optimizer"], "optimizer state")
-        load_state(self.scheduler, checkpoint["scheduler"], "learning-rate schedule")
-        self.epoch, self.batch, self.step = checkpoint["epoch"], batch, checkpoint["step"]
-        self.best_accuracy = checkpoint["best_accuracy"]
-        self.best_epoch = checkpoint.get("best_epoch", 0)
-        self.best_test_accuracy = checkpoint.get("best_test_accuracy", self.best_accuracy)
-        try:
-            torch.set_rng_state(checkpoint["torch_rng"])
-            if self.device.type == "cuda" and "cuda_rng" in checkpoint:
-                torch.cuda.set_rng_state(checkpoint["cuda_rng"], self.device)
-            self.generator.set_state(checkpoint["data_rng"])
-            if batch:
-                self.meters.load_state_dict(checkpoint["meters"][self.world.rank])
-        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as error:
-            raise UserError(f"the checkpoint's random or meter state is damaged ({error})") from None
-        self.epoch_rng = checkpoint["data_rng"]
-        earlier = checkpoint.get("commands")
-        self.commands = None if earlier is None else [*earlier, *self.commands]
-        self.good = (source, self.where())
-        self.apply_schedule(saved)
-
-    def restore_average(self, checkpoint: dict) -> None:
-        """A checkpoint whose model is an average also holds the weights trained on; the
-        average goes on from the epoch it began with, which --average-from cannot change."""
-        averaged = Averaged.of(checkpoint)
-        if averaged is None:
-            return
-        if self.cfg.average_from != averaged.first:
-            raise UserError(f"--average-from {self.cfg.average_from} cannot apply to a resumed "
-                            f"run whose checkpoint holds {averaged.describe()}: keep "
-                            f"--average-from {averaged.first}")
-        self.average.restore(checkpoint["model"], averaged)  # loaded above: it fits
-        load_state(self.model, checkpoint.get("trained_model"), "trained weights")
-
-    def check_mid_epoch(self, checkpoint: dict) -> None:
-        """A checkpoint from inside an epoch resumes only with the batches it was cut from."""
-        saved, inside = checkpoint["config"], f"inside epoch {checkpoint['epoch'] + 1}"
-        for name in MID_EPOCH_FIXED:
-            if saved.get(name) != getattr(self.cfg, name):
-                raise UserError(
-                    f"the checkpoint stopped {inside}, whose batches depend on "
-                    f"--{name.replace('_', '-')} {saved.get(name)}; keep it to finish the epoch, "
-                    "or resume from a checkpoint of an epoch's end")
-        if checkpoint["processes"] != self.world.size:
-            raise UserError(f"the checkpoint stopped {inside} of a run of "
-                            f"{checkpoint['processes']} processes; resume it with as many, or "
-                            "from a checkpoint of an epoch's end")
-
-    def apply_schedule(self, saved: dict) -> None:
-        """Flags --lr, --lr-decay and --lr-decay-steps given on resume: the rate becomes what
-        the new schedule gives at the current step, and decays by it from there."""
-        changed = [name for name in SCHEDULE if saved.get(name) != getattr(self.cfg, name)]
-        if not changed:
-            return
-        gamma = self.cfg.lr_decay ** (1.0 / self.cfg.lr_decay_steps)
-        lr = self.cfg.lr * gamma ** self.step
-        self.scheduler.gamma = gamma
-        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = self.cfg.lr, lr
-        self.scheduler._last_lr = [lr for _ in self.optimizer.param_groups]
-        given = " ".join(f"--{n.replace('_', '-')} {getattr(self.cfg, n)}" for n in changed)
-        self.notes.append(f"{given} in effect from step {self.step} (learning rate now {lr:.3g})")
 
 
 def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset: bool = False

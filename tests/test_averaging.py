@@ -1,5 +1,6 @@
 """--average-from: the run tests, saves and ships the mean of its epochs' weights, and trains
 exactly as it would without it."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,32 @@ def test_the_epoch_an_average_began_cannot_change_on_resume(runs, capsys):
     assert code == 2 and err == ("error: --average-from 3 cannot apply to a resumed run whose "
                                  "checkpoint holds the average of the weights after epochs 2-3: "
                                  "keep --average-from 2")
+
+
+@pytest.mark.parametrize("first, lost", [(1, "epochs 1-2"), (2, "epoch 2")])
+def test_an_average_cannot_begin_at_an_epoch_a_checkpoint_has_passed(first, lost, runs, tmp_path,
+                                                                      capsys):
+    run = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    before = (run / "epoch-2.pt").read_bytes()
+    code, err = run_main(["--resume", str(run / "epoch-2.pt"), "--epochs", "4",
+                          "--average-from", str(first)], capsys)
+    assert code == 2 and err == (f"error: --average-from {first} cannot apply to a run resumed "
+                                 f"after epoch 2 without an average: the weights after {lost} "
+                                 "were not kept; use --average-from 3 or later")
+    assert (run / "epoch-2.pt").read_bytes() == before
+
+
+def test_an_average_from_an_epoch_after_the_checkpoint_gives_the_uninterrupted_average(
+        runs, data_root, tmp_path):
+    run = Path(shutil.copytree(runs["plain"], tmp_path / "plain"))
+    (run / "last.pt").write_bytes((run / "epoch-1.pt").read_bytes())
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3", "--average-from", "2",
+                       "--data-dir", str(data_root)]) == 0
+    resumed = load_checkpoint(run / "last.pt")
+    uninterrupted = load_checkpoint(runs["averaged"] / "last.pt")
+    assert resumed["averaged"] == uninterrupted["averaged"] == (2, 3)
+    for name, value in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
 
 
 def test_a_shipped_average_says_so_and_scores_its_record(runs, data_root, tmp_path,

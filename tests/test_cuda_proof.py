@@ -180,7 +180,7 @@ def test_the_cpu_training_loop_reads_values_only_where_cuda_does_not(data_root, 
                  log_every=4, test_samples=8, threads=2, run_dir=str(tmp_path / "run"), **SMALL)
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
     syncs = Syncs()
-    subscribe(trainer.engine, "on_sample", lambda state: setattr(syncs, "tag", trainer.batch))
+    subscribe(trainer.engine, "on_sample", lambda state: setattr(syncs, "tag", trainer.position.batch))
     subscribe(trainer.engine, "on_update", lambda state: setattr(syncs, "tag", None))
     with syncs:
         trainer.fit()

@@ -254,7 +254,7 @@ def test_live_logging_counts_batches_on_fast_hardware(data_root, tmp_path):
     trainer.network = fast_network(trainer.model)
     postfixes: list = []
     subscribe(trainer.engine, "on_update",
-              lambda state: postfixes.append(trainer.bar.postfix) if trainer.batch % 8 == 0 else None)
+              lambda state: postfixes.append(trainer.bar.postfix) if trainer.position.batch % 8 == 0 else None)
     trainer.fit()
     assert len(postfixes) == 12 and all(p and "loss=" in p for p in postfixes), postfixes
 

@@ -179,64 +179,22 @@ class Dashboard:
                 "rownames": classes, "columnnames": classes,
                 "xlabel": "predicted class", "ylabel": "true class"})
         if capsules:
-            images, reconstructions = self.reconstruct()
+            from .figures import live_figures, reconstructions
+            images, rebuilt = self.sample_grid, reconstructions(self.showcase, self.samples)
             with self.lock:
                 self.put("images", "images", images, {
                     "title": f"First {len(images)} test images", **IMAGE_WINDOW})
-                self.put("reconstructions", "images", reconstructions, {
+                self.put("reconstructions", "images", rebuilt, {
                     "title": f"Their reconstructions "
                              f"({RECONSTRUCTED[self.showcase.objects > 1]}), epoch {epoch}",
                     **IMAGE_WINDOW})
         if capsules and self.figures_every and epoch % self.figures_every == 0:
-            figures = self.figures(epoch)
+            figures = live_figures(self.showcase, self.figure_samples, epoch)
             with self.lock:
                 for name, (grid, title) in figures.items():
                     self.put(name, "images", grid.reshape(-1, *grid.shape[2:]),
                              {"title": title, **FIGURE_WINDOWS[name]}, nrow=grid.shape[1])
         self.wake.set()
-
-    def figures(self, epoch: int) -> dict[str, tuple[np.ndarray, str]]:
-        """capsnet.analyze's grids for the fixed test images: reconstruction by mask, the first
-        image's capsule dimensions perturbed, and routing maps beside their inputs."""
-        import torch
-        import torch.nn.functional as F
-        from .figures import ROUTED, by_mask, perturbed, routing_maps
-        model, images = self.showcase.model, self.figure_samples
-        model.eval()
-        with torch.inference_mode(), self.showcase.autocast():
-            masks = by_mask(model, images)  # (classes, 1 + classes, C, H, W)
-            tweaks, predicted = perturbed(model, images[0])  # (16, 11, C, H, W)
-            maps = routing_maps(model, images[:ROUTED]).float()  # (n, classes, grid, grid)
-        model.train()
-        low = maps.flatten(1).min(dim=1).values[:, None, None, None]
-        high = maps.flatten(1).max(dim=1).values[:, None, None, None]
-        scaled = (maps - low) / (high - low).clamp_min(1e-12)  # each input on its own scale
-        maps = F.interpolate(scaled, size=images.shape[-2:], mode="nearest")
-        maps = maps[:, :, None].expand(-1, -1, images.shape[1], -1, -1)
-        routing = torch.cat([images[:ROUTED, None], maps], dim=1)
-        classes = self.showcase.classes
-        return {
-            "by_mask": (masks.float().cpu().numpy(),
-                        f"Reconstruction from each class's capsule, epoch {epoch}"),
-            "perturbation": (tweaks.float().cpu().numpy(),
-                             f"Capsule dimensions of {classes[predicted]}, -0.25..+0.25, "
-                             f"epoch {epoch}"),
-            "routing": (routing.float().cpu().numpy(),
-                        f"Routing: votes per class (c_ij), epoch {epoch}"),
-        }
-
-    def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-        model = self.showcase.model
-        model.eval()
-        with torch.inference_mode(), self.showcase.autocast():
-            output = model(self.samples, None, self.showcase.objects)
-        model.train()
-        rebuilt = output.reconstructions
-        if rebuilt.dim() == 5:  # two digits: both on one image, in two colours
-            from .figures import overlay
-            rebuilt = overlay(rebuilt)
-        return self.sample_grid, rebuilt.float().cpu().numpy()
 
     def put(self, name: str, kind: str, data: np.ndarray, opts: dict[str, Any],
             nrow: int = 8) -> None:

@@ -2,7 +2,11 @@
 (rows, columns, C, H, W) images in [0, 1] (or maps), on the model's device."""
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..model import CapsNet
@@ -56,3 +60,44 @@ def overlay(images: Tensor) -> Tensor:
 def first_per_class(labels: Tensor, classes: int, n: int) -> Tensor:
     """Indices of the first n examples of each class, class by class."""
     return torch.cat([(labels == k).nonzero().flatten()[:n] for k in range(classes)])
+
+
+def live_figures(showcase: Any, images: Tensor, epoch: int) -> dict[str, tuple[np.ndarray, str]]:
+    """The dashboard's grids of a Showcase (capsnet.records) model for the fixed test `images`:
+    reconstruction by mask, the first image's capsule dimensions perturbed, and routing maps
+    beside their inputs, each with its title."""
+    model = showcase.model
+    model.eval()
+    with torch.inference_mode(), showcase.autocast():
+        masks = by_mask(model, images)  # (classes, 1 + classes, C, H, W)
+        tweaks, predicted = perturbed(model, images[0])  # (16, 11, C, H, W)
+        maps = routing_maps(model, images[:ROUTED]).float()  # (n, classes, grid, grid)
+    model.train()
+    low = maps.flatten(1).min(dim=1).values[:, None, None, None]
+    high = maps.flatten(1).max(dim=1).values[:, None, None, None]
+    scaled = (maps - low) / (high - low).clamp_min(1e-12)  # each input on its own scale
+    maps = F.interpolate(scaled, size=images.shape[-2:], mode="nearest")
+    maps = maps[:, :, None].expand(-1, -1, images.shape[1], -1, -1)
+    routing = torch.cat([images[:ROUTED, None], maps], dim=1)
+    return {
+        "by_mask": (masks.float().cpu().numpy(),
+                    f"Reconstruction from each class's capsule, epoch {epoch}"),
+        "perturbation": (tweaks.float().cpu().numpy(),
+                         f"Capsule dimensions of {showcase.classes[predicted]}, -0.25..+0.25, "
+                         f"epoch {epoch}"),
+        "routing": (routing.float().cpu().numpy(),
+                    f"Routing: votes per class (c_ij), epoch {epoch}"),
+    }
+
+
+def reconstructions(showcase: Any, samples: Tensor) -> np.ndarray:
+    """The Showcase model's reconstructions of `samples` (two digits: overlaid in two colours)."""
+    model = showcase.model
+    model.eval()
+    with torch.inference_mode(), showcase.autocast():
+        output = model(samples, None, showcase.objects)
+    model.train()
+    rebuilt = output.reconstructions
+    if rebuilt.dim() == 5:  # two digits: both on one image, in two colours
+        rebuilt = overlay(rebuilt)
+    return rebuilt.float().cpu().numpy()

@@ -102,8 +102,9 @@ def train_run(given: dict[str, Any], resume: str | None = None,
     finally:
         run.unlock()
     validated = trainer.validator is not None
-    result = RunResult(run.path, trainer.epoch, trainer.best_epoch, trainer.best_accuracy,
-                       trainer.best_test_accuracy, validated, trainer.parameter_count,
+    best = trainer.best
+    result = RunResult(run.path, trainer.position.epoch, best.epoch, best.accuracy,
+                       best.test_accuracy, validated, trainer.parameter_count,
                        device_name(trainer.device), precision_label(cfg.precision, trainer.device))
     if world.main:
         metric = "pair accuracy" if trainer.objects > 1 else "accuracy"
@@ -123,7 +124,7 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
     """Rank 0's part of starting a run: config.json, metrics.csv, the dashboard, a first line."""
     run.write_config(cfg)
     if resume:
-        run.keep_epochs(trainer.epoch)
+        run.keep_epochs(trainer.position.epoch)
     if cfg.visdom:
         from ..dashboard.dashboard import attach
         dashboard = attach(cfg, trainer.run_start())
@@ -143,7 +144,8 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
           f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
           f"{trainer.parameter_count:,} parameters, on {trainer.device} in "
           f"{precision_label(cfg.precision, trainer.device)}, "
-          f"{compiled}; {processes}{memory}epochs {trainer.epoch + 1}-{cfg.epochs}{resumed}"
+          f"{compiled}; {processes}{memory}"
+          f"epochs {trainer.position.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in trainer.notes)
           + f"; run directory {run.path}", flush=True)
 
