@@ -36,11 +36,26 @@ from .run import interrupt
 from .run.build import RunParts, build_run, check_dataset, check_structure
 from .run.storage import load_state, save_checkpoint
 from .errors import UserError
-from .hooks import subscribe
 from .data.batches import Batches, Sample, head
 from .meters import Meters, Totals, accuracy_text, align_reconstructions
 from .records import SHOWCASE, EpochEnd, Listener, Progress, RunStart, Showcase
 from .networks import MODELS, Ensemble
+
+
+Hook = Callable[[dict], None]
+
+
+class Hooks(list):
+    """Several functions behind one Engine hook, called in the order they subscribed."""
+
+    def __call__(self, state: dict) -> None:
+        for hook in self:
+            hook(state)
+
+
+def subscribe(engine: Any, event: str, hook: Hook) -> None:
+    """Add `hook` to an Engine event (on_start, on_sample, on_forward, on_end_epoch, ...)."""
+    engine.hooks.setdefault(event, Hooks()).append(hook)
 
 
 class Step(NamedTuple):
@@ -129,7 +144,7 @@ class Trainer:
         if checkpoint is not None:  # before any data is read or downloaded
             check_dataset(checkpoint, cfg, allow=allow_other_dataset)
         self.parts = parts = build_run(cfg)
-        self.world = parts.world
+        self.world, self.distributed = parts.world, parts.world.distributed
         self.device, self.model, self.network = parts.device, parts.model, parts.train_network
         self.autocast, self.criterion = parts.autocast, parts.criterion
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
@@ -248,10 +263,10 @@ class Trainer:
             listener.on_start_epoch(self.progress())
 
     def on_sample(self, state: dict) -> None:
-        if self.stopping:
+        """Stop between batches: on Ctrl-C or SIGTERM (capsnet.run.interrupt) when alone, when
+        all processes agreed to (at the logging batches) under torchrun."""
+        if self.stopping or (interrupt.requested and not self.distributed):
             raise KeyboardInterrupt
-        if not self.world.distributed:
-            interrupt.check()
         self.step_started = time.perf_counter()
 
     def logs_after(self, done: int) -> bool:

@@ -173,7 +173,7 @@ def test_the_cpu_training_loop_reads_values_only_where_cuda_does_not(data_root, 
     and the decoder mask's one_hot). A logging batch adds 1 read of a CPU tensor (the agreed stop
     flag; the summed totals come back as one list); on the CPU, .cpu() of a CPU tensor dispatches
     nothing, so the one copy of a CUDA flush does not show here."""
-    from capsnet.hooks import subscribe
+    from capsnet.training import subscribe
     from capsnet.run.rundir import RunDir
     from capsnet.training import Trainer
     cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=8, visdom=False,

@@ -11,7 +11,7 @@ import train
 from capsnet.dashboard.assets import PACKAGES, ensure_assets, missing_files, verify
 from capsnet.dashboard.dashboard import attach
 from capsnet.errors import UserError
-from capsnet.hooks import subscribe
+from capsnet.training import subscribe
 from capsnet.run.rundir import RunDir
 from capsnet.dashboard.server import answers
 from capsnet.training import Trainer

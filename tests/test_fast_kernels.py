@@ -1,13 +1,15 @@
 """The code you read is the code that trains: a run with --no-fast-kernels executes the layers as
 written in capsnet/model.py and capsnet/routing (and never the fast forms); the default run
-executes the fast forms (and never the plain ones); both run the model's own forward methods.
-Which functions ran is recorded by a profile hook, from outside the package."""
+executes the fast forms (and never the plain ones); both run the model's own forward methods;
+one training step runs through the few files docs/implementation.md names. Which functions ran
+is recorded by a profile hook, from outside the package."""
 import sys
 from pathlib import Path
 
 import pytest
 
 import train
+from capsnet import training
 
 PACKAGE = str(Path(__file__).resolve().parents[1] / "capsnet")
 ALWAYS = {"CapsNet.forward", "DigitCapsules.forward", "Decoder.forward"}
@@ -43,3 +45,38 @@ def test_the_run_executes_the_plain_forms_without_fast_kernels_and_the_fast_ones
     assert ALWAYS <= called
     assert ran[routing] <= called, ran[routing] - called
     assert not skipped[routing] & called, skipped[routing] & called
+
+
+STEP_FILES = ["training.py", "model.py", "spectral.py", "squashing.py", "routing/dynamic.py",
+              "loss.py", "meters.py"]  # docs/implementation.md, in this order
+
+
+def test_one_training_step_runs_through_the_files_the_docs_name_in_order(quick_args, monkeypatch):
+    """From the start of the second batch to the end of its update (a batch that is not a
+    logging batch), every file of the package entered, in the order first entered."""
+    entered: list[str] = []
+
+    def hook(frame, event, arg):
+        name = frame.f_code.co_filename
+        if event == "call" and name.startswith(PACKAGE):
+            relative = Path(name).relative_to(PACKAGE).as_posix()
+            if relative not in entered:
+                entered.append(relative)
+    on_sample, on_update = training.Trainer.on_sample, training.Trainer.on_update
+
+    def sample(self, state):
+        if self.position.batch == 1:
+            sys.setprofile(hook)
+        on_sample(self, state)
+
+    def update(self, state):
+        on_update(self, state)
+        sys.setprofile(None)
+    monkeypatch.setattr(training.Trainer, "on_sample", sample)
+    monkeypatch.setattr(training.Trainer, "on_update", update)
+    assert train.main(quick_args + ["--log-every", "50"]) == 0
+    assert entered == STEP_FILES
+    docs = (Path(PACKAGE).parent / "docs" / "implementation.md").read_text()
+    section = docs[docs.index("## One training step"):docs.index("## Layout")]
+    places = [section.index(f"`capsnet/{name}`") for name in STEP_FILES]
+    assert places == sorted(places)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..squashing import EPS, at_least_float32, squash
-from .routed import Routed, by_length, iterations_checked
+from .routed import Routed, iterations_checked
 
 
 def dynamic_routing(u_hat: Tensor, iterations: int, detach_inner: bool = False,
@@ -182,4 +182,4 @@ class DynamicRouting(nn.Module):
         else:
             v, coupling = dynamic_routing(u_hat, self.iterations, self.detach_inner, bias,
                                           self.leaky)
-        return by_length(v, coupling)
+        return Routed(v, torch.linalg.vector_norm(v, dim=-1), coupling)  # scores: |v_j|

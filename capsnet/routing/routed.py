@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 
@@ -14,11 +13,6 @@ class Routed(NamedTuple):
     # (B, classes): the logits whose sigmoid the scores are, from a routing that scores its
     # poses by a learned layer (attention; --score-loss cross-entropy reads them), else None
     logits: Tensor | None = None
-
-
-def by_length(poses: Tensor, coupling: Tensor) -> Routed:
-    """Squashed poses score by their lengths |v_j|, in [0, 1)."""
-    return Routed(poses, torch.linalg.vector_norm(poses, dim=-1), coupling)
 
 
 def paper_weight_std(in_caps: int, in_dim: int, classes: int) -> float:

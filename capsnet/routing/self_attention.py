@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..squashing import at_least_float32, squash
-from .routed import Routed, by_length
+from .routed import Routed
 
 
 class SelfAttentionRouting(nn.Module):
@@ -44,4 +44,5 @@ class SelfAttentionRouting(nn.Module):
             s = s.view(batch, classes, dim)
             if bias is not None:
                 s = s + bias.to(s.dtype)
-            return by_length(squash(s), coupling)
+            v = squash(s)
+            return Routed(v, torch.linalg.vector_norm(v, dim=-1), coupling)  # scores: |v_j|

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..squashing import at_least_float32, squash
-from .routed import Routed, by_length
+from .routed import Routed
 
 
 class UniformRouting(nn.Module):
@@ -30,4 +30,5 @@ class UniformRouting(nn.Module):
             if bias is not None:
                 s = s + bias.to(s.dtype)
             coupling = u_hat.new_full((batch, classes, in_caps), 1.0 / classes)
-            return by_length(squash(s), coupling)
+            v = squash(s)
+            return Routed(v, torch.linalg.vector_norm(v, dim=-1), coupling)  # scores: |v_j|
