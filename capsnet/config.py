@@ -42,13 +42,13 @@ def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> 
 
 @dataclass
 class Config:
-    # Data
+    # The experiment
+    epochs: int = setting(50, "passes over the training set")
+    batch_size: int = setting(128, "images per batch")
+    lr: float = setting(1e-3, "Adam learning rate")
+    lr_decay: float = setting(0.96, "learning-rate decay factor per lr_decay_steps (1: none)")
+    lr_decay_steps: int = setting(2000, "optimizer steps over which the rate decays by lr_decay")
     dataset: str = setting("mnist", "dataset to train on (docs/datasets.md)", tuple(DATASETS))
-    data_dir: str = setting(os.environ.get("CAPSNET_DATA_DIR", "data"),
-                            "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
-                            "train/ and test/ for folder (env CAPSNET_DATA_DIR)")
-    image_size: int = setting(28, "side the folder dataset's images are resized to")
-    download: bool = setting(True, "download the dataset when its files are missing")
     train_samples: int = setting(0, "train on the first N training images (0: all)")
     test_samples: int = setting(0, "test on the first N test images (0: all)")
     validation_samples: int = setting(0, "hold out the first N training images as a validation "
@@ -57,7 +57,6 @@ class Config:
     shift: int = setting(2, "random shift of training images, in pixels, with zero padding")
     crop: int = setting(0, "random crop x crop crops in training, the centre crop at test "
                         "(0: none)")
-    # Model
     model: str = setting("capsnet", "capsnet, or baseline: the paper's CNN baseline "
                          "(docs/models.md)", tuple(MODELS))
     recipe: str = setting("paper", "paper: as the paper's text says; official: as the authors' "
@@ -85,12 +84,6 @@ class Config:
     detach_routing: bool = setting(False, "stop gradients through all but the last routing "
                                    "iteration (--routing dynamic)")
     digit_bias: bool = setting(False, "add a bias to the digit capsules (+160 parameters)")
-    baseline_channels: str = setting("", "the baseline's convolution channels, comma-separated "
-                                     "(empty: the recipe's, paper 256,256,128; official 512,256)")
-    baseline_hidden: str = setting("", "the baseline's fully connected widths, comma-separated "
-                                   "(empty: the recipe's, paper 328,192; official 1024)")
-    dropout: float = setting(0.5, "dropout before the baseline's logits (paper recipe)")
-    # Loss
     score_loss: str = setting("margin", "the loss on the class scores: margin (the paper's "
                               "eq. 4, with m+, m- and lambda below), spread (Matrix capsules' "
                               "sum over wrong classes of max(0, m - (a_t - a_i))^2, m rising "
@@ -101,19 +94,21 @@ class Config:
     m_minus: float = setting(0.1, "margin loss m-")
     lambda_absent: float = setting(0.5, "margin loss down-weighting of absent classes (lambda)")
     reconstruction_weight: float = setting(0.0005, "weight of the reconstruction sum of squares")
-    # Optimisation
-    epochs: int = setting(50, "passes over the training set")
-    stop_at_accuracy: float = setting(0.0, "stop after the first epoch whose selection accuracy "
-                                      "(validation, else test) reaches this percentage (0: "
-                                      "never; the paper's affNIST protocol: 99.23)")
-    batch_size: int = setting(128, "images per batch")
-    lr: float = setting(1e-3, "Adam learning rate")
-    lr_decay: float = setting(0.96, "learning-rate decay factor per lr_decay_steps (1: none)")
-    lr_decay_steps: int = setting(2000, "optimizer steps over which the rate decays by lr_decay")
     average_from: int = setting(0, "from this epoch on, test, save and ship the average of the "
                                 "weights at each epoch's end (stochastic weight averaging; "
                                 "training is unchanged; 0: off)")
-    # Runtime
+    stop_at_accuracy: float = setting(0.0, "stop after the first epoch whose selection accuracy "
+                                      "(validation, else test) reaches this percentage (0: "
+                                      "never; the paper's affNIST protocol: 99.23)")
+    seed: int = setting(0, "random seed for weights, shuffling and shifts")
+    # The baseline (--model baseline) and the folder dataset
+    baseline_channels: str = setting("", "the baseline's convolution channels, comma-separated "
+                                     "(empty: the recipe's, paper 256,256,128; official 512,256)")
+    baseline_hidden: str = setting("", "the baseline's fully connected widths, comma-separated "
+                                   "(empty: the recipe's, paper 328,192; official 1024)")
+    dropout: float = setting(0.5, "dropout before the baseline's logits (paper recipe)")
+    image_size: int = setting(28, "side the folder dataset's images are resized to")
+    # How the run computes (none changes what it learns)
     fast_kernels: bool = setting(True, "CapsNet's faster kernels: conv1 and PrimaryCaps over DFTs "
                                  "on the CPU, routing with a hand-written backward; the same "
                                  "network (tests/test_spectral.py, test_routing.py). Off "
@@ -132,14 +127,17 @@ class Config:
                                   "repeats the uninterrupted one bit for bit there as on the "
                                   "CPU; slower")
     threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    download: bool = setting(True, "download the dataset when its files are missing")
+    data_dir: str = setting(os.environ.get("CAPSNET_DATA_DIR", "data"),
+                            "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
+                            "train/ and test/ for folder (env CAPSNET_DATA_DIR)")
     memory_check: bool = setting(os.environ.get("CAPSNET_MEMORY_CHECK", "1") != "0",
                                  "before training, measure a step's memory in a separate process "
                                  "and stop if the batch does not fit (env CAPSNET_MEMORY_CHECK=0: "
                                  "off)")
-    seed: int = setting(0, "random seed for weights, shuffling and shifts")
+    # Where the run goes, and the dashboard
     run_dir: str = setting("", "directory for metrics.csv and checkpoints (empty: runs/<timestamp>)")
     log_every: int = setting(20, "batches between progress-bar updates")
-    # Dashboard
     visdom: bool = setting(True, "stream metrics to a live Visdom dashboard")
     visdom_host: str = setting("127.0.0.1", "dashboard address; any other than loopback is "
                                "reachable from other machines (VISDOM_USERNAME and "

@@ -190,8 +190,8 @@ def test_a_run_whose_checkpoint_does_not_keep_its_commands_ships_with_checked_on
     assert main([str(run / "last.pt"), "tiny", "--out", str(out), "--command", first,
                  "--command", f"python train.py --resume {run / 'last.pt'} --lr 0.01"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: the --command lines do not give the checkpoint's settings (download: True from "
-        "them, False in the checkpoint; lr: 0.01 from them, 0.001 in the checkpoint)")
+        "error: the --command lines do not give the checkpoint's settings (lr: 0.01 from them, "
+        "0.001 in the checkpoint; download: True from them, False in the checkpoint)")
     assert not out.exists() or list(out.iterdir()) == []
     assert main([str(run / "last.pt"), "tiny", "--out", str(out), "--command",
                  first + " --no-download"]) == 0
