@@ -15,6 +15,10 @@ _EXPORTS = {"CapsNet": "model", "CapsNetOutput": "model", "dynamic_routing": "ro
 __all__ = sorted(_EXPORTS)
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

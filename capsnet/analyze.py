@@ -173,8 +173,8 @@ def figure_mistakes(ctx: Context) -> Any:
     lengths = pred.lengths[index]
     names = [f"{names_of(p, classes, lengths[i])} / true {names_of(t, classes, lengths[i])}"
              for i, (p, t) in enumerate(zip(predicted, labels))]
-    fig, ax = plt.subplots(figsize=(4.5, 0.55 * len(index) + 1))
-    image_axes(ax, grid, ["input", "as predicted", "as true class"], names)
+    fig, ax = plt.subplots(figsize=(6, 0.55 * len(index) + 1))
+    image_axes(ax, grid, ["input", "as\npredicted", "as true\nclass"], names)
     ax.set_title("Most confident mistakes\n(predicted class and capsule length / true class)",
                  fontsize=9)
     return fig
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="test images per class in the reconstruction figure (1-20; "
                         "default: %(default)s)")
     from .config import DEVICES
-    parser.add_argument("--device", choices=DEVICES)
+    parser.add_argument("--device", choices=DEVICES, help="where the model runs: auto picks "
+                        "cuda when there is a GPU (default: auto)")
     parser.add_argument("--data-dir", metavar="DIR", help="dataset root (default: the "
                         "checkpoint's, or $CAPSNET_DATA_DIR)")
     parser.add_argument("--test-samples", type=int, metavar="N",

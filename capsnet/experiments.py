@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .run import distributed
-from .cli import MACHINE_SETTINGS, ArgumentParser, training_exit_status
+from .cli import MACHINE_SETTINGS, PLACE_SETTINGS, ArgumentParser, flag, training_exit_status
 from .errors import UserError
 from .run.memory import tune_allocator
 from .run.storage import write_file
@@ -114,6 +114,36 @@ class Runner:
     def run_dir(self, row: Row, seed: int) -> Path:
         return self.out / f"{slug(row.label)}-seed{seed}"
 
+    def new_settings(self, row: Row, seed: int) -> dict[str, Any]:
+        """The settings of a new run of `row` and `seed` (less --epochs)."""
+        run = self.run_dir(row, seed)
+        return {**self.passed, **self.experiment.fixed, **row.flags, "seed": seed,
+                "run_dir": str(run), "visdom_env": f"{self.experiment.name}-{run.name}"}
+
+    def check_kept(self) -> None:
+        """Before any run: a kept run (finished, or with a checkpoint to resume) is reused only
+        if it has this command's settings, but for --epochs and UNCHANGING."""
+        from .cli import build
+        from .config import Config
+        for row in self.experiment.rows:
+            for seed in range(self.seeds):
+                run = self.run_dir(row, seed)
+                if not ((run / RECORD).exists() or (run / "last.pt").exists()):
+                    continue  # nothing kept: trained afresh
+                try:
+                    saved = asdict(build(Config, json.loads((run / "config.json").read_text())))
+                except (OSError, ValueError, TypeError, UserError):
+                    continue  # run_one reports what is wrong with it
+                now = asdict(Config(**self.new_settings(row, seed)))
+                differ = [k for k in now if k not in UNCHANGING and saved[k] != now[k]]
+                if differ:
+                    raise UserError(
+                        f"{run} was trained with other settings ("
+                        + "; ".join(f"{flag(k)} {saved[k]!r} there, {now[k]!r} now"
+                                    for k in differ)
+                        + f"): give these settings another --out, or remove {self.out} to "
+                        "train them there")
+
     def run_all(self) -> None:
         total = len(self.experiment.rows) * self.seeds
         done = 0
@@ -163,8 +193,7 @@ class Runner:
         if resume:  # the rest of its settings are in its checkpoint
             given = {k: v for k, v in self.passed.items() if k in ON_RESUME}
         else:
-            given = {**self.passed, **self.experiment.fixed, **row.flags, "seed": seed,
-                     "run_dir": str(run), "visdom_env": f"{self.experiment.name}-{run.name}"}
+            given = self.new_settings(row, seed)
         log = self.out / f"{run.name}.log"  # the run's lines, and its stderr's but the bars
         self.say(f"{counter} {name}: {'resuming' if resume else 'training'} in {run} "
                  f"(log: {log})")
@@ -311,6 +340,10 @@ def check_owned(experiment: Experiment, settings: dict[str, Any]) -> None:
 # What a resumed run takes from this invocation: where the data and the machine are, and the
 # dashboard's place (the rest of its settings are in its checkpoint).
 ON_RESUME = MACHINE_SETTINGS + ("data_dir", "download", "visdom", "visdom_host", "visdom_port")
+# settings that do not change what a run learns: a kept run is reused whatever they were
+UNCHANGING = MACHINE_SETTINGS + PLACE_SETTINGS + (
+    "epochs", "download", "log_every", "visdom", "visdom_host", "visdom_port", "visdom_env",
+    "visdom_every", "visdom_figures_every", "visdom_autostart")
 
 
 def results(runner: Runner) -> tuple[str, list[tuple[str, list[list[tuple[int, float]]]]]]:
@@ -465,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.say(f"{args.name}: {len(experiment.rows) * args.seeds} runs of {args.epochs} "
                    f"epochs into {out}"
                    + (f", tested on {dataset}" if experiment.name == "affnist" else ""))
+        runner.check_kept()
         with shared_splits(), distributed.staying():  # one group for all the runs
             runner.run_all()
         if runner.main:

@@ -164,6 +164,10 @@ class CapsNet(nn.Module):
         """Mask the decoder with `labels` when given: (B,) class indices, or (B, K) for one
         reconstruction per digit (MultiMNIST). Without labels: the predicted class, or with
         `objects` K > 1 the K longest capsules, in ascending class order."""
+        if images.dim() != 4 or images.shape[1:] != self.decoder.image_shape:
+            channels, height, width = self.decoder.image_shape
+            raise ValueError(f"this CapsNet takes images of shape (B, {channels}, {height}, "
+                             f"{width}), got {tuple(images.shape)}")
         if self.fast_kernels and spectral.supported(images):  # the same u_i, faster on a CPU
             u = self.primary.capsules(spectral.conv1_primary(images, self.conv1, self.primary.conv))
         else:

@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     from .config import DEVICES
     from .weights import names
     parser = ArgumentParser(prog="python -m capsnet.predict", description=__doc__)
-    parser.add_argument("paths", nargs="+", metavar="CHECKPOINT IMAGE",
-                        help="a last.pt or best.pt (not with --pretrained), then the images")
+    parser.add_argument("paths", nargs="+", metavar="FILE",
+                        help="a last.pt or best.pt (not with --pretrained), then one image or "
+                        "more")
     parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package "
                         "(capsnet/weights/) instead of a checkpoint: " + ", ".join(names()))
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="grey images: make dark ink on a bright ground white on black "
                         "(auto: when the border is bright; default: %(default)s)")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the model runs: auto picks cuda when there is a GPU "
+                        "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.pretrained is None and len(args.paths) < 2:
         parser.error("give a checkpoint and at least one image, or --pretrained NAME and images")

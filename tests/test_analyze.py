@@ -61,6 +61,20 @@ def test_coupling_sums_to_one_and_is_what_routing_returns(model, images):
     assert torch.allclose(maps.sum(dim=1), torch.full((3, 6, 6), 32.0), atol=1e-3)
 
 
+def test_the_mistakes_figure_labels_its_columns_apart(model, images):
+    g = torch.Generator().manual_seed(2)
+    pictures = torch.rand(8, 1, 28, 28, generator=g)
+    lengths, labels = torch.rand(8, 10, generator=g), torch.randint(0, 10, (8,), generator=g)
+    labels[labels == lengths.argmax(dim=1)] += 1  # every one a mistake
+    pred = analyze.Predictions(pictures, labels % 10, lengths)
+    fig = analyze.figure_mistakes(analyze.Context(model, pred, tuple("0123456789"), 1,
+                                                  torch.device("cpu")))
+    fig.canvas.draw()
+    boxes = [label.get_window_extent() for label in fig.axes[0].get_xticklabels()]
+    assert len(boxes) == 3
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))
+
+
 @pytest.fixture(scope="module")
 def checkpoint(data_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("analyze") / "run"

@@ -1,3 +1,4 @@
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from capsnet.data.datasets import Split
 from capsnet.data.splits import load_split
 from capsnet.data.batches import Batches, shift_images
 from capsnet.errors import UserError
-from conftest import write_dataset
+from conftest import TEST, made_digits, write_dataset, write_idx
 
 
 def test_loads_idx_files_through_torchvision(data_root: Path):
@@ -35,12 +36,35 @@ def test_missing_files_name_the_folder_and_the_files(tmp_path: Path):
         assert name in message
 
 
-def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def offline(self):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
-    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
-    with pytest.raises(UserError, match="could not be downloaded.*Error downloading"):
+def test_a_failed_download_is_one_line_that_keeps_each_mirrors_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def offline(url, download_root, filename, md5):
+        raise urllib.error.URLError(f"no route to {url.split('/')[2]}")
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
+    with pytest.raises(UserError) as error:
         load_split("mnist", str(tmp_path), True, download=True)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("mnist could not be downloaded")
+    for mirror in torchvision.datasets.MNIST.mirrors:
+        assert f"no route to {mirror.split('/')[2]}" in message
+
+
+def test_the_test_split_downloads_its_own_files_alone(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """What --eval needs: the test files, never the training split's."""
+    made = tmp_path / "made"
+    write_idx(made, TEST, *made_digits(20, 1))
+    fetched = []
+
+    def served(url, download_root, filename, md5):
+        fetched.append(url)
+        name = filename.removesuffix(".gz")
+        (Path(download_root) / name).write_bytes((made / name).read_bytes())
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", served)
+    split = load_split("mnist", str(tmp_path / "root"), False, download=True)
+    assert len(split) == 20
+    mirror = torchvision.datasets.MNIST.mirrors[0]
+    assert fetched == [mirror + "t10k-images-idx3-ubyte.gz", mirror + "t10k-labels-idx1-ubyte.gz"]
 
 
 def test_corrupt_files_are_reported(tmp_path: Path):

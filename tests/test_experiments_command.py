@@ -49,6 +49,14 @@ def test_table1_runs_resumes_after_an_interrupt_and_writes_the_same_results(
     captured = capsys.readouterr()
     assert captured.out.count("has 2 epochs, fewer than --epochs 3") == 5
     assert (kept / "baseline-cnn-seed0" / "result.json").exists()
+    # other settings than the kept runs': refused before any run, the folder as it was
+    before = {p: p.read_bytes() for p in sorted(kept.rglob("*")) if p.is_file()}
+    assert run("table1", kept, data_root, "--train-samples", "96") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {kept / 'baseline-cnn-seed0'} was trained with other settings "
+                   "(--train-samples 64 there, 96 now): give these settings another --out, or "
+                   f"remove {kept} to train them there")
+    assert {p: p.read_bytes() for p in sorted(kept.rglob("*")) if p.is_file()} == before
     # interrupted in the third run's second epoch, then started again
     interrupted = tmp_path / "interrupted"
     import capsnet.run.runner as runner

@@ -83,6 +83,17 @@ def test_the_networks_em_routing_equals_the_written_one_in_float32_at_the_papers
         assert torch.allclose(a, e, rtol=1e-3, atol=1e-5 * e.abs().max().item())
 
 
+@pytest.mark.parametrize("route", [em_routing, em_procedure])
+def test_em_routing_of_votes_equal_in_a_dimension_stays_finite_with_its_gradients(route):
+    """The votes' spread in a dimension is zero (a blank image, dead capsules): no 0/0."""
+    g = torch.Generator().manual_seed(0)
+    votes = 0.3 * torch.randn(2, 4, 25, 6, generator=g)
+    votes[..., 2] = 0.5  # every vote the same in dimension 2
+    activations, betas = torch.rand(2, 25, generator=g), torch.zeros(2, 4)
+    for value in em_outputs_and_gradients(route, votes, activations, *betas, 3):
+        assert torch.isfinite(value).all()
+
+
 @pytest.mark.parametrize("name", sorted(ROUTINGS))
 def test_every_routing_stays_in_float32_under_bf16_autocast(name):
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..records import EpochEnd, Progress, RunStart
-from .server import answers, credentials, start_background, url
+from .server import answers, credentials, is_visdom, start_background, url
 
 SAMPLES = 32  # test images shown beside their reconstructions
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
@@ -298,11 +298,18 @@ def attach(cfg: Any, start: RunStart) -> Dashboard | None:
     """Start a server if asked and none answers, then a Dashboard of the run that starts so:
     the caller adds it to the Trainer's listeners.
 
-    Returns None, after one warning, when the server was to be started and could not be.
+    Returns None, after one warning, when the server was to be started and could not be, or
+    when what answers at host:port is not Visdom.
     """
     env = cfg.visdom_env or Path(cfg.run_dir).name
-    page = f"{url(cfg.visdom_host, cfg.visdom_port)}/env/{env}"
-    if cfg.visdom_autostart and not answers(cfg.visdom_host, cfg.visdom_port):
+    address = url(cfg.visdom_host, cfg.visdom_port)
+    page = f"{address}/env/{env}"
+    if answers(cfg.visdom_host, cfg.visdom_port):
+        if not is_visdom(cfg.visdom_host, cfg.visdom_port):
+            print(f"warning: the server at {address} is not Visdom; training goes on without a "
+                  "dashboard (choose another --visdom-port)", file=sys.stderr)
+            return None
+    elif cfg.visdom_autostart:
         log = Path(cfg.run_dir) / "visdom.log"
         try:
             pid = start_background(cfg.visdom_host, cfg.visdom_port, log)

@@ -35,6 +35,18 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
     return True
 
 
+def is_visdom(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether the server at host:port serves Visdom's page (or its login page)."""
+    try:
+        with urllib.request.urlopen(url(host, port), timeout=timeout) as response:
+            page = response.read(1 << 16)
+    except urllib.error.HTTPError as error:
+        page = error.read(1 << 16) if error.fp else b""
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return b"visdom" in page.lower()
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

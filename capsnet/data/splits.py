@@ -6,7 +6,7 @@ import contextlib
 import zipfile
 from importlib import import_module
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -96,18 +96,42 @@ def fetch(entry: Dataset, root: str, folder: Path, train: bool, expected: str) -
                                                                     remove_finished=True)
             return
         source = getattr(torchvision.datasets, entry.download)
-        if entry.download == "SVHN":
+        if hasattr(source, "mirrors"):  # MNIST and its kin: this split's files alone
+            from_mirrors(source, folder, entry.files(train))
+        elif entry.download == "SVHN":
             source(str(folder), split="train" if train else "test", download=True)
         else:
             source(root, train=train, download=True)
     except (RuntimeError, OSError, AssertionError, ValueError, zipfile.BadZipFile) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = " ".join(str(error).split())[:400] or type(error).__name__
         for made in missing:
             try:
                 made.rmdir()  # only if empty
             except OSError:
                 break
         raise UserError(f"{entry.name} could not be downloaded ({expected}; {detail})") from None
+
+
+def from_mirrors(source: Any, folder: Path, needed: tuple[str, ...]) -> None:
+    """Each missing file of `needed` (names as kept, without .gz) from the first of a torchvision
+    dataset class's mirrors that serves it, checked against the class's md5 (the class itself
+    would download every split)."""
+    import torchvision
+    folder.mkdir(parents=True, exist_ok=True)
+    for archive, md5 in source.resources:
+        name = archive.removesuffix(".gz")
+        if name not in needed or present(folder / name):
+            continue
+        errors = []
+        for mirror in source.mirrors:
+            try:
+                torchvision.datasets.utils.download_and_extract_archive(
+                    mirror + archive, download_root=str(folder), filename=archive, md5=md5)
+                break
+            except (RuntimeError, OSError) as error:  # URLError is an OSError
+                errors.append(f"{mirror}{archive}: {error}")
+        else:
+            raise RuntimeError("; ".join(errors))
 
 
 def hold_out(split: Split | None, count: int, limit: int) -> tuple[Split | None, Split | None]:

@@ -42,6 +42,9 @@ from ..squashing import at_least_float32
 from .routed import Routed, iterations_checked
 
 EPS = 1e-4  # the floor of (sigma_j / sigma)^2: a class fed one vote keeps a finite cost
+# the floor of sigma^2: votes equal in a dimension (a blank image, dead capsules) leave its spread
+# zero, and ln(sigma_j^2 / sigma^2) would be 0/0
+SPREAD_FLOOR = 1e-8
 LAMBDA = 20.0  # lambda_t = LAMBDA (1 - 0.95^t): 1.0, 1.95, 2.85 for three iterations
 START = 0.1  # every a_j at the start, when the costs are near zero
 
@@ -97,7 +100,7 @@ def moments_of(votes: Tensor, activations: Tensor) -> tuple[Tensor, Tensor, Tens
     x = votes - centre[:, None, None]
     powers = torch.cat([x, x * x], dim=-1)
     spread = torch.einsum("bi,bjih->bh", weight, powers[..., votes.shape[-1]:])[:, None]
-    return powers, centre, spread
+    return powers, centre, spread.clamp_min(SPREAD_FLOOR)
 
 
 def em_routing(votes: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Tensor,

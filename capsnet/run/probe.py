@@ -67,7 +67,21 @@ def peak_resident() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """The probe process: SPEC (capsnet.run.footprint.spec_of, as JSON) in, the peaks out."""
+    try:
+        spec = json.loads(argv[0]) if len(argv) == 1 else None
+    except ValueError:
+        spec = None
+    if not isinstance(spec, dict):
+        print("usage: python -m capsnet.run.probe SPEC: the memory check before training runs "
+              "it, with SPEC the JSON of capsnet.run.footprint.spec_of", file=sys.stderr)
+        return 2
     from .memory import tune_allocator
     tune_allocator()  # as in the run it measures
-    print(json.dumps(probe(json.loads(sys.argv[1]))))
+    print(json.dumps(probe(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

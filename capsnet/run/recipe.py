@@ -48,19 +48,37 @@ def configure_precision(precision: str, device: torch.device,
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+class CompiledOrEager:
+    """A compiled model that falls back to the eager one, with one warning, the first time
+    compiling it fails (at any call: the compiler works when first called on a shape)."""
+
+    def __init__(self, model: nn.Module, compiled: Callable[..., CapsNetOutput]) -> None:
+        self.model, self.compiled = model, compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CapsNetOutput:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # the compiler's failures have many types
+                reason = (str(error).strip().splitlines() or [""])[0][:200]
+                print(f"warning: --compile failed ({type(error).__name__}: {reason}); running "
+                      "eager from here on", file=sys.stderr)
+                self.compiled = None
+        return self.model(*args, **kwargs)
+
+
 def compile_model(model: nn.Module, enabled: bool, mode: str = "default"
                   ) -> Callable[..., CapsNetOutput]:
     """torch.compile the model in `mode` (config.COMPILE_MODES) when asked; where compiling
-    fails, run eager with a warning."""
+    fails, run eager with one warning."""
     if not enabled:
         return model
     try:
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True  # fall back to eager on compile errors
         # capsnet.spectral's lru_cache'd DFT matrices are pure functions of sizes: tracing
         # through the cache is correct, so Dynamo's warning about it is noise here.
         warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
-        return torch.compile(model, mode=None if mode == "default" else mode)
+        return CompiledOrEager(model, torch.compile(model, mode=None if mode == "default"
+                                                    else mode))
     except Exception as error:  # torch.compile is missing or refuses this platform
         print(f"warning: --compile unavailable ({error}); running eager", file=sys.stderr)
         return model

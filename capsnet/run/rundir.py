@@ -59,6 +59,13 @@ class RunDir:
             raise UserError(f"--run-dir {self.path} already holds files; choose a new directory "
                             f"or continue that run with --resume {self.last}")
 
+    def continue_from(self, source: Path) -> None:
+        """Start this new directory of a resumed run with copies of the run's metrics.csv and
+        best.pt in `source`, which stays as it was."""
+        for name in (self.metrics.name, self.best.name):
+            if (source / name).is_file():
+                write_file(self.path / name, (source / name).read_bytes())
+
     def lock(self, new: bool) -> None:
         """Take the directory's lock for this process (for a `new` run, also check that the
         directory is still empty). A lock left by a process that is gone is taken over."""

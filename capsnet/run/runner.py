@@ -70,14 +70,20 @@ def train_run(given: dict[str, Any], resume: str | None = None,
               defaults: dict[str, Any] | None = None) -> RunResult:
     """Train a new run of the settings `given` (Config field -> value) over `defaults`, or
     resume the run of the checkpoint `resume` with `given` overriding its saved settings. Prints
-    the run's first and last lines; Ctrl-C or SIGTERM saves last.pt and exits with status 130."""
+    the run's first and last lines; Ctrl-C or SIGTERM saves last.pt and exits with status 130.
+    A resume continues in the checkpoint's directory, or in a new one that `given` names
+    (run_dir), which starts with copies of the run's metrics.csv and best.pt."""
     from .distributed import join
     from .rundir import RunDir
     from ..training import Trainer
     checkpoint = load_checkpoint(resume) if resume else None
+    source = Path(resume).parent if resume else None
+    elsewhere = bool(source and given.get("run_dir")
+                     and Path(given["run_dir"]).resolve() != source.resolve())
     if checkpoint is not None:
         cfg = resumed_settings(Config, checkpoint["config"],
-                               {**given, "run_dir": str(Path(resume).parent)}, defaults)
+                               {**given, "run_dir": given["run_dir"] if elsewhere
+                                else str(source)}, defaults)
     else:
         given = {**(defaults or {}), **given}
         cfg = Config(**given)
@@ -86,8 +92,10 @@ def train_run(given: dict[str, Any], resume: str | None = None,
         cfg.run_dir = world.broadcast(str(RunDir.create(cfg.run_dir).path) if world.main else "")
     run = RunDir(Path(cfg.run_dir))
     if world.main:
-        run.lock(new=checkpoint is None)
+        run.lock(new=checkpoint is None or elsewhere)  # a new directory must be empty
     try:
+        if world.main and elsewhere:
+            run.continue_from(source)
         trainer = Trainer(cfg, run, checkpoint, Path(resume) if resume else None,
                           allow_other_dataset, command_line(given, resume))
         if world.main:
@@ -140,13 +148,18 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
     held_out = (f", validating on {trainer.validator.batches.describe()} held out"
                 if trainer.validator else "")
     compiled = f"compiled ({cfg.compile_mode} mode)" if cfg.compile else "eager"
+    capped = [f"{flag(name)} {asked} is more than the {batches.count:,} there: all are used"
+              for name, asked, batches in (
+                  ("train_samples", cfg.train_samples, trainer.train_batches),
+                  ("test_samples", cfg.test_samples, trainer.evaluator.batches))
+              if asked > batches.count]
     print(f"capsnet: {cfg.dataset}, {cfg.model}, {trainer.train_images:,} training examples"
           f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
           f"{trainer.parameter_count:,} parameters, on {trainer.device} in "
           f"{precision_label(cfg.precision, trainer.device)}, "
           f"{compiled}; {processes}{memory}"
           f"epochs {trainer.position.epoch + 1}-{cfg.epochs}{resumed}"
-          + "".join(f"; {note}" for note in trainer.notes)
+          + "".join(f"; {note}" for note in [*capped, *trainer.notes])
           + f"; run directory {run.path}", flush=True)
 
 

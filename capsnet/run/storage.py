@@ -162,6 +162,9 @@ def load_checkpoint(path: str | Path, weights: bool = False) -> dict[str, Any]:
     With `weights`, a trained-weights file is taken too, and given back with float32 weights
     and only its WEIGHTS_PARTS."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory: name a file in it, its last.pt or "
+                        "best.pt")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (expected a last.pt or best.pt file)")
     try:

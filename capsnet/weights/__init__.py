@@ -52,7 +52,9 @@ def pretrained(name: str = "mnist", device: str | torch.device = "cpu",
                folder: Path = FOLDER) -> nn.Module:
     """The trained model `name` in eval mode on `device`, in float32: for MNIST a CapsNet taking
     (B, 1, 28, 28) images in [0, 1]; `model(images).lengths` are the (B, 10) class scores."""
-    from ..cli import resolve_device
     from ..run.storage import load_checkpoint
-    return model_of(load_checkpoint(path_of(name, folder), weights=True),
-                    resolve_device(str(device)))
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"pretrained({name!r}, device={str(device)!r}): no CUDA GPU is available "
+                        "here; use device='cpu'")
+    return model_of(load_checkpoint(path_of(name, folder), weights=True), device)

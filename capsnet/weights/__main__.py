@@ -85,18 +85,29 @@ def selected(checkpoint: dict[str, Any], best: bool) -> str:
 
 
 def ship(checkpoint_path: str, name: str, out: Path, device: str,
-         commands: list[str] | None = None) -> dict[str, Any]:
+         commands: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Write NAME.pt, NAME-metrics.csv and NAME.json into `out`; return the record. `commands`:
-    the train.py commands that made the run, when its checkpoint does not keep them."""
+    the train.py commands that made the run, when its checkpoint does not keep them. A model
+    already there is replaced only with `force`, and only once the new one passed its test."""
+    import os
+
     import torch
     from ..cli import PLACE_SETTINGS, device_name, resolve_device
     from ..errors import UserError
     from ..run.rundir import RunDir
     from ..run.runner import evaluate_run
-    from ..run.storage import load_checkpoint, make_dir, save_weights, write_file
+    from ..run.storage import WEIGHTS_FORMAT, load_checkpoint, make_dir, save_weights, write_file
     if not name.replace("-", "").isalnum():
         raise UserError(f"the name {name!r} is not allowed: use letters, digits and '-'")
-    checkpoint = load_checkpoint(checkpoint_path)
+    weights, curve = out / f"{name}.pt", out / f"{name}-metrics.csv"
+    existing = [path for path in (weights, curve, out / f"{name}.json") if path.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} exists: pass --force to replace the model {name!r} (it "
+                        "is replaced only once the new one has passed its test)")
+    checkpoint = load_checkpoint(checkpoint_path, weights=True)
+    if checkpoint.get("format") == WEIGHTS_FORMAT:
+        raise UserError(f"{checkpoint_path} is a shipped model (trained weights only), not a "
+                        "run's checkpoint: ship the run's last.pt (or best.pt)")
     run, best = Path(checkpoint_path).parent, Path(checkpoint_path).name == "best.pt"
     if best and not checkpoint["config"].get("validation_samples"):
         raise UserError(f"{checkpoint_path} was chosen on the test set (its run has no "
@@ -109,18 +120,20 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
     rows = [row for row in RunDir(run).read_metrics() if int(row["epoch"]) <= checkpoint["epoch"]]
     config = {k: v for k, v in checkpoint["config"].items() if k not in PLACE_SETTINGS}
     make_dir(out)
-    weights, curve = out / f"{name}.pt", out / f"{name}-metrics.csv"
-    try:
-        save_weights(weights, {**checkpoint, "config": config})
+    new_weights, new_curve = (path.with_name(path.name + ".new") for path in (weights, curve))
+    try:  # under other names until tested: a model already there stays whole until then
+        save_weights(new_weights, {**checkpoint, "config": config})
         text = io.StringIO()
         writer = csv.DictWriter(text, list(rows[0]) if rows else ["epoch"])
         writer.writeheader()
         writer.writerows(rows)
-        write_file(curve, text.getvalue().encode())
-        evaluation = evaluate_run([str(weights)], {"device": device}, report=False)
+        write_file(new_curve, text.getvalue().encode())
+        evaluation = evaluate_run([str(new_weights)], {"device": device}, report=False)
+        os.replace(new_weights, weights)
+        os.replace(new_curve, curve)
     except BaseException:
-        weights.unlink(missing_ok=True)  # no half-shipped model: nothing without its record
-        curve.unlink(missing_ok=True)
+        new_weights.unlink(missing_ok=True)
+        new_curve.unlink(missing_ok=True)
         raise
     record = {
         "name": name, "file": weights.name, "bytes": weights.stat().st_size,
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write (default: %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where to test the weights (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace a model of that name "
+                        "already in DIR (once the new one has passed its test)")
     parser.add_argument("--command", action="append", default=[], metavar="COMMAND",
                         help="a train.py command that made the run, in order (repeat): needed "
                         "only for a run resumed from a checkpoint that does not keep them; "
@@ -157,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> None:
-        record = ship(args.checkpoint, args.name, args.out, args.device, args.command)
+        record = ship(args.checkpoint, args.name, args.out, args.device, args.command,
+                      args.force)
         print(f"{args.out / record['file']}: {record['bytes'] / 2 ** 20:.1f} MiB, test accuracy "
               f"{record['test_accuracy']:.2f}% on {record['tested']} (epoch {record['epoch']}); "
               f"capsnet.pretrained({args.name!r}) loads it")
