@@ -7,13 +7,15 @@ from capsnet import devicecheck
 LABELS = ["fp32", "tf32", "bf16", "bf16 + compile", "bf16 + compile + CUDA graphs"]
 
 
-def test_a_dry_run_writes_every_part_into_five_files(tmp_path, data_root, monkeypatch):
+def test_a_dry_run_writes_every_part_into_eight_files(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("CAPSNET_DATA_DIR", str(data_root))
     out = tmp_path / "out"
     # a budget no busy machine runs out of: stopping at a share is the next test's
     assert devicecheck.main(["--out", str(out), "--budget", "3600", "--dry-run"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "curve.png", "device-check.json", "device-check.log", "rows.md", "runs.tar.gz"]
+        "curve.png", "device-check.json", "device-check.log", "paper-metrics.csv", "paper.json",
+        "paper.pt", "rows.md", "runs.tar.gz"]
+    assert (out / "paper.pt").stat().st_size < 16 * 2 ** 20  # what the device tool brings back
     results = json.loads((out / "device-check.json").read_text())
     assert results["dry_run"] and results["tests"]["exit"] == 0
     assert "skipped" in results["tests"]["summary"]  # no GPU here: test_cuda.py skips
@@ -40,6 +42,16 @@ def test_a_dry_run_writes_every_part_into_five_files(tmp_path, data_root, monkey
     assert "| bf16 + compile |  | no compile in a dry run" in rows
     assert "| MNIST, paper | 2 |" in rows and "| MNIST, official | 2 |" in rows
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the weights it brings back ship as a model of this package, scoring what they say
+    shipped = results["weights"]
+    assert shipped["file"] == "paper.pt" and shipped["epoch"] == 2
+    assert shipped["tested"] == "48 images"  # the whole test set, not the run's 32
+    assert f"{shipped['test_accuracy']:.2f}% on 48 images" in rows
+    from capsnet import weights
+    from capsnet.weights.__main__ import main as ship
+    assert ship([str(out / "paper.pt"), "mnist", "--out", str(tmp_path / "weights")]) == 0
+    assert weights.record_of("mnist", tmp_path / "weights")["test_accuracy"] == \
+        shipped["test_accuracy"]
     # the rows again from the results alone (as after a rerun of one part)
     again = tmp_path / "again"
     assert devicecheck.main(["--out", str(again), "--only", "rows", "--results",

@@ -68,12 +68,22 @@ def test_a_forced_ship_replaces_the_model_once_tested(shipped, tiny_checkpoints,
                                                           "tiny.pt"]
 
 
-def test_shipping_a_shipped_model_again_says_what_to_ship(shipped, tmp_path, capsys):
+def test_a_shipped_model_ships_again_under_another_name_with_its_record(shipped, tmp_path):
+    """As the device check's weights are shipped: a NAME.pt beside its NAME-metrics.csv."""
+    assert ship_main([str(shipped / "tiny.pt"), "again", "--out", str(tmp_path / "out")]) == 0
+    first, again = weights.record_of("tiny", shipped), weights.record_of("again", tmp_path / "out")
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["commands"] == first["commands"] and again["epoch"] == first["epoch"]
+
+
+def test_a_shipped_model_without_its_metrics_is_not_shipped(shipped, tmp_path, capsys):
+    (shipped / "tiny-metrics.csv").unlink()
     capsys.readouterr()
     assert ship_main([str(shipped / "tiny.pt"), "again", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {shipped / 'tiny.pt'} is a shipped model (trained weights only), not a run's "
-        "checkpoint: ship the run's last.pt (or best.pt)")
+        f"error: {shipped / 'tiny-metrics.csv'} does not exist: it is shipped beside the weights "
+        "(a run's metrics.csv, or a shipped model's NAME-metrics.csv)")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_resume_into_another_run_dir_continues_there_and_leaves_the_first_as_it_was(

@@ -120,13 +120,7 @@ class RunDir:
                    (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
 
     def read_metrics(self) -> list[dict[str, str]]:
-        if not self.metrics.exists():
-            return []
-        try:
-            with open(self.metrics, newline="") as f:
-                return list(csv.DictReader(f))
-        except OSError as error:
-            raise UserError(f"could not read {self.metrics} ({cause(error)})") from None
+        return read_rows(self.metrics)
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         text = io.StringIO()
@@ -145,3 +139,14 @@ class RunDir:
         """Add one epoch's row: the whole file is rewritten durably (it is small)."""
         formatted = {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
         self.write_metrics(self.read_metrics() + [formatted])
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics.csv ([] when there is none)."""
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError as error:
+        raise UserError(f"could not read {path} ({cause(error)})") from None

@@ -88,13 +88,15 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
          commands: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Write NAME.pt, NAME-metrics.csv and NAME.json into `out`; return the record. `commands`:
     the train.py commands that made the run, when its checkpoint does not keep them. A model
-    already there is replaced only with `force`, and only once the new one passed its test."""
+    already there is replaced only with `force`, and only once the new one passed its test.
+    The checkpoint may be a shipped model (OTHER.pt beside its OTHER-metrics.csv and, for its
+    commands, OTHER.json): the weights the device check brings back are shipped so."""
     import os
 
     import torch
     from ..cli import PLACE_SETTINGS, device_name, resolve_device
     from ..errors import UserError
-    from ..run.rundir import RunDir
+    from ..run.rundir import read_rows
     from ..run.runner import evaluate_run
     from ..run.storage import WEIGHTS_FORMAT, load_checkpoint, make_dir, save_weights, write_file
     if not name.replace("-", "").isalnum():
@@ -105,19 +107,22 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
         raise UserError(f"{existing[0]} exists: pass --force to replace the model {name!r} (it "
                         "is replaced only once the new one has passed its test)")
     checkpoint = load_checkpoint(checkpoint_path, weights=True)
-    if checkpoint.get("format") == WEIGHTS_FORMAT:
-        raise UserError(f"{checkpoint_path} is a shipped model (trained weights only), not a "
-                        "run's checkpoint: ship the run's last.pt (or best.pt)")
-    run, best = Path(checkpoint_path).parent, Path(checkpoint_path).name == "best.pt"
+    source = Path(checkpoint_path)
+    shipped = checkpoint.get("format") == WEIGHTS_FORMAT
+    best = not shipped and source.name == "best.pt"
     if best and not checkpoint["config"].get("validation_samples"):
         raise UserError(f"{checkpoint_path} was chosen on the test set (its run has no "
                         "--validation-samples), so its test accuracy is not a fair one: ship "
-                        f"{run / 'last.pt'}")
-    if not (run / "metrics.csv").is_file():
-        raise UserError(f"{run / 'metrics.csv'} does not exist: the checkpoint's run directory "
-                        "must hold its metrics.csv, shipped beside the weights")
+                        f"{source.parent / 'last.pt'}")
+    metrics = source.with_name(f"{source.stem}-metrics.csv" if shipped else "metrics.csv")
+    if not metrics.is_file():
+        raise UserError(f"{metrics} does not exist: it is shipped beside the weights (a run's "
+                        "metrics.csv, or a shipped model's NAME-metrics.csv)")
+    record_file = source.with_suffix(".json")
+    if shipped and not commands and record_file.is_file():
+        commands = json.loads(record_file.read_text()).get("commands")
     made_by = commands_of(checkpoint, commands or [])
-    rows = [row for row in RunDir(run).read_metrics() if int(row["epoch"]) <= checkpoint["epoch"]]
+    rows = [row for row in read_rows(metrics) if int(row["epoch"]) <= checkpoint["epoch"]]
     config = {k: v for k, v in checkpoint["config"].items() if k not in PLACE_SETTINGS}
     make_dir(out)
     new_weights, new_curve = (path.with_name(path.name + ".new") for path in (weights, curve))
