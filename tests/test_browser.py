@@ -36,9 +36,12 @@ def test_the_dashboard_renders_every_window_while_training(server, quick_args, t
     training = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120  # the dashboard creates its environment as it starts
-        while "browser" not in environments(server.port) and time.monotonic() < deadline:
+        # The dashboard creates its environment as it starts, before the first epoch ends: the
+        # wait goes on while the run has finished fewer than 5 (a ceiling stops a hang).
+        ceiling = time.monotonic() + 900
+        while "browser" not in environments(server.port):
             assert training.poll() is None, training.communicate()
+            assert epochs_done(run) < 5 and time.monotonic() < ceiling, "no environment"
             time.sleep(0.2)
         with Browser() as browser:
             browser.goto(f"http://127.0.0.1:{server.port}/env/browser")

@@ -9,7 +9,7 @@ import pytest
 
 import train
 from capsnet.dashboard.assets import PACKAGES, ensure_assets, missing_files, verify
-from capsnet.dashboard.dashboard import attach
+from capsnet.dashboard.dashboard import Dashboard, attach
 from capsnet.errors import UserError
 from capsnet.training import subscribe
 from capsnet.run.rundir import RunDir
@@ -132,7 +132,7 @@ def test_without_the_page_files_training_runs_with_one_message(quick_args, tmp_p
 
 
 def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
-        data_root, tmp_path, capsys):
+        data_root, tmp_path, capsys, monkeypatch):
     port = free_port()
     running = Server(port, tmp_path / "visdom").start()
     cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=32, threads=2,
@@ -147,6 +147,9 @@ def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
         if state["epoch"] == 2:
             running.start()
     subscribe(trainer.engine, "on_end_epoch", kill_then_restart)
+    # the sender has as long as it needs to catch up with the restarted server (a ceiling that
+    # only stops a hang), not close()'s 15 s
+    monkeypatch.setattr(Dashboard.close, "__defaults__", (600.0,))
     try:
         trainer.fit()
         err = capsys.readouterr().err

@@ -243,10 +243,12 @@ def test_npm_that_hangs_is_one_line(tmp_path, monkeypatch):
         assets.npm_pack(["jquery@3.1.1"], tmp_path, timeout=5)
 
 
-def test_a_server_that_does_not_answer_in_time_is_stopped(tmp_path):
+def test_a_server_that_does_not_answer_in_time_is_stopped(tmp_path, monkeypatch):
+    from capsnet.dashboard import server
     from capsnet.dashboard.server import answers, start_background
     from visdom_server import free_port
     port = free_port()
+    monkeypatch.setattr(server, "answers", lambda host, port: False)  # it never answers
     with pytest.raises(UserError, match="did not answer .* within 0 s and was stopped"):
         start_background("127.0.0.1", port, tmp_path / "visdom.log", str(tmp_path / "env"),
                          wait=0.1)

@@ -29,13 +29,17 @@ def test_freed_memory_is_kept_unless_turned_off(monkeypatch: pytest.MonkeyPatch,
     assert all(value == memory.KEEP_BELOW for _, value in libc.calls)
 
 
-def test_a_libc_without_mallopt_is_left_alone(monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("libc", ["missing", "without mallopt"])
+def test_a_libc_without_mallopt_is_left_alone_and_huge_pages_still_apply(
+        libc: str, monkeypatch: pytest.MonkeyPatch):
     def missing(name: str) -> None:
         raise OSError(name)
-    monkeypatch.setattr(ctypes, "CDLL", missing)
+    monkeypatch.setattr(ctypes, "CDLL", missing if libc == "missing" else lambda name: object())
     monkeypatch.setattr(memory.sys, "platform", "linux")
     monkeypatch.delenv("CAPSNET_KEEP_FREED_MEMORY", raising=False)
-    memory.tune_allocator()  # no error
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    memory.tune_allocator()  # no error escapes
+    assert memory.os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
 
 
 def test_importing_capsnet_changes_nothing_in_the_process():
