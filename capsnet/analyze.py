@@ -38,12 +38,12 @@ class Predictions:
     K digits per image (MultiMNIST)."""
     images: Tensor  # (N, C, H, W)
     labels: Tensor  # (N,) or (N, K)
-    lengths: Tensor  # (N, classes)
+    scores: Tensor  # (N, classes): the class scores (CapsNetOutput.scores)
 
     @functools.cached_property
     def hits(self) -> tuple[Tensor, Tensor]:
         """Which labels are predicted, (N, K), and the prediction in each label's slot."""
-        return hits(self.lengths, self.labels)
+        return hits(self.scores, self.labels)
 
     @property
     def predicted(self) -> Tensor:
@@ -64,13 +64,13 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: CapsNet, batches: Any) -> Predictions:
-    images, labels, lengths = [], [], []
+    images, labels, scores = [], [], []
     for sample in tqdm(batches, desc="test set", unit="batch", leave=False):
         sample = sample.real()
         images.append(sample.images.cpu())
         labels.append(sample.labels.cpu())
-        lengths.append(model(sample.images).lengths.float().cpu())
-    return Predictions(torch.cat(images), torch.cat(labels), torch.cat(lengths))
+        scores.append(model(sample.images).scores.float().cpu())
+    return Predictions(torch.cat(images), torch.cat(labels), torch.cat(scores))
 
 
 @dataclass
@@ -149,7 +149,7 @@ def figure_perturbation(ctx: Context) -> Any:
 def mistakes(pred: Predictions) -> Tensor:
     """Indices of the wrong predictions, the most confident (longest capsule) first."""
     wrong = (~pred.right).nonzero().flatten()
-    confidence = pred.lengths[wrong].max(dim=1).values
+    confidence = pred.scores[wrong].max(dim=1).values
     return wrong[confidence.argsort(descending=True)][:MISTAKES]
 
 
@@ -170,8 +170,8 @@ def figure_mistakes(ctx: Context) -> Any:
     if labels.dim() == 2:  # two digits: both reconstructions on one image, in two colours
         images, rebuilt = images.expand(-1, 3, -1, -1), [overlay(r) for r in rebuilt]
     grid = torch.stack([images, *rebuilt], dim=1)
-    lengths = pred.lengths[index]
-    names = [f"{names_of(p, classes, lengths[i])} / true {names_of(t, classes, lengths[i])}"
+    scores = pred.scores[index]
+    names = [f"{names_of(p, classes, scores[i])} / true {names_of(t, classes, scores[i])}"
              for i, (p, t) in enumerate(zip(predicted, labels))]
     fig, ax = plt.subplots(figsize=(6, 0.55 * len(index) + 1))
     image_axes(ax, grid, ["input", "as\npredicted", "as true\nclass"], names)
@@ -180,9 +180,9 @@ def figure_mistakes(ctx: Context) -> Any:
     return fig
 
 
-def names_of(labels: Tensor, classes: tuple[str, ...], lengths: Tensor | None = None) -> str:
-    """One example's class or classes in words ("7", "3+7"), with their capsule lengths."""
-    return "+".join(classes[k] + ("" if lengths is None else f" {lengths[k]:.2f}")
+def names_of(labels: Tensor, classes: tuple[str, ...], scores: Tensor | None = None) -> str:
+    """One example's class or classes in words ("7", "3+7"), with their scores."""
+    return "+".join(classes[k] + ("" if scores is None else f" {scores[k]:.2f}")
                     for k in labels.view(-1).tolist())
 
 
@@ -247,7 +247,7 @@ def figure_routing(ctx: Context) -> Any:
 def figure_lengths(ctx: Context) -> Any:
     import matplotlib.pyplot as plt
     pred = ctx.pred
-    winning = pred.lengths.max(dim=1).values
+    winning = pred.scores.max(dim=1).values
     right = pred.right
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = torch.linspace(0, 1, 41).numpy()

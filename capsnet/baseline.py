@@ -9,8 +9,8 @@ official: two 5x5 "same" convolutions of 512 and 256 channels, each with ReLU an
 
 One label per image: softmax with cross-entropy. Two (MultiMNIST): a sigmoid per class with a
 binary cross-entropy on both labels, the two largest outputs predicted. The class scores are
-returned as `lengths` (softmax or sigmoid probabilities), so the meters, the ensemble and --eval
-treat them as capsule lengths.
+returned as `scores` (softmax or sigmoid probabilities), as CapsNet's, so the meters, the ensemble
+and --eval treat them alike.
 """
 from __future__ import annotations
 
@@ -26,10 +26,15 @@ WIDTHS = {"paper": ((256, 256, 128), (328, 192)), "official": ((512, 256), (1024
 
 
 class BaselineOutput(NamedTuple):
-    lengths: Tensor  # (B, classes): class probabilities (softmax; sigmoid for two labels)
+    scores: Tensor  # (B, classes): class probabilities (softmax; sigmoid for two labels)
     logits: Tensor  # (B, classes)
     reconstructions: None = None  # no decoder
     coupling: None = None  # no routing
+
+    @property
+    def lengths(self) -> Tensor:
+        """The class scores under their earlier name."""
+        return self.scores
 
 
 def widths(text: str, what: str) -> tuple[int, ...]:
@@ -81,8 +86,8 @@ class Baseline(nn.Module):
 
 class BaselineLoss(nn.Module):
     """Cross-entropy of the softmax for one label; for two, the binary cross-entropy of each
-    class's sigmoid against the two labels, summed over classes. Reported as the `margin` part
-    (the classification loss); the reconstruction part is 0."""
+    class's sigmoid against the two labels, summed over classes. Reported as the `score_loss`
+    part (the classification loss); the reconstruction part is 0."""
 
     def parts(self, targets: Tensor, labels: Tensor, output: BaselineOutput,
               weights: Tensor | None = None) -> LossParts:

@@ -142,7 +142,7 @@ def probe_lengths(parts: Any) -> torch.Tensor:
     images = next(iter(parts.test_batches)).images
     parts.model.eval()
     with torch.inference_mode(), parts.autocast():
-        lengths = parts.eval_network(images).lengths[:PROBE]
+        lengths = parts.eval_network(images).scores[:PROBE]
     return lengths.float().cpu()
 
 

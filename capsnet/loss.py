@@ -70,12 +70,17 @@ def batch_mean(values: Tensor, weights: Tensor | None) -> Tensor:
 
 
 class LossParts(NamedTuple):
-    margin: Tensor  # batch mean of the loss on the class scores (margin, spread, cross-entropy)
+    score_loss: Tensor  # batch mean of the loss on the class scores (margin, spread, cross-entropy)
     reconstruction: Tensor  # batch mean of the weighted reconstruction loss
 
     @property
     def total(self) -> Tensor:
-        return self.margin + self.reconstruction
+        return self.score_loss + self.reconstruction
+
+    @property
+    def margin(self) -> Tensor:
+        """The score loss under its earlier name."""
+        return self.score_loss
 
 
 class CapsuleLoss(nn.Module):
@@ -103,11 +108,11 @@ class CapsuleLoss(nn.Module):
                 raise ValueError("the cross-entropy needs a routing that gives class logits")
             margin = cross_entropy(output.logits, labels)
         elif self.spread is not None:
-            margin = spread_loss(output.lengths, labels, spread_margin(self.spread()))
+            margin = spread_loss(output.scores, labels, spread_margin(self.spread()))
         else:
-            margin = margin_loss(output.lengths, labels, self.m_plus, self.m_minus, self.lambda_)
+            margin = margin_loss(output.scores, labels, self.m_plus, self.m_minus, self.lambda_)
             if self.class_mean:
-                margin = 0.5 * margin / output.lengths.shape[1]
+                margin = 0.5 * margin / output.scores.shape[1]
         sse = reconstruction_loss(targets, output.reconstructions)
         return LossParts(batch_mean(margin, weights),
                          self.reconstruction_weight * batch_mean(sse, weights))

@@ -11,7 +11,8 @@ from torchnet.meter import AverageValueMeter, ConfusionMeter
 from .model import CapsNetOutput, predict
 
 
-AVERAGES = ("loss", "margin", "reconstruction", "correct", "partly")
+AVERAGES = ("loss", "score_loss", "reconstruction", "correct", "partly")
+EARLIER = {"score_loss": "margin"}  # meter names in checkpoints of earlier versions
 
 
 def swapped(predicted: Tensor, labels: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def align_reconstructions(output: CapsNetOutput, labels: Tensor) -> CapsNetOutpu
     """A test pass's two reconstructions per example (masked by the predicted classes, in
     ascending order) put in the slots of the labels they match, so that each predicted digit is
     scored against the true digit of its class whenever that class is present."""
-    swap = swapped(predict(output.lengths, 2), labels)[:, None, None, None, None]
+    swap = swapped(predict(output.scores, 2), labels)[:, None, None, None, None]
     return output._replace(reconstructions=torch.where(swap, output.reconstructions.flip(1),
                                                        output.reconstructions))
 
@@ -63,22 +64,22 @@ class Meters:
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.loss = AverageValueMeter()
-        self.margin = AverageValueMeter()
+        self.score_loss = AverageValueMeter()
         self.reconstruction = AverageValueMeter()
         self.correct = AverageValueMeter()  # sum: examples all right; n: examples
         self.partly = AverageValueMeter()  # sum: examples with at least one label right
         self.confusion = ConfusionMeter(num_classes)
         self.sums: Tensor | None = None  # (3 + classes^2,) on the device: see add()
-        self.pending: list[Tensor] = []  # each queued batch's (margin, reconstruction) means
+        self.pending: list[Tensor] = []  # each queued batch's (score loss, reconstruction) means
 
-    def add(self, lengths: Tensor, labels: Tensor, parts: Any, weights: Tensor | None = None
+    def add(self, scores: Tensor, labels: Tensor, parts: Any, weights: Tensor | None = None
             ) -> None:
-        """Count one batch: lengths (B, classes), labels (B,) or (B, 2), its loss parts (batch
+        """Count one batch: class scores (B, classes), labels (B,) or (B, 2), its loss parts (batch
         means, LossParts), weights (B,) 1 for the examples that count (None: all)."""
         if weights is None:
             weights = torch.ones(len(labels), device=labels.device)
         weights = weights.detach().to(torch.float64)
-        right, predicted = hits(lengths.detach(), labels)
+        right, predicted = hits(scores.detach(), labels)
         n = weights.sum()
         counted = torch.stack([n, (right.all(dim=1) * weights).sum(),
                                (right.any(dim=1) * weights).sum()])  # examples, right, partly
@@ -88,7 +89,7 @@ class Meters:
                                     device=n.device)
         self.sums[:3] += counted
         self.sums[3:].index_add_(0, cells, weights.repeat_interleave(right.shape[1]))
-        means = torch.stack([parts.margin.detach(), parts.reconstruction.detach()]).float()
+        means = torch.stack([parts.score_loss.detach(), parts.reconstruction.detach()]).float()
         self.pending.append(torch.cat([means, n.float()[None]]))  # a new tensor: safe to keep
 
     def flush(self) -> int | None:
@@ -102,7 +103,7 @@ class Meters:
 
     def fetch(self) -> Tensor:
         """Everything counted since the last flush, in one transfer to the host (the one wait
-        for the device): each batch's (margin, reconstruction, examples), then the sums."""
+        for the device): each batch's (score loss, reconstruction, examples), then the sums."""
         both = torch.cat([torch.stack(self.pending).flatten().double(), self.sums]).cpu()
         self.sums = None
         return both
@@ -113,12 +114,12 @@ class Meters:
         rows = fetched[:3 * len(self.pending)].view(-1, 3).tolist()
         sums = fetched[3 * len(self.pending):]
         self.pending.clear()
-        bad = next((k for k, (margin, reconstruction, _) in enumerate(rows)
-                    if not math.isfinite(margin + reconstruction)), None)
-        for margin, reconstruction, n in rows:
-            self.margin.add(margin * n, n)
+        bad = next((k for k, (score, reconstruction, _) in enumerate(rows)
+                    if not math.isfinite(score + reconstruction)), None)
+        for score, reconstruction, n in rows:
+            self.score_loss.add(score * n, n)
             self.reconstruction.add(reconstruction * n, n)
-            self.loss.add((margin + reconstruction) * n, n)
+            self.loss.add((score + reconstruction) * n, n)
         examples, right, partly = sums[:3].tolist()
         self.correct.add(right, examples)
         self.partly.add(partly, examples)
@@ -126,7 +127,7 @@ class Meters:
         return bad
 
     def reset(self) -> None:
-        for meter in (self.loss, self.margin, self.reconstruction, self.correct, self.partly,
+        for meter in (self.loss, self.score_loss, self.reconstruction, self.correct, self.partly,
                       self.confusion):
             meter.reset()
         self.pending.clear()
@@ -142,13 +143,13 @@ class Meters:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
         for name in AVERAGES:
-            vars(getattr(self, name)).update(state[name])
+            vars(getattr(self, name)).update(state[name if name in state else EARLIER[name]])
         self.confusion.conf[...] = state["confusion"].numpy()
 
     def totals(self) -> Totals:
         """What the meters counted, flushed."""
         self.flush()
-        return Totals(self.loss.sum, self.margin.sum, self.reconstruction.sum, self.loss.n,
+        return Totals(self.loss.sum, self.score_loss.sum, self.reconstruction.sum, self.loss.n,
                       self.correct.n - self.correct.sum, self.correct.n, self.partly.sum,
                       torch.from_numpy(self.confusion.conf).to(torch.float64))
 
@@ -158,7 +159,7 @@ class Totals(NamedTuple):
     counts, and the confusion matrix (rows: true class). `vector()` and `of()` carry them through
     one sum across processes."""
     loss: float  # summed over examples
-    margin: float
+    score_loss: float
     reconstruction: float
     examples: float  # examples the loss parts were summed over
     errors: float  # examples not (all) right
@@ -177,11 +178,11 @@ class Totals(NamedTuple):
         return cls(*vector[:counts].tolist(), vector[counts:].view(classes, classes))
 
     def summary(self, objects: int = 1) -> dict[str, float]:
-        """Mean loss, margin and reconstruction parts, and accuracy in percent; for `objects` > 1
+        """Mean loss, score loss and reconstruction parts, and accuracy in percent; for `objects` > 1
         labels per example, accuracy is of whole examples (all labels right) and at_least_one
         the percentage with at least one right."""
         n, count = max(self.examples, 1), max(self.counted, 1)
-        summary = {"loss": self.loss / n, "margin": self.margin / n,
+        summary = {"loss": self.loss / n, "score_loss": self.score_loss / n,
                    "reconstruction": self.reconstruction / n,
                    "accuracy": 100.0 * (1.0 - self.errors / count)}
         if objects > 1:
@@ -189,7 +190,7 @@ class Totals(NamedTuple):
         return summary
 
     def finite(self) -> bool:
-        return all(math.isfinite(v) for v in (self.loss, self.margin, self.reconstruction))
+        return all(math.isfinite(v) for v in (self.loss, self.score_loss, self.reconstruction))
 
 
 def accuracy_text(summary: dict[str, float]) -> str:

@@ -107,11 +107,18 @@ def official_init(model: nn.Module) -> None:
 
 
 class CapsNetOutput(NamedTuple):
-    lengths: Tensor  # (B, classes): the class scores in [0, 1] (the capsules' lengths)
+    # (B, classes) in [0, 1]: Routed.scores, the class scores (the capsules' lengths |v_j| for
+    # dynamic routing; a sigmoid or an EM activation for others)
+    scores: Tensor
     poses: Tensor  # (B, classes, 16): the digit capsules v_j
     reconstructions: Tensor  # like the input images, in [0, 1]; (B, K, C, H, W) for K digits
     coupling: Tensor | None = None  # (B, classes, in_caps): c_ij of the last routing iteration
     logits: Tensor | None = None  # (B, classes): Routed.logits, from a routing that has them
+
+    @property
+    def lengths(self) -> Tensor:
+        """The class scores under their earlier name."""
+        return self.scores
 
 
 RECIPES = ("paper", "official")

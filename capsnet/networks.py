@@ -101,5 +101,5 @@ class Ensemble(nn.Module):
     def forward(self, images: Tensor, labels: Tensor | None = None,
                 objects: int = 1) -> CapsNetOutput:
         outputs = [member(images, labels, objects) for member in self.members]
-        lengths = torch.stack([output.lengths for output in outputs]).mean(dim=0)
-        return outputs[0]._replace(lengths=lengths)
+        scores = torch.stack([output.scores for output in outputs]).mean(dim=0)
+        return outputs[0]._replace(scores=scores)

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             with torch.inference_mode():
                 output = model(prepared.tensor[None].to(device), None, objects)
-            result = {"image": image, **describe(output.lengths[0].float().cpu(), classes,
+            result = {"image": image, **describe(output.scores[0].float().cpu(), classes,
                                                  objects, config.get("model", "capsnet")),
                       "done": prepared.done}
             if args.out and output.reconstructions is not None:

@@ -85,7 +85,7 @@ def forward_step(network: Callable[..., Any], criterion: nn.Module,
 def add_to_meters(meters: Meters, state: dict) -> None:
     sample: Sample = state["sample"]
     step: Step = state["output"]
-    meters.add(step.output.lengths, sample.labels, step.parts, sample.weights)
+    meters.add(step.output.scores, sample.labels, step.parts, sample.weights)
 
 
 class Evaluator:

@@ -32,7 +32,7 @@ def test_perturbation_middle_column_is_the_plain_reconstruction(model, images):
     assert grid.shape == (16, 11, 1, 28, 28)
     with torch.no_grad():
         plain = model(images[:1]).reconstructions[0]  # masked by the predicted class
-    assert predicted == int(model(images[:1]).lengths.argmax())
+    assert predicted == int(model(images[:1]).scores.argmax())
     for row in range(16):
         assert torch.allclose(grid[row, 5], plain, atol=1e-6)
     assert not torch.allclose(grid[0, 0], plain, atol=1e-4)  # the tweaks change the image

@@ -60,13 +60,13 @@ def test_the_baseline_losses_by_hand():
     # -log softmax: example 0: log(e^2 + 2) - 2; example 1: log(1 + 2e) - 1
     expected = ((torch.log(torch.tensor(2.0).exp() + 2) - 2)
                 + (torch.log(1 + 2 * torch.tensor(1.0).exp()) - 1)) / 2
-    assert torch.isclose(parts.margin, expected) and parts.reconstruction == 0
+    assert torch.isclose(parts.score_loss, expected) and parts.reconstruction == 0
     two = BaselineOutput(torch.sigmoid(logits), logits)
     parts = BaselineLoss().parts(None, torch.tensor([[0, 1], [1, 2]]), two)
     softplus = torch.nn.functional.softplus  # BCE: softplus(-z) if present, softplus(z) if not
     expected = ((softplus(-logits[0, :2]).sum() + softplus(logits[0, 2]))
                 + (softplus(logits[1, 0]) + softplus(-logits[1, 1:]).sum())) / 2
-    assert torch.isclose(parts.margin, expected)
+    assert torch.isclose(parts.score_loss, expected)
 
 
 @pytest.mark.parametrize("widths", ["x,1", "8,0", ""])

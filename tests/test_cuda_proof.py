@@ -160,7 +160,7 @@ def test_a_training_batch_waits_for_nothing_on_cuda_and_a_logging_flush_once():
             for sample in device.serve_plan(plan):
                 output = model(sample.images, sample.labels)
                 parts = criterion.parts(sample.targets, sample.labels, output, sample.weights)
-                meters.add(output.lengths, sample.labels, parts, sample.weights)
+                meters.add(output.scores, sample.labels, parts, sample.weights)
             in_batches = list(syncs.calls)
             meters.fetch()
         assert in_batches == []

@@ -21,8 +21,9 @@ from visdom_server import ROOT, Server, client, free_port
 
 LINES = {"loss": ["train (running)", "train", "test"],
          "accuracy": ["train (running)", "train", "test"],
-         "parts": ["train margin (running)", "train reconstruction (running)", "train margin",
-                   "train reconstruction", "test margin", "test reconstruction"],
+         "parts": ["train score loss (running)", "train reconstruction (running)",
+                   "train score loss", "train reconstruction", "test score loss",
+                   "test reconstruction"],
          "lr": ["lr"], "throughput": ["train (running)", "train"]}
 
 
@@ -254,7 +255,7 @@ def test_a_short_epoch_still_draws_its_training_lines(server, quick_args):
     still holds the epoch's training line."""
     args = dashboard_args(quick_args, server.port, "short", epochs=2)
     assert train.main(replace(args, "--visdom-every", "100")) == 0
-    for name, trace in (("loss", "train"), ("parts", "train margin"),
+    for name, trace in (("loss", "train"), ("parts", "train score loss"),
                         ("parts", "train reconstruction"), ("lr", "lr"),
                         ("throughput", "train"), ("accuracy", "train")):
         assert traces(server.port, "short", name)[trace] == [1.0, 2.0], (name, trace)

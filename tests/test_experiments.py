@@ -142,7 +142,7 @@ def test_two_target_margin_and_reconstruction_terms_by_hand():
     # slot 0: 15 x 0.0625 + 0.5625 = 1.5; slot 1: 15 x 0.0625 + 0.0625 = 1.0; sum 2.5
     output = CapsNetOutput(lengths, torch.zeros(1, 10, 16), reconstructions)
     parts = CapsuleLoss().parts(targets, labels, output)
-    assert torch.isclose(parts.margin, torch.tensor(0.065))
+    assert torch.isclose(parts.score_loss, torch.tensor(0.065))
     assert torch.isclose(parts.reconstruction, torch.tensor(0.0005 * 2.5))
 
 
@@ -158,8 +158,8 @@ def test_the_decoder_runs_once_per_digit_masked_by_its_class():
             alone = model.reconstruct(output.poses, labels[:, slot])
             assert torch.allclose(output.reconstructions[:, slot], alone, atol=1e-6)
         tested = model(images, None, 2)  # at test: the two longest capsules, ascending
-        assert torch.equal(predict(tested.lengths, 2),
-                           tested.lengths.topk(2).indices.sort(dim=1).values)
+        assert torch.equal(predict(tested.scores, 2),
+                           tested.scores.topk(2).indices.sort(dim=1).values)
 
 
 def pair_meters(lengths: list[list[float]], labels: list[list[int]]) -> Meters:

@@ -45,7 +45,7 @@ def test_the_installed_package_loads_its_model_and_predicts_from_an_empty_direct
     digit[4:24, 12:16] = 255  # a "1"
     Image.fromarray(digit.numpy()).save(tmp_path / "one.png")
     done = run(["-c", "import capsnet, torch; print(capsnet.__file__); "
-                "print(capsnet.pretrained('mnist')(torch.rand(2, 1, 28, 28)).lengths.shape)"],
+                "print(capsnet.pretrained('mnist')(torch.rand(2, 1, 28, 28)).scores.shape)"],
                tmp_path, installed)
     assert done.returncode == 0, done.stderr
     where, shape = done.stdout.splitlines()

@@ -30,7 +30,7 @@ def test_capsule_loss_is_the_batch_mean_of_margin_plus_weighted_reconstruction()
     output = CapsNetOutput(lengths, torch.zeros(2, 3, 16), reconstructions)
     labels = torch.tensor([0, 2])
     parts = CapsuleLoss().parts(images, labels, output)
-    assert parts.margin.item() == pytest.approx((0.03 + 0.45125) / 2)
+    assert parts.score_loss.item() == pytest.approx((0.03 + 0.45125) / 2)
     assert parts.reconstruction.item() == pytest.approx(0.0005 * (1.0 + 4.0) / 2)
     assert CapsuleLoss()(images, labels, output).item() == pytest.approx(
         (0.03 + 0.45125) / 2 + 0.0005 * 2.5)
@@ -45,7 +45,7 @@ def test_official_recipe_margin_is_a_twentieth_of_the_papers_for_ten_classes():
     images, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 5, 9])
     paper = CapsuleLoss().parts(images, labels, output)
     official = CapsuleLoss(class_mean=True).parts(images, labels, output)
-    assert torch.allclose(official.margin, paper.margin / 20)
+    assert torch.allclose(official.score_loss, paper.score_loss / 20)
     assert torch.equal(official.reconstruction, paper.reconstruction)
 
 
@@ -69,11 +69,11 @@ def test_a_filled_up_batch_gives_the_loss_gradients_and_counts_of_its_own_exampl
         parts = criterion.parts(batch_images, batch_labels, output, batch_weights)
         parts.total.backward()
         meters = Meters(10)
-        meters.add(output.lengths, batch_labels, parts, batch_weights)
+        meters.add(output.scores, batch_labels, parts, batch_weights)
         totals = meters.totals()
         results.append((parts, [p.grad.clone() for p in model.parameters()], totals))
     (short, short_grads, short_totals), (full, full_grads, full_totals) = results
-    assert torch.allclose(full.margin, short.margin, rtol=1e-6)
+    assert torch.allclose(full.score_loss, short.score_loss, rtol=1e-6)
     assert torch.allclose(full.reconstruction, short.reconstruction, rtol=1e-6)
     for a, b in zip(full_grads, short_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
@@ -110,7 +110,7 @@ def test_the_spread_loss_follows_the_optimiser_steps_of_the_run():
                            torch.zeros(1, 1, 2, 2))
     losses = []
     for _ in range(6):
-        losses.append(criterion.parts(torch.zeros(1, 1, 2, 2), torch.tensor([0]), output).margin)
+        losses.append(criterion.parts(torch.zeros(1, 1, 2, 2), torch.tensor([0]), output).score_loss)
         optimizer.step()
         scheduler.step()
     # a_t - a_i = 0: the loss is m^2, m = 0.2, 0.375, 0.55, 0.725, 0.9, 0.9

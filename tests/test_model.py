@@ -10,25 +10,25 @@ def test_output_shapes_and_range():
     model = CapsNet()
     images = torch.rand(3, 1, 28, 28)
     out = model(images, torch.tensor([1, 2, 3]))
-    assert out.lengths.shape == (3, 10)
+    assert out.scores.shape == (3, 10)
     assert out.poses.shape == (3, 10, 16)
     assert out.reconstructions.shape == images.shape
     assert 0 <= out.reconstructions.min() and out.reconstructions.max() <= 1
-    assert torch.allclose(out.lengths, out.poses.norm(dim=-1))
-    assert (out.lengths < 1).all()
+    assert torch.allclose(out.scores, out.poses.norm(dim=-1))
+    assert (out.scores < 1).all()
 
 
 def test_batch_of_one_trains():
     model = CapsNet()
     out = model(torch.rand(1, 1, 28, 28), torch.tensor([4]))
-    assert out.lengths.shape == (1, 10) and out.reconstructions.shape == (1, 1, 28, 28)
-    out.lengths.sum().backward()
+    assert out.scores.shape == (1, 10) and out.reconstructions.shape == (1, 1, 28, 28)
+    out.scores.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_shapes_follow_the_dataset():
     out = CapsNet(in_channels=3, image_size=32, num_classes=5)(torch.rand(2, 3, 32, 32))
-    assert out.lengths.shape == (2, 5) and out.reconstructions.shape == (2, 3, 32, 32)
+    assert out.scores.shape == (2, 5) and out.reconstructions.shape == (2, 3, 32, 32)
 
 
 def test_parameter_count_matches_the_paper():
@@ -112,7 +112,7 @@ def test_decoder_is_masked_by_labels_in_training_and_by_prediction_otherwise():
     torch.manual_seed(0)
     model = CapsNet()
     images = torch.rand(2, 1, 28, 28)
-    predicted = model(images).lengths.argmax(dim=1)
+    predicted = model(images).scores.argmax(dim=1)
     other = (predicted + 1) % 10
     by_prediction = model(images).reconstructions
     assert torch.allclose(model(images, predicted).reconstructions, by_prediction)
@@ -146,8 +146,8 @@ def test_the_model_runs_in_float64():
     torch.manual_seed(0)
     model = CapsNet().double()
     out = model(torch.rand(2, 1, 28, 28, dtype=torch.float64), torch.tensor([3, 4]))
-    assert out.lengths.dtype == out.poses.dtype == out.reconstructions.dtype == torch.float64
-    out.lengths.sum().backward()
+    assert out.scores.dtype == out.poses.dtype == out.reconstructions.dtype == torch.float64
+    out.scores.sum().backward()
     assert model.digits.weight.grad.dtype == torch.float64
 
 
@@ -228,6 +228,6 @@ def test_none_of_the_above_routing_takes_probability_mass():
 def test_17x17_is_the_smallest_image_capsnet_takes():
     import pytest
     model = CapsNet(image_size=17, conv1_channels=8, primary_types=2)
-    assert model(torch.rand(2, 1, 17, 17)).lengths.shape == (2, 10)
+    assert model(torch.rand(2, 1, 17, 17)).scores.shape == (2, 10)
     with pytest.raises(ValueError, match=r"images of 16x16 are too small for CapsNet \(>= 17\)"):
         CapsNet(image_size=16, conv1_channels=8, primary_types=2)

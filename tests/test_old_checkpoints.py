@@ -47,6 +47,10 @@ def test_an_old_checkpoint_resumes_for_another_epoch(old_run, old_data, capsys):
     with open(old_run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["epoch"]) for row in rows] == [1, 2]
+    with open(OLD / "metrics.csv", newline="") as f:
+        first = next(csv.DictReader(f))  # its earlier column names: train_margin, test_margin
+    assert rows[0]["train_score_loss"] == first["train_margin"]
+    assert rows[0]["test_score_loss"] == first["test_margin"]
     assert "resumed from" in capsys.readouterr().out
 
 
@@ -59,4 +63,21 @@ def test_an_old_checkpoint_ships_and_loads_as_a_pretrained_model(old_run, old_da
     # float16 weights: one image of 48 may change its class
     assert abs(record["test_accuracy"] - recorded_test_accuracy()) <= 100 / 48 + 0.01
     model = capsnet.pretrained("tiny", folder=out)
-    assert model(torch.rand(2, 1, 28, 28)).lengths.shape == (2, 10)
+    assert model(torch.rand(2, 1, 28, 28)).scores.shape == (2, 10)
+
+
+def test_the_earlier_names_of_the_scores_and_the_score_loss_still_work():
+    from capsnet.loss import CapsuleLoss
+    from capsnet.meters import Meters
+    model = capsnet.pretrained("mnist")
+    output = model(torch.rand(2, 1, 28, 28))
+    assert output.lengths is output.scores
+    parts = CapsuleLoss().parts(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), output)
+    assert parts.margin is parts.score_loss
+    meters = Meters(10)  # a mid-epoch checkpoint of an earlier version names a meter "margin"
+    meters.add(output.scores, torch.tensor([0, 1]), parts)
+    state = meters.state_dict()
+    state["margin"] = state.pop("score_loss")
+    restored = Meters(10)
+    restored.load_state_dict(state)
+    assert restored.totals().summary() == meters.totals().summary()

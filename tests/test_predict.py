@@ -51,7 +51,7 @@ def test_an_image_in_the_datasets_form_gets_the_models_own_prediction(checkpoint
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     model, classes = model_of(checkpoints["capsnet"])
     with torch.no_grad():
-        lengths = model(images.float().div(255)[:, None]).lengths
+        lengths = model(images.float().div(255)[:, None]).scores
     for result, row in zip(results, lengths):
         assert result["prediction"] == [classes[int(row.argmax())]]
         assert result["top"][0]["score"] == pytest.approx(float(row.max()), abs=1e-4)

@@ -34,7 +34,7 @@ def test_the_shipped_mnist_model_is_a_float32_capsnet_in_eval_mode_on_the_cpu():
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
     with torch.inference_mode():
         output = model(torch.rand(3, 1, 28, 28))
-    assert output.lengths.shape == (3, 10) and bool((output.lengths <= 1).all())
+    assert output.scores.shape == (3, 10) and bool((output.scores <= 1).all())
     assert output.reconstructions.shape == (3, 1, 28, 28)
 
 
@@ -76,7 +76,7 @@ def test_the_shipped_mnist_model_scores_its_published_accuracy_on_the_10000_test
     right = 0
     with torch.inference_mode():
         for start in range(0, len(images), 500):
-            lengths = model(images[start:start + 500, None]).lengths
+            lengths = model(images[start:start + 500, None]).scores
             right += int((lengths.argmax(dim=1) == labels[start:start + 500]).sum())
     assert len(images) == 10_000
     assert abs(100 * right / len(images) - weights.record_of("mnist")["test_accuracy"]) <= 0.03

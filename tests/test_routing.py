@@ -285,7 +285,7 @@ def test_attention_routing_in_its_authors_form_is_their_model_and_loss():
     logits = model.digits.routing.score(poses).squeeze(-1)  # their final_fc
     assert torch.allclose(out.poses, poses, atol=1e-10)
     assert torch.allclose(out.logits, logits, atol=1e-10)
-    assert torch.equal(out.lengths.argmax(dim=1), logits.argmax(dim=1))
+    assert torch.equal(out.scores.argmax(dim=1), logits.argmax(dim=1))
     loss = CapsuleLoss(reconstruction_weight=0.0, logits=True)(images, labels, out)
     assert torch.allclose(loss, F.cross_entropy(logits, labels), atol=1e-12)
     # their W_ij start at N(0, classes / (in_dim in_caps)); the other routings' at N(0, 0.01^2)
@@ -309,15 +309,15 @@ def test_every_routing_trains_in_the_network_with_finite_gradients(name):
     torch.manual_seed(0)
     model = CapsNet(conv1_channels=16, primary_types=4, routing=name)
     out = model(torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3]))
-    assert out.lengths.shape == (3, 10) and out.coupling.shape == (3, 10, 4 * 6 * 6)
-    assert ((0 <= out.lengths) & (out.lengths <= 1)).all()
+    assert out.scores.shape == (3, 10) and out.coupling.shape == (3, 10, 4 * 6 * 6)
+    assert ((0 <= out.scores) & (out.scores <= 1)).all()
     # every routing couples each primary capsule to the classes with weights summing to 1 (the
     # self-attention prior b_ij starts at zero)
     assert torch.allclose(out.coupling.sum(dim=1), torch.ones(3, 4 * 6 * 6), atol=1e-5)
-    (out.lengths.sum() + out.reconstructions.sum()).backward()
+    (out.scores.sum() + out.reconstructions.sum()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     twin = copy.deepcopy(model)
-    assert torch.equal(twin(torch.ones(1, 1, 28, 28)).lengths, model(torch.ones(1, 1, 28, 28)).lengths)
+    assert torch.equal(twin(torch.ones(1, 1, 28, 28)).scores, model(torch.ones(1, 1, 28, 28)).scores)
 
 
 def test_the_routing_flag_lists_its_choices_and_refuses_options_of_another_in_one_line(

@@ -62,7 +62,7 @@ def test_capsnet_with_fast_kernels_equals_capsnet_without_them_with_gradients(ro
     grads = []
     for model in (fast, plain):
         output = model(images, labels)
-        (output.lengths.square().sum() + output.reconstructions.sum()).backward()
+        (output.scores.square().sum() + output.reconstructions.sum()).backward()
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(fast(images), plain(images)):
         assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -100,12 +100,12 @@ first, second = {orders}
 def forward(mode):
     if mode == "inference":
         with torch.inference_mode():
-            return model(images).lengths.clone()
+            return model(images).scores.clone()
     model.zero_grad()
     output = model(images, labels)
-    (output.lengths.sum() + output.reconstructions.sum()).backward()
+    (output.scores.sum() + output.reconstructions.sum()).backward()
     assert all(p.grad is not None for p in model.parameters())
-    return output.lengths.detach()
+    return output.scores.detach()
 a, b = forward(first), forward(second)
 assert torch.allclose(a, b, atol=1e-6), (a, b)
 print("ok")
@@ -135,15 +135,15 @@ def test_bf16_on_the_cpu_runs_the_spectral_path_and_agrees_with_fp32():
     spectral.primary_conv = lambda phases, *rest: calls.append(phases.dtype) or original(phases, *rest)
     try:
         with torch.no_grad():
-            fp32 = model(images).lengths
+            fp32 = model(images).scores
         with torch.autocast("cpu", dtype=torch.bfloat16):
             output = model(images, labels)
     finally:
         spectral.primary_conv = original
     assert calls == [torch.float32, torch.bfloat16]
-    assert output.lengths.dtype == torch.float32  # routing in float32
-    assert (output.lengths - fp32).abs().max() <= 0.03 * fp32.max()
-    (output.lengths.sum() + output.reconstructions.float().sum()).backward()
+    assert output.scores.dtype == torch.float32  # routing in float32
+    assert (output.scores - fp32).abs().max() <= 0.03 * fp32.max()
+    (output.scores.sum() + output.reconstructions.float().sum()).backward()
     assert model.primary.conv.weight.grad.dtype == torch.float32
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 

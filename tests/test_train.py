@@ -45,7 +45,7 @@ def test_training_writes_metrics_checkpoints_and_config(quick_args, tmp_path, ca
     assert tuple(table[0]) == COLUMNS
     for row in table:
         assert float(row["train_loss"]) == pytest.approx(
-            float(row["train_margin"]) + float(row["train_reconstruction"]), rel=1e-4)
+            float(row["train_score_loss"]) + float(row["train_reconstruction"]), rel=1e-4)
     assert float(table[1]["lr"]) < float(table[0]["lr"]) < 1e-3  # decays every step
     last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
     assert last["epoch"] == 2 and last["step"] == 6  # 96 images in batches of 32
@@ -306,6 +306,6 @@ def test_eval_of_several_checkpoints_averages_their_capsule_lengths(quick_args, 
         model = CapsNet(**checkpoint["model_args"])
         model.load_state_dict(checkpoint["model"])
         with torch.no_grad():
-            lengths.append(model.eval()(test.images.float() / 255).lengths)
+            lengths.append(model.eval()(test.images.float() / 255).scores)
     accuracy = 100 * (torch.stack(lengths).mean(0).argmax(1) == test.labels).float().mean()
     assert first.startswith("ensemble of 2") and f"accuracy {accuracy:.2f}%" in first

@@ -105,10 +105,10 @@ class Dashboard:
 
     @staticmethod
     def interval_sums(progress: Progress) -> tuple[float, ...]:
-        """Loss, margin and reconstruction sums, errors and examples of the epoch so far (over
+        """Loss, score loss and reconstruction sums, errors and examples of the epoch so far (over
         all processes), and the seconds its training steps took."""
         t = progress.totals
-        return t.loss, t.margin, t.reconstruction, t.errors, t.counted, progress.step_seconds
+        return t.loss, t.score_loss, t.reconstruction, t.errors, t.counted, progress.step_seconds
 
     def on_start_epoch(self, progress: Progress) -> None:
         self.last = self.interval_sums(progress)
@@ -120,7 +120,7 @@ class Dashboard:
         if progress.batch % self.every:
             return
         sums = self.interval_sums(progress)
-        loss, margin, reconstruction, errors, count, seconds = (
+        loss, score_loss, reconstruction, errors, count, seconds = (
             a - b for a, b in zip(sums, self.last))
         if count <= 0:
             return
@@ -128,7 +128,7 @@ class Dashboard:
         with self.lock:
             self.lines["loss"].add("train (running)", x, loss / count)
             self.lines["accuracy"].add("train (running)", x, 100.0 * (1 - errors / count))
-            self.lines["parts"].add("train margin (running)", x, margin / count)
+            self.lines["parts"].add("train score loss (running)", x, score_loss / count)
             self.lines["parts"].add("train reconstruction (running)", x, reconstruction / count)
             self.lines["lr"].add("lr", x, progress.lr)
             self.lines["throughput"].add("train (running)", x, count / max(seconds, 1e-9))
@@ -139,7 +139,7 @@ class Dashboard:
         """The points of one epoch's metrics row (under the lock): its training means, rate
         and throughput, and its test results."""
         self.lines["loss"].add("train", x, row["train_loss"])
-        self.lines["parts"].add("train margin", x, row["train_margin"])
+        self.lines["parts"].add("train score loss", x, row["train_score_loss"])
         self.lines["parts"].add("train reconstruction", x, row["train_reconstruction"])
         self.lines["lr"].add("lr", x, row["lr"])
         self.lines["throughput"].add("train", x, row["train_images_per_s"])
@@ -151,7 +151,7 @@ class Dashboard:
         self.lines["accuracy"].add("test", x, row["test_accuracy"])
         if "test_at_least_one" in row:
             self.lines["accuracy"].add("test, at least one right", x, row["test_at_least_one"])
-        self.lines["parts"].add("test margin", x, row["test_margin"])
+        self.lines["parts"].add("test score loss", x, row["test_score_loss"])
         self.lines["parts"].add("test reconstruction", x, row["test_reconstruction"])
 
     def add_history(self, rows: list[dict[str, str]], resumed_at: float | None) -> None:

@@ -20,7 +20,7 @@ def by_mask(model: CapsNet, images: Tensor) -> Tensor:
     """Each image, then the decoder's reconstruction from each class's capsule in turn:
     (B, 1 + classes, C, H, W)."""
     output = model(images)
-    columns = [images] + [model.reconstruct(output.poses, torch.full_like(output.lengths[:, 0], k,
+    columns = [images] + [model.reconstruct(output.poses, torch.full_like(output.scores[:, 0], k,
                                                                           dtype=torch.long))
                           for k in range(model.num_classes)]
     return torch.stack(columns, dim=1)
@@ -31,7 +31,7 @@ def perturbed(model: CapsNet, image: Tensor) -> tuple[Tensor, int]:
     """Reconstructions of one image (C, H, W) from its predicted class's capsule with each of its
     dimensions tweaked by each of STEPS: (dims, len(STEPS), C, H, W), and the class."""
     output = model(image[None])
-    predicted = int(output.lengths.argmax())
+    predicted = int(output.scores.argmax())
     dims = output.poses.shape[-1]
     steps = STEPS.to(image.device, output.poses.dtype)
     poses = output.poses.repeat(dims * len(steps), 1, 1)  # (dims*steps, classes, 16)

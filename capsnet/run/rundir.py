@@ -21,8 +21,8 @@ from typing import Any
 from ..errors import UserError
 from .storage import WriteError, cause, make_dir, write_file
 
-COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_margin", "train_reconstruction",
-           "test_loss", "test_accuracy", "test_margin", "test_reconstruction", "lr",
+COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_score_loss", "train_reconstruction",
+           "test_loss", "test_accuracy", "test_score_loss", "test_reconstruction", "lr",
            "train_images_per_s", "seconds", "averaged_epochs")
 LOCK = "lock"
 
@@ -141,12 +141,19 @@ class RunDir:
         self.write_metrics(self.read_metrics() + [formatted])
 
 
+# metrics.csv columns of earlier versions, by their names now
+EARLIER_COLUMNS = {f"{part}_margin": f"{part}_score_loss"
+                   for part in ("train", "test", "validation")}
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a metrics.csv ([] when there is none)."""
+    """The rows of a metrics.csv ([] when there is none), an earlier version's columns under
+    their names now."""
     if not path.exists():
         return []
     try:
         with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+            return [{EARLIER_COLUMNS.get(k, k): v for k, v in row.items()}
+                    for row in csv.DictReader(f)]
     except OSError as error:
         raise UserError(f"could not read {path} ({cause(error)})") from None

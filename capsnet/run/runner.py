@@ -164,7 +164,7 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
 
 
 class Evaluation(NamedTuple):
-    summary: dict[str, float]  # loss, margin, reconstruction, accuracy (at_least_one)
+    summary: dict[str, float]  # loss, score_loss, reconstruction, accuracy (at_least_one)
     confusion: Any  # (classes, classes) int array, rows: true class
     classes: tuple[str, ...]
     tested: str  # what was tested, in words: "mnist (10,000 images)"
@@ -197,7 +197,8 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
             f"ensemble of {len(paths)} ({', '.join(paths)}), mean capsule lengths")
     print(f"{what} on {cfg.dataset} ({tested}), test loss {summary['loss']:.4f}, "
           f"{accuracy_text(summary)} "
-          f"(margin {summary['margin']:.4f}, reconstruction {summary['reconstruction']:.4f})")
+          f"(score loss {summary['score_loss']:.4f}, reconstruction "
+          f"{summary['reconstruction']:.4f})")
     width = max(6, *(len(c) for c in classes), len(str(confusion.max())))
     print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy")
     print(" " * width + "".join(f"{c:>{width + 1}}" for c in classes) + "  accuracy")

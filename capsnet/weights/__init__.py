@@ -51,7 +51,7 @@ def model_of(checkpoint: dict[str, Any], device: torch.device) -> nn.Module:
 def pretrained(name: str = "mnist", device: str | torch.device = "cpu",
                folder: Path = FOLDER) -> nn.Module:
     """The trained model `name` in eval mode on `device`, in float32: for MNIST a CapsNet taking
-    (B, 1, 28, 28) images in [0, 1]; `model(images).lengths` are the (B, 10) class scores."""
+    (B, 1, 28, 28) images in [0, 1]; `model(images).scores` are the (B, 10) class scores."""
     from ..run.storage import load_checkpoint
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
