@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {"CapsNet": "model", "CapsNetOutput": "model", "dynamic_routing": "routing.dynamic",
             "squash": "squashing", "CapsuleLoss": "loss", "margin_loss": "loss",
-            "reconstruction_loss": "loss", "pretrained": "weights"}
+            "reconstruction_loss": "loss", "pretrained": "weights", "prepare_digit": "digits"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -2,21 +2,22 @@
 `python -m capsnet.predict (CHECKPOINT | --pretrained NAME) IMAGE... [--json] [--out DIR]
 [--invert auto|yes|no]`.
 
-Each image (PNG, JPEG, ...; grey or colour; a transparent ground is drawn on white first) is made
-what the checkpoint's dataset gives its model:
-- its channels (grey, colour; a two-channel stereo model gets the grey image in both, with a
-  warning), and white ink on black for grey data (--invert auto inverts an image whose border is
-  bright: a photo of dark ink on paper);
-- its form, for an image not already of the dataset's size: a digit (MNIST, mnist40, MultiMNIST,
-  affNIST) is fitted into a 20x20 box keeping its aspect ratio and centred by its centre of mass
-  in 28x28, as MNIST's digits were made; clothing (Fashion-MNIST) has its ground trimmed and its
-  longest edge resized to 28, centred; other datasets' images are resized (a crop size after
-  resizing to the dataset's side, centre-cropped as at test);
-- for canvas datasets (mnist40, MultiMNIST), the 28x28 digit in the middle of the canvas.
+Each image (PNG, JPEG, ...; grey or colour; transparent or not) is made what the checkpoint's
+dataset gives its model:
+- a digit model's (MNIST, mnist40, MultiMNIST, affNIST): every picture, 28x28 included, made a
+  digit as MNIST's were by capsnet.digits (the ink told from the paper and its shading, its
+  bounding box fitted into a 20x20 box keeping its aspect ratio and centred by its centre of mass
+  in 28x28), or said to hold no digit; for canvas datasets (mnist40, MultiMNIST) that digit in the
+  middle of the canvas;
+- any other model's: its channels (grey, colour; a two-channel stereo model gets the grey image
+  in both, with a warning), white ink on black for grey data (--invert auto inverts an image whose
+  border is bright), clothing (Fashion-MNIST) of another size trimmed and its longest edge resized
+  to 28, other datasets' images resized (and centre-cropped to a crop size, as at test).
 It prints the prediction (two classes for MultiMNIST), the scores of the top classes (capsule
-lengths, or the baseline's probabilities) and what was done to the image; --out writes the input
-beside its reconstruction. An image that cannot be read gets one line, and the others are still
-classified.
+lengths, or the baseline's probabilities; "low confidence" below 0.5) and what was done to the
+image; --out writes the input beside its reconstruction. An image that cannot be read gets one
+line, and the others are still classified. Exit status: 2 if an image could not be read, else 1
+if any held no digit, else 0.
 """
 from __future__ import annotations
 
@@ -32,33 +33,64 @@ from .cli import ArgumentParser, exit_status
 from .errors import UserError
 
 TOP = 3  # classes shown per image
+# A top score (capsule length, or the baseline's probability) below this is said to be of low
+# confidence (docs/predict.md): the margin loss trains the right class's length above 0.9 and
+# the others' below 0.1, so below one half the model is not sure of any class.
+LOW_CONFIDENCE = 0.5
 BRIGHT = 0.5  # mean border brightness above which --invert auto inverts a grey image
 DIGIT = 28  # side of a digit placed on a canvas
 
 
 @dataclass
 class Prepared:
-    tensor: torch.Tensor  # (C, H, W) float in [0, 1], as the model takes it
+    tensor: torch.Tensor | None  # (C, H, W) float in [0, 1], as the model takes it; None: no digit
     done: list[str]  # what was done to the image, in words
+    no_digit: str = ""  # why no digit was found in a digit model's image
 
 
 def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
             invert: str, fit: str = "") -> Prepared:
     """The image at `path` as the model's input: `side` the dataset's image side, `size` the
     model's input side (a centre crop of side when smaller), `canvas` > 0 for canvas datasets,
-    `fit` the dataset's rule for an image of another size (FITS; "": resized)."""
-    import numpy as np
+    `fit` the dataset's rule for its images ("digit": capsnet.digits; FITS for an image of
+    another size; "": resized)."""
     from PIL import Image, UnidentifiedImageError
-    from .data.folder import on_white
     try:
         with Image.open(path) as image:
             image.load()
-            original = f"{image.width}x{image.height} {image.mode}"
-            image, flattened = on_white(image)
-            grey = image.convert("L")
-            colour = image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise UserError(f"{path} is not a readable image ({type(error).__name__})") from None
+    if fit == "digit" and channels == 1:
+        from .digits import prepare_digit
+        digit = prepare_digit(image, invert, DIGIT if canvas else side)
+        if digit.tensor is None:
+            return Prepared(None, digit.done, digit.no_digit)
+        return placed(digit.tensor, digit.done, canvas)
+    return resized(image, channels, side, size, canvas, invert, fit)
+
+
+def placed(tensor: torch.Tensor, done: list[str], canvas: int) -> Prepared:
+    """A 28x28 digit as the model takes it: in the middle of a canvas dataset's canvas."""
+    if canvas:
+        on_canvas = torch.zeros(tensor.shape[0], canvas, canvas)
+        at = (canvas - DIGIT) // 2
+        on_canvas[:, at:at + DIGIT, at:at + DIGIT] = tensor
+        return Prepared(on_canvas, done + [f"placed in the middle of the {canvas}x{canvas} "
+                                           "canvas"])
+    return Prepared(tensor, done)
+
+
+def resized(image: Any, channels: int, side: int, size: int, canvas: int, invert: str,
+            fit: str) -> Prepared:
+    """Any other model's input: the picture's channels, inverted for grey data with a bright
+    border, fitted (FITS) or resized to the dataset's side, centre-cropped to the model's."""
+    import numpy as np
+    from PIL import Image
+    from .data.folder import on_white
+    original = f"{image.width}x{image.height} {image.mode}"
+    image, flattened = on_white(image)
+    grey = image.convert("L")
+    colour = image.convert("RGB")
     done = [f"read {original}"] + (["its transparent parts made white"] if flattened else [])
     picture = colour if channels == 3 else grey
     if channels != 3 and colour.getextrema() != grey.convert("RGB").getextrema():
@@ -83,12 +115,8 @@ def prepare(path: Path, channels: int, side: int, size: int, canvas: int,
         tensor = tensor[None]
         done.append(how)
     if canvas:
-        placed = torch.zeros(tensor.shape[0], canvas, canvas)
-        at = (canvas - DIGIT) // 2
-        placed[:, at:at + DIGIT, at:at + DIGIT] = tensor
-        tensor = placed
-        done.append(f"placed in the middle of the {canvas}x{canvas} canvas")
-    elif size < side:
+        return placed(tensor, done, canvas)
+    if size < side:
         at = (side - size) // 2
         tensor = tensor[:, at:at + size, at:at + size]
         done.append(f"centre-cropped to {size}x{size}")
@@ -120,26 +148,6 @@ def scaled(image: torch.Tensor, longest: int) -> torch.Tensor:
                          align_corners=False)[0, 0].clamp(0, 1)
 
 
-def fit_digit(image: torch.Tensor, side: int) -> tuple[torch.Tensor, str]:
-    """As MNIST's digits were made: fitted into a 20x20 box keeping the aspect ratio, then
-    placed in side x side with the centre of mass at the centre."""
-    box = trimmed(image)
-    if box is None:
-        return scaled(image, side), f"resized to {side}x{side} (no ink found)"
-    digit = scaled(box, round(side * 20 / 28))
-    h, w = digit.shape
-    mass = digit.sum()
-    row = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)
-    col = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
-    # MNIST's centres of mass lie at pixel index 14 of 28 (13.5 would be the middle)
-    top = min(max(round(side / 2 - row), 0), side - h)
-    left = min(max(round(side / 2 - col), 0), side - w)
-    out = torch.zeros(side, side)
-    out[top:top + h, left:left + w] = digit
-    return out, (f"the digit fitted into a 20x20 box keeping its aspect ratio ({w}x{h}) and "
-                 f"centred by its centre of mass in {side}x{side}, as MNIST's were")
-
-
 def fit_fashion(image: torch.Tensor, side: int) -> tuple[torch.Tensor, str]:
     """As Fashion-MNIST's images were made: the ground trimmed, the longest edge resized to
     side, centred."""
@@ -153,7 +161,8 @@ def fit_fashion(image: torch.Tensor, side: int) -> tuple[torch.Tensor, str]:
 
 
 # capsnet.data.datasets.Dataset.fit -> how an image of another size is made that dataset's form
-FITS = {"digit": fit_digit, "fashion": fit_fashion}
+# (a digit dataset's grey images: capsnet.digits, whatever their size)
+FITS = {"fashion": fit_fashion}
 
 
 def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
@@ -164,7 +173,8 @@ def describe(scores: torch.Tensor, classes: list[str], objects: int, model: str
     chosen = [int(chosen)] if objects == 1 else [int(k) for k in chosen]
     return {"prediction": [classes[k] for k in chosen],
             "score": "probability" if model == "baseline" else "capsule length",
-            "top": [{"class": classes[k], "score": round(float(scores[k]), 4)} for k in top]}
+            "top": [{"class": classes[k], "score": round(float(scores[k]), 4)} for k in top],
+            **({"low_confidence": True} if float(scores[top[0]]) < LOW_CONFIDENCE else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a checkpoint and at least one image, or --pretrained NAME and images")
     images = args.paths if args.pretrained else args.paths[1:]
     failed: list[str] = []
+    no_digit: list[str] = []
 
     def work() -> None:
         from .cli import resolve_device
@@ -212,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(image)
                 print(f"error: {error}", file=sys.stderr)
                 continue
+            if prepared.tensor is None:
+                no_digit.append(image)
+                result = {"image": image, "prediction": None, "no_digit": prepared.no_digit,
+                          "done": prepared.done}
+                print(json.dumps(result) if args.json else text(result), flush=True)
+                continue
             with torch.inference_mode():
                 output = model(prepared.tensor[None].to(device), None, objects)
             result = {"image": image, **describe(output.scores[0].float().cpu(), classes,
@@ -225,13 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             raise UserError(f"{len(failed)} of {len(images)} images could not be "
                             "classified (see above)")
-    return exit_status(work)
+    status = exit_status(work)
+    return status or (1 if no_digit else 0)  # 2: unreadable; 1: an image without a digit
 
 
 def text(result: dict[str, Any]) -> str:
+    if result["prediction"] is None:
+        return (f"{result['image']}: no digit found ({result['no_digit']}); "
+                f"{', '.join(result['done'])}")
     scores = ", ".join(f"{t['class']} {t['score']:.3f}" for t in result["top"])
+    low = ", low confidence" if result.get("low_confidence") else ""
     line = (f"{result['image']}: {' and '.join(result['prediction'])} ({result['score']}s: "
-            f"{scores}); {', '.join(result['done'])}")
+            f"{scores}{low}); {', '.join(result['done'])}")
     if "reconstruction" in result:
         line += f"; reconstruction in {result['reconstruction']}"
     return line

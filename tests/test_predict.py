@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import train
+import capsnet
 from capsnet import predict
 from capsnet.run.storage import load_checkpoint
 from capsnet.networks import network_of
@@ -50,12 +51,13 @@ def test_an_image_in_the_datasets_form_gets_the_models_own_prediction(checkpoint
     assert predict.main([str(checkpoints["capsnet"]), *map(str, paths), "--json"]) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     model, classes = model_of(checkpoints["capsnet"])
+    prepared = torch.stack([capsnet.prepare_digit(Image.open(path)).tensor for path in paths])
     with torch.no_grad():
-        lengths = model(images.float().div(255)[:, None]).scores
-    for result, row in zip(results, lengths):
+        scores = model(prepared).scores
+    for result, row in zip(results, scores):
         assert result["prediction"] == [classes[int(row.argmax())]]
         assert result["top"][0]["score"] == pytest.approx(float(row.max()), abs=1e-4)
-        assert result["score"] == "capsule length" and result["done"] == ["read 28x28 L"]
+        assert result["score"] == "capsule length" and result["done"][0] == "read 28x28 L"
 
 
 def test_photos_of_other_sizes_and_colours_are_converted_and_a_bad_file_is_one_line(
@@ -75,9 +77,10 @@ def test_photos_of_other_sizes_and_colours_are_converted_and_a_bad_file_is_one_l
                                             "image (UnidentifiedImageError)")
     lines = captured.out.splitlines()
     assert len(lines) == 2  # the other two are still classified
-    assert ("read 50x40 RGB, made grey, inverted (dark ink on a bright ground), the digit fitted "
-            "into a 20x20 box") in lines[0]
-    assert "inverted" not in lines[1] and "resized to 28x28 (no ink found)" in lines[1]
+    assert ("read 50x40 RGB, made grey, inverted (dark ink on a bright ground), ") in lines[0]
+    assert "the digit fitted into a 20x20 box" in lines[0]
+    assert lines[1] == (f"{tmp_path / 'black.png'}: no digit found (the picture is one flat "
+                        "colour); read 64x64 L")
     assert (out / "photo-reconstruction.png").exists()
     assert Image.open(out / "photo-reconstruction.png").size == (2 * 28 * 4, 28 * 4)
     assert predict.main([str(checkpoints["capsnet"]), str(tmp_path / "photo.jpg"),
@@ -142,7 +145,7 @@ def test_dark_ink_on_a_transparent_ground_is_drawn_on_white_first(tmp_path):
     sheet.paste((0, 0, 0, 255), (25, 10, 35, 50))
     sheet.save(tmp_path / "ink.png")
     prepared = predict.prepare(tmp_path / "ink.png", 1, 28, 28, 0, "auto", "digit")
-    assert prepared.done[1] == "its transparent parts made white"
+    assert prepared.done[1] == "its ink taken from its transparency"
     assert ink_box(prepared.tensor)[0] == 20 and float(prepared.tensor.max()) > 0.9
 
 

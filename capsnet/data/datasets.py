@@ -42,9 +42,9 @@ class Dataset:
     tests: tuple[str, ...] = ()  # datasets whose checkpoints --eval may test on this one
     shape: tuple[int, int, int] = (1, 28, 28)  # of the files' images; () : as they come (folder)
     batches: str = ""  # module of capsnet.data whose BATCHES class serves it (default: plain)
-    fit: str = ""  # how capsnet.predict makes a user's image of another size this dataset's form
-    # (capsnet.predict.FITS: "digit" as MNIST's digits were made, "fashion" as Fashion-MNIST's
-    # were; "": resized)
+    fit: str = ""  # how capsnet.predict makes a user's image this dataset's form: "digit"
+    # (capsnet.digits, any size: as MNIST's digits were made), "fashion" (capsnet.predict.FITS,
+    # another size: as Fashion-MNIST's were), "": resized
 
     def files(self, train: bool) -> tuple[str, ...]:
         return self.train_files if train else self.test_files
