@@ -257,11 +257,9 @@ def max_difference(a: list[list[float]], b: list[list[float]]) -> float:
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
-    import csv
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """A run's metrics.csv rows, as numbers."""
+    from .run.rundir import read_rows
+    return [{k: float(v) for k, v in row.items()} for row in read_rows(path)]
 
 
 def rows_text(results: dict[str, Any]) -> str:

@@ -95,6 +95,7 @@ def photo(ink_map: np.ndarray, rng: np.random.Generator, paper: float | None = N
 
 
 def save(array: np.ndarray, path: Path, quality: int = 0) -> None:
+    """A grey (H, W) or colour (H, W, 3) array of 0-255 as PNG, or with `quality` as JPEG."""
     from PIL import Image
     picture = Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
     if quality:
@@ -190,13 +191,7 @@ def blank(k: int, rng: np.random.Generator, path: Path) -> None:
     else:  # a beige wall: a warm colour, a soft texture, a little noise
         texture = ndimage.gaussian_filter(rng.normal(0, 1, (240, 240)), 4)
         base = np.array([222, 205, 178]) * (1 + 0.03 * texture[..., None] / texture.std())
-        save_colour(base + rng.normal(0, 2, base.shape), path)
-
-
-def save_colour(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-    Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8), "RGB").save(
-        path.with_suffix(".jpg"), quality=85)
+        save(base + rng.normal(0, 2, base.shape), path, 85)
 
 
 def make_pictures(folder: Path, mnist: tuple[np.ndarray, np.ndarray] | None,
