@@ -54,8 +54,8 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     for kernels of half x half taps and out <= n - half + 1 outputs per side.
 
     forward (2F, n*n): real and imaginary rows of each frequency of a real map.
-    kernel_re, kernel_im (F, half*half): the conjugate spectrum of a kernel, so that products of
-        spectra are cross-correlations, as in conv2d.
+    kernel (2F, half*half): the conjugate spectrum of a kernel, its F real rows above its F
+        imaginary ones, so that products of spectra are cross-correlations, as in conv2d.
     inverse_re, inverse_im (out*out, 2F): the real inverse transform at the valid outputs of a
         product formed with the kernel's real / imaginary spectrum.
     """
@@ -67,21 +67,26 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     kept = ~edge | (2 * fy <= n)
     fy, fx, edge = fy[kept], fx[kept], edge[kept]  # (F,)
 
-    def angles(size: int) -> Tensor:  # (F, size*size): 2 pi (fy y + fx x) / n
+    def cos_sin(size: int) -> tuple[Tensor, Tensor]:  # of 2 pi (fy y + fx x) / n: (F, size*size)
         y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64),
                               torch.arange(size, dtype=torch.float64), indexing="ij")
-        return 2 * math.pi * (torch.outer(fy, y.flatten()) + torch.outer(fx, x.flatten())) / n
+        angles = 2 * math.pi * (torch.outer(fy, y.flatten()) + torch.outer(fx, x.flatten())) / n
+        # sin(pi) is 1e-16, not 0: such near-zeros meet the small end of a gradient in the
+        # products and make denormal numbers, which a CPU computes several times slower.
+        exact = lambda m: torch.where(m.abs() < 1e-12, 0.0, m)  # noqa: E731
+        return exact(angles.cos()), exact(angles.sin())
 
-    grid, taps, outputs = angles(n), angles(half), angles(out).t()
-    forward = torch.stack([grid.cos(), -grid.sin()], dim=1).reshape(-1, n * n)
+    (grid_cos, grid_sin), (tap_cos, tap_sin) = cos_sin(n), cos_sin(half)
+    forward = torch.stack([grid_cos, -grid_sin], dim=1).reshape(-1, n * n)
     # Hermitian weights: a frequency stands for its conjugate too, but for the four that are
     # their own conjugate ((0 or n/2, 0 or n/2): real).
     self_conjugate = edge & ((fy == 0) | (2 * fy == n))
     weight = torch.where(self_conjugate, 1.0, 2.0) / (n * n)
-    cos, sin = outputs.cos() * weight, outputs.sin() * weight  # (out*out, F)
+    cos, sin = (m.t() * weight for m in cos_sin(out))  # (out*out, F)
     inverse_re = torch.stack([cos, -sin], dim=2).reshape(out * out, -1)
     inverse_im = torch.stack([-sin, -cos], dim=2).reshape(out * out, -1)
-    return tuple(m.to(dtype) for m in (forward, taps.cos(), taps.sin(), inverse_re, inverse_im))
+    kernel = torch.cat([tap_cos, tap_sin])
+    return tuple(m.to(dtype) for m in (forward, kernel, inverse_re, inverse_im))
 
 
 @built_in_grad_mode
@@ -98,13 +103,16 @@ def kernel_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
     each (F, 4C, O), input channels ordered (row phase, column phase, channel) as in conv1_phases."""
     out_channels, channels, kernel, _ = weight.shape
     half = (kernel + 1) // 2
-    taps = weight.reshape(out_channels, channels, kernel * kernel).permute(2, 1, 0)  # (k*k, C, O)
-    taps = torch.cat([taps, taps.new_zeros(1, channels, out_channels)])  # a zero tap last
-    phased = taps.reshape(kernel * kernel + 1, -1).index_select(0, tap_order(kernel))
-    phased = phased.view(half * half, -1)  # (a b, p q C O)
-    _, kernel_re, kernel_im, _, _ = transforms(n, half, n - half + 1, weight.dtype)
-    re, im = (m @ phased for m in (kernel_re, kernel_im))
-    return re.view(-1, 4 * channels, out_channels), im.view(-1, 4 * channels, out_channels)
+    if torch.is_autocast_enabled("cpu"):  # moved at the products' precision: half the bytes
+        weight = weight.to(torch.get_autocast_dtype("cpu"))
+    # (O, C k k) -> (C k k, O) as one 2-D transpose (permuting three axes at once is 2x slower)
+    taps = weight.reshape(out_channels, -1).t().contiguous()
+    taps = F.pad(taps.view(channels, kernel * kernel, out_channels), (0, 0, 0, 1))  # zero tap last
+    phased = taps.transpose(0, 1).index_select(0, tap_order(kernel))  # (a b p q, C, O)
+    _, spectrum, _, _ = transforms(n, half, n - half + 1, weight.dtype)
+    re_im = spectrum @ phased.view(half * half, -1)  # (2F, p q C O): one product for both
+    re, im = re_im.view(2, -1, 4 * channels, out_channels)
+    return re, im
 
 
 def conv1_phases(images: Tensor, conv1: nn.Conv2d, n: int) -> Tensor:
@@ -131,7 +139,7 @@ def primary_conv(phases: Tensor, spectrum: tuple[Tensor, Tensor], conv: nn.Conv2
     frequencies, channels4, out_channels = kernel_re.shape
     n, half = math.isqrt(phases.shape[0]), (conv.kernel_size[0] + 1) // 2
     batch = phases.shape[1] // channels4
-    forward, _, _, inverse_re, inverse_im = transforms(n, half, out, phases.dtype)
+    forward, _, inverse_re, inverse_im = transforms(n, half, out, phases.dtype)
     x = (forward @ phases).view(frequencies, 2 * batch, channels4)  # (F, re/im B, 4C)
     by_re = torch.bmm(x, kernel_re).view(2 * frequencies, -1)  # (F re/im, B O)
     by_im = torch.bmm(x, kernel_im).view(2 * frequencies, -1)
