@@ -98,6 +98,20 @@ def tap_order(kernel: int) -> Tensor:
     return torch.where((y < kernel) & (x < kernel), y * kernel + x, kernel * kernel).flatten()
 
 
+class Transposed(torch.autograd.Function):
+    """x.t().contiguous() of a matrix, and its gradient likewise: two plain 2-D transposes, 2x
+    faster than permuting (O, C, k*k) to (k*k, C, O) at once, and the weight's gradient comes
+    back in the weight's own layout rather than as a transposed view for autograd to copy."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.t().contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.t().contiguous()
+
+
 def kernel_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Conjugate spectra of the phase kernels of a stride-2 conv weight (O, C, k, k): re and im,
     each (F, 4C, O), input channels ordered (row phase, column phase, channel) as in conv1_phases."""
@@ -105,8 +119,7 @@ def kernel_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
     half = (kernel + 1) // 2
     if torch.is_autocast_enabled("cpu"):  # moved at the products' precision: half the bytes
         weight = weight.to(torch.get_autocast_dtype("cpu"))
-    # (O, C k k) -> (C k k, O) as one 2-D transpose (permuting three axes at once is 2x slower)
-    taps = weight.reshape(out_channels, -1).t().contiguous()
+    taps = Transposed.apply(weight.reshape(out_channels, -1))  # (C k k, O)
     taps = F.pad(taps.view(channels, kernel * kernel, out_channels), (0, 0, 0, 1))  # zero tap last
     phased = taps.transpose(0, 1).index_select(0, tap_order(kernel))  # (a b p q, C, O)
     _, spectrum, _, _ = transforms(n, half, n - half + 1, weight.dtype)
