@@ -56,8 +56,8 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     forward (2F, n*n): real and imaginary rows of each frequency of a real map.
     kernel (2F, half*half): the conjugate spectrum of a kernel, its F real rows above its F
         imaginary ones, so that products of spectra are cross-correlations, as in conv2d.
-    inverse_re, inverse_im (out*out, 2F): the real inverse transform at the valid outputs of a
-        product formed with the kernel's real / imaginary spectrum.
+    inverse (out*out, 4F): the real inverse transform at the valid outputs of the products
+        formed with the kernel's real spectrum (its first 2F columns) and imaginary spectrum.
     """
     # Half the spectrum of a real map: columns fx = 0 .. n/2, and in columns 0 and n/2 (where
     # (fy, fx) and (-fy, fx) are conjugate) rows fy = 0 .. n/2 only: 52 frequencies for n = 10.
@@ -85,8 +85,8 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     cos, sin = (m.t() * weight for m in cos_sin(out))  # (out*out, F)
     inverse_re = torch.stack([cos, -sin], dim=2).reshape(out * out, -1)
     inverse_im = torch.stack([-sin, -cos], dim=2).reshape(out * out, -1)
-    kernel = torch.cat([tap_cos, tap_sin])
-    return tuple(m.to(dtype) for m in (forward, kernel, inverse_re, inverse_im))
+    kernel, inverse = torch.cat([tap_cos, tap_sin]), torch.cat([inverse_re, inverse_im], dim=1)
+    return tuple(m.to(dtype) for m in (forward, kernel, inverse))
 
 
 @built_in_grad_mode
@@ -99,33 +99,61 @@ def tap_order(kernel: int) -> Tensor:
 
 
 class Transposed(torch.autograd.Function):
-    """x.t().contiguous() of a matrix, and its gradient likewise: two plain 2-D transposes, 2x
-    faster than permuting (O, C, k*k) to (k*k, C, O) at once, and the weight's gradient comes
-    back in the weight's own layout rather than as a transposed view for autograd to copy."""
+    """x.transpose(-2, -1).contiguous(), and its gradient likewise: a transpose of small matrices,
+    whose gradient comes back in x's own layout (rather than as a transposed view for autograd
+    to copy later, in float32)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.t().contiguous()
+        return x.transpose(-2, -1).contiguous()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.t().contiguous()
+        return grad.transpose(-2, -1).contiguous()
 
 
-def kernel_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Conjugate spectra of the phase kernels of a stride-2 conv weight (O, C, k, k): re and im,
-    each (F, 4C, O), input channels ordered (row phase, column phase, channel) as in conv1_phases."""
+def kernel_spectrum(weight: Tensor, n: int) -> Tensor:
+    """Conjugate spectra of the phase kernels of a stride-2 conv weight (O, C, k, k), transposed:
+    (2, F, O, 4C), the real parts then the imaginary, input channels ordered (row phase, column
+    phase, channel) as in conv1_phases."""
     out_channels, channels, kernel, _ = weight.shape
     half = (kernel + 1) // 2
     if torch.is_autocast_enabled("cpu"):  # moved at the products' precision: half the bytes
         weight = weight.to(torch.get_autocast_dtype("cpu"))
-    taps = Transposed.apply(weight.reshape(out_channels, -1))  # (C k k, O)
-    taps = F.pad(taps.view(channels, kernel * kernel, out_channels), (0, 0, 0, 1))  # zero tap last
-    phased = taps.transpose(0, 1).index_select(0, tap_order(kernel))  # (a b p q, C, O)
-    _, spectrum, _, _ = transforms(n, half, n - half + 1, weight.dtype)
-    re_im = spectrum @ phased.view(half * half, -1)  # (2F, p q C O): one product for both
-    re, im = re_im.view(2, -1, 4 * channels, out_channels)
-    return re, im
+    taps = Transposed.apply(weight.reshape(out_channels, channels, -1))  # (O, k k, C)
+    taps = F.pad(taps, (0, 0, 0, 1))  # a zero tap last
+    phased = taps.index_select(1, tap_order(kernel)).view(out_channels, half * half, -1)
+    phased = phased.transpose(0, 1).reshape(half * half, -1)  # (a b, O p q C)
+    _, spectrum, _ = transforms(n, half, n - half + 1, weight.dtype)
+    return (spectrum @ phased).view(2, -1, out_channels, 4 * channels)  # re and im at once
+
+
+class SpectralProducts(torch.autograd.Function):
+    """The products of the maps' spectra x (F, 2B, 4C) with the kernel's, given transposed as
+    kernel_spectrum makes them, (2, F, O, 4C): (2, F, 2B, O). Written by hand so that every
+    product reads its operands in the layouts a bf16 matrix unit reads fastest, and the two
+    kernels' gradients land in one tensor."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernel: Tensor) -> Tensor:
+        ctx.save_for_backward(x, kernel)
+        products = x.new_empty(2, x.shape[0], x.shape[1], kernel.shape[2])
+        for part in range(2):  # x K: x (F, 2B, 4C) times K = kernel[part]^T (F, 4C, O)
+            torch.bmm(x, kernel[part].transpose(1, 2), out=products[part])
+        return products
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, kernel = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_kernel = None
+        if ctx.needs_input_grad[0]:  # sum over parts of grad K^T
+            grad_x = torch.baddbmm(torch.bmm(grad[0], kernel[0]), grad[1], kernel[1])
+        if ctx.needs_input_grad[1]:  # grad^T x, for each part
+            grad_kernel = torch.empty_like(kernel)
+            for part in range(2):
+                torch.bmm(grad[part].transpose(1, 2), x, out=grad_kernel[part])
+        return grad_x, grad_kernel
 
 
 def conv1_phases(images: Tensor, conv1: nn.Conv2d, n: int) -> Tensor:
@@ -144,19 +172,16 @@ def conv1_phases(images: Tensor, conv1: nn.Conv2d, n: int) -> Tensor:
     return torch.addmm(conv1.bias, columns, weight.t()).relu_().view(n * n, -1)
 
 
-def primary_conv(phases: Tensor, spectrum: tuple[Tensor, Tensor], conv: nn.Conv2d,
-                 out: int) -> Tensor:
+def primary_conv(phases: Tensor, spectrum: Tensor, conv: nn.Conv2d, out: int) -> Tensor:
     """conv (stride 2, weight spectrum from kernel_spectrum) of conv1_phases' maps:
     (B, out, out, O), channels-last."""
-    kernel_re, kernel_im = spectrum
-    frequencies, channels4, out_channels = kernel_re.shape
+    _, frequencies, out_channels, channels4 = spectrum.shape
     n, half = math.isqrt(phases.shape[0]), (conv.kernel_size[0] + 1) // 2
     batch = phases.shape[1] // channels4
-    forward, _, inverse_re, inverse_im = transforms(n, half, out, phases.dtype)
+    forward, _, inverse = transforms(n, half, out, phases.dtype)
     x = (forward @ phases).view(frequencies, 2 * batch, channels4)  # (F, re/im B, 4C)
-    by_re = torch.bmm(x, kernel_re).view(2 * frequencies, -1)  # (F re/im, B O)
-    by_im = torch.bmm(x, kernel_im).view(2 * frequencies, -1)
-    maps = torch.addmm(inverse_re @ by_re, inverse_im, by_im)  # (out*out, B O)
+    products = SpectralProducts.apply(x, spectrum)  # (kernel re/im, F, re/im B, O)
+    maps = inverse @ products.view(4 * frequencies, -1)  # (out*out, B O)
     return maps.view(out, out, batch, out_channels).permute(2, 0, 1, 3) + conv.bias
 
 
@@ -176,7 +201,7 @@ def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tenso
 _kept: dict[int, tuple] = {}  # id(weight) -> (key, spectrum), dropped with the weight
 
 
-def weight_spectrum(weight: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def weight_spectrum(weight: Tensor, n: int) -> Tensor:
     """kernel_spectrum(weight, n). Without gradients it is kept for the next batches, until the
     weight's storage, version or sum changes (the sum catches `.data` writes)."""
     if torch.is_grad_enabled():
