@@ -89,15 +89,6 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     return tuple(m.to(dtype) for m in (forward, kernel, inverse))
 
 
-@built_in_grad_mode
-def tap_order(kernel: int) -> Tensor:
-    """Index of kernel tap (2a+p, 2b+q) for each (a, b, p, q); kernel*kernel marks a zero tap."""
-    half = (kernel + 1) // 2
-    a, b, p, q = torch.meshgrid(*(torch.arange(s) for s in (half, half, 2, 2)), indexing="ij")
-    y, x = 2 * a + p, 2 * b + q
-    return torch.where((y < kernel) & (x < kernel), y * kernel + x, kernel * kernel).flatten()
-
-
 class Transposed(torch.autograd.Function):
     """x.transpose(-2, -1).contiguous(), and its gradient likewise: a transpose of small matrices,
     whose gradient comes back in x's own layout (rather than as a transposed view for autograd
@@ -120,10 +111,11 @@ def kernel_spectrum(weight: Tensor, n: int) -> Tensor:
     half = (kernel + 1) // 2
     if torch.is_autocast_enabled("cpu"):  # moved at the products' precision: half the bytes
         weight = weight.to(torch.get_autocast_dtype("cpu"))
-    taps = Transposed.apply(weight.reshape(out_channels, channels, -1))  # (O, k k, C)
-    taps = F.pad(taps, (0, 0, 0, 1))  # a zero tap last
-    phased = taps.index_select(1, tap_order(kernel)).view(out_channels, half * half, -1)
-    phased = phased.transpose(0, 1).reshape(half * half, -1)  # (a b, O p q C)
+    # Tap (2a+p, 2b+q) of phase (p, q), with a zero row and column where k is odd
+    padded = F.pad(weight, (0, 2 * half - kernel, 0, 2 * half - kernel))  # (O, C, 2h, 2h)
+    taps = Transposed.apply(padded.reshape(out_channels, channels, -1))  # (O, a p b q, C)
+    taps = taps.view(out_channels, half, 2, half, 2, channels)
+    phased = taps.permute(1, 3, 0, 2, 4, 5).reshape(half * half, -1)  # (a b, O p q C)
     _, spectrum, _ = transforms(n, half, n - half + 1, weight.dtype)
     return (spectrum @ phased).view(2, -1, out_channels, 4 * channels)  # re and im at once
 
@@ -148,7 +140,7 @@ class SpectralProducts(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_kernel = None
         if ctx.needs_input_grad[0]:  # sum over parts of grad K^T
-            grad_x = torch.baddbmm(torch.bmm(grad[0], kernel[0]), grad[1], kernel[1])
+            grad_x = torch.bmm(grad[0], kernel[0]).baddbmm_(grad[1], kernel[1])
         if ctx.needs_input_grad[1]:  # grad^T x, for each part
             grad_kernel = torch.empty_like(kernel)
             for part in range(2):
