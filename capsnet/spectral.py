@@ -8,10 +8,11 @@ transform, each of those becomes one product per frequency, and one matrix produ
 contracts all four phases and 256 channels at once, for the 52 frequencies of half the spectrum of
 a real 10x10 map. That costs under a third of the multiply-adds of the direct convolution. Every
 transform here is a small matrix product whose backward pass autograd derives; the products per
-frequency have theirs by hand (SpectralProducts), to read each operand in the layout a bf16 matrix
-unit reads fastest. Conv1 writes its output straight into the phase layout. Results equal F.conv2d's up to float32 rounding
-(tests/test_spectral.py). CapsNet.forward (capsnet.model) takes this path where `supported` and
-its `fast_kernels` is on, and its layers' nn.Conv2d otherwise.
+frequency have theirs by hand (SpectralProducts), to read each operand in the layout a bf16
+matrix unit reads fastest. Conv1 writes its output straight into the phase layout. Results equal
+F.conv2d's up to float32 rounding (tests/test_spectral.py). CapsNet.forward (capsnet.model)
+takes this path where `supported` and its `fast_kernels` is on, and its layers' nn.Conv2d
+otherwise.
 """
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
         angles = 2 * math.pi * (torch.outer(fy, y.flatten()) + torch.outer(fx, x.flatten())) / n
         # sin(pi) is 1e-16, not 0: such near-zeros meet the small end of a gradient in the
         # products and make denormal numbers, which a CPU computes several times slower.
-        exact = lambda m: torch.where(m.abs() < 1e-12, 0.0, m)  # noqa: E731
-        return exact(angles.cos()), exact(angles.sin())
+        cos, sin = (torch.where(m.abs() < 1e-12, 0.0, m) for m in (angles.cos(), angles.sin()))
+        return cos, sin
 
     (grid_cos, grid_sin), (tap_cos, tap_sin) = cos_sin(n), cos_sin(half)
     forward = torch.stack([grid_cos, -grid_sin], dim=1).reshape(-1, n * n)
