@@ -156,6 +156,8 @@ def conv1_phases(images: Tensor, conv1: nn.Conv2d, n: int) -> Tensor:
     batch, channels_in, height, width = images.shape
     kernel = conv1.kernel_size[0]
     size = 2 * n + kernel - 1  # an odd map gets a zero row and column, met only by zero taps
+    if torch.is_autocast_enabled("cpu"):  # the windows copied at the product's precision
+        images = images.to(torch.get_autocast_dtype("cpu"))
     images = F.pad(images, (0, size - width, 0, size - height)).contiguous()
     sb, sc, sh, sw = images.stride()
     windows = images.as_strided(  # (u, v, b, p, q, c_in, i, j)

@@ -149,9 +149,11 @@ class Procedure1(torch.autograd.Function):
         grad_votes = None
         if ctx.needs_input_grad[0]:
             count = votes.shape[0]  # every rank-one term in one product
-            left = torch.stack(weights, dim=-1).view(count, in_caps, len(weights))
+            # the weights stacked as whole rows (count, terms, in_caps), read transposed:
+            # interleaving them (count, in_caps, terms) copies 2x slower
+            left = torch.stack(weights, dim=-2).view(count, len(weights), in_caps)
             right = torch.stack(grads, dim=-2).view(count, len(grads), dim)
-            grad_votes = torch.bmm(left, right).view_as(u_hat)
+            grad_votes = torch.bmm(left.transpose(1, 2), right).view_as(u_hat)
         return grad_votes, grad_bias, None, None, None
 
 
