@@ -17,4 +17,5 @@ def squash(s: Tensor, dim: int = -1) -> Tensor:
     gradient finite at s = 0."""
     s = at_least_float32(s)
     squared_norm = (s * s).sum(dim=dim, keepdim=True)
-    return squared_norm / (1.0 + squared_norm) * s / torch.sqrt(squared_norm + EPS)
+    # one scale per capsule, so that only one product touches every component
+    return s * (squared_norm / ((1.0 + squared_norm) * torch.sqrt(squared_norm + EPS)))
