@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cli import ArgumentParser, exit_status
+from .cli import DATA_DIR_ENV, ArgumentParser, exit_status
 from .errors import UserError
 
 FONTS = {"DejaVu Sans": "DejaVuSans.ttf", "DejaVu Sans Bold": "DejaVuSans-Bold.ttf",
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="where the pictures and "
                         "the table go")
     parser.add_argument("--data-dir", metavar="ROOT", default=os.environ.get(
-        "CAPSNET_DATA_DIR", "data"), help="dataset root holding MNIST/raw (default: "
-        "$CAPSNET_DATA_DIR, else data)")
+        DATA_DIR_ENV, "data"), help=f"dataset root holding MNIST/raw (default: "
+        f"${DATA_DIR_ENV}, else data)")
     parser.add_argument("--all-mnist", action="store_true", help="also the 10,000 MNIST test "
                         "digits as PNG files")
     parser.add_argument("--package", metavar="TREE", help="classify with the capsnet of this "

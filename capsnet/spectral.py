@@ -45,6 +45,12 @@ def built_in_grad_mode(function: Callable[..., Any]) -> Callable[..., Any]:
     return cached
 
 
+def autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast runs the products in, where it is on: tensors moved to it before
+    their copies move half the bytes, and a kept spectrum belongs to it."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+
 def grid_size(image_size: int, conv1_kernel: int) -> int:
     """Side n of the phase maps: conv1's output, padded by at most a pixel to 2n x 2n."""
     return (image_size - conv1_kernel + 2) // 2
@@ -111,8 +117,7 @@ def kernel_spectrum(weight: Tensor, n: int) -> Tensor:
     phase, channel) as in conv1_phases."""
     out_channels, channels, kernel, _ = weight.shape
     half = (kernel + 1) // 2
-    if torch.is_autocast_enabled("cpu"):  # moved at the products' precision: half the bytes
-        weight = weight.to(torch.get_autocast_dtype("cpu"))
+    weight = weight.to(autocast_dtype() or weight.dtype)
     # Tap (2a+p, 2b+q) of phase (p, q), with a zero row and column where k is odd
     padded = F.pad(weight, (0, 2 * half - kernel, 0, 2 * half - kernel))  # (O, C, 2h, 2h)
     taps = Transposed.apply(padded.reshape(out_channels, channels, -1))  # (O, a p b q, C)
@@ -156,8 +161,7 @@ def conv1_phases(images: Tensor, conv1: nn.Conv2d, n: int) -> Tensor:
     batch, channels_in, height, width = images.shape
     kernel = conv1.kernel_size[0]
     size = 2 * n + kernel - 1  # an odd map gets a zero row and column, met only by zero taps
-    if torch.is_autocast_enabled("cpu"):  # the windows copied at the product's precision
-        images = images.to(torch.get_autocast_dtype("cpu"))
+    images = images.to(autocast_dtype() or images.dtype)
     images = F.pad(images, (0, size - width, 0, size - height)).contiguous()
     sb, sc, sh, sw = images.stride()
     windows = images.as_strided(  # (u, v, b, p, q, c_in, i, j)
@@ -204,8 +208,7 @@ def weight_spectrum(weight: Tensor, n: int) -> Tensor:
         if id(weight) in _kept:
             _kept[id(weight)] = (None, None)  # free it while training
         return kernel_spectrum(weight, n)
-    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    key = (weight.data_ptr(), weight._version, weight.dtype, autocast, n,
+    key = (weight.data_ptr(), weight._version, weight.dtype, autocast_dtype(), n,
            weight.sum(dtype=torch.float64).item())
     kept = _kept.get(id(weight))
     if kept is None or kept[0] != key:
