@@ -97,18 +97,38 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     return tuple(m.to(dtype) for m in (forward, kernel, inverse))
 
 
-class Transposed(torch.autograd.Function):
-    """x.transpose(-2, -1).contiguous(), and its gradient likewise: a transpose of small matrices,
-    whose gradient comes back in x's own layout (rather than as a transposed view for autograd
-    to copy later, in float32)."""
+class PhaseTaps(torch.autograd.Function):
+    """A conv weight (O, C, k, k) as taps (O, size, size, C) in `dtype`, zero beyond k: cast
+    first, then one transposing copy, and its gradient in one copy back (a cast, a pad and a
+    transpose each copied before, forward and back)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.transpose(-2, -1).contiguous()
+    def forward(ctx: Any, weight: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+        out_channels, channels, kernel, _ = weight.shape
+        ctx.kernel, ctx.dtype = kernel, weight.dtype
+        taps = weight.new_zeros(out_channels, size, size, channels, dtype=dtype)
+        taps[:, :kernel, :kernel].copy_(weight.to(dtype).permute(0, 2, 3, 1))
+        return taps
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.transpose(-2, -1).contiguous()
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        taps = grad[:, :ctx.kernel, :ctx.kernel].permute(0, 3, 1, 2)  # (O, C, k, k)
+        return taps.to(ctx.dtype, memory_format=torch.contiguous_format), None, None
+
+
+class Transform(torch.autograd.Function):
+    """matrix @ x for a constant matrix, whose gradient matrix^T grad reads the matrix copied
+    transposed: a bf16 matrix unit reads a transposed view of it 2x slower."""
+
+    @staticmethod
+    def forward(ctx: Any, matrix: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(matrix)
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        matrix, = ctx.saved_tensors
+        return None, matrix.t().contiguous() @ grad
 
 
 def kernel_spectrum(weight: Tensor, n: int) -> Tensor:
@@ -117,14 +137,12 @@ def kernel_spectrum(weight: Tensor, n: int) -> Tensor:
     phase, channel) as in conv1_phases."""
     out_channels, channels, kernel, _ = weight.shape
     half = (kernel + 1) // 2
-    weight = weight.to(autocast_dtype() or weight.dtype)
     # Tap (2a+p, 2b+q) of phase (p, q), with a zero row and column where k is odd
-    padded = F.pad(weight, (0, 2 * half - kernel, 0, 2 * half - kernel))  # (O, C, 2h, 2h)
-    taps = Transposed.apply(padded.reshape(out_channels, channels, -1))  # (O, a p b q, C)
+    taps = PhaseTaps.apply(weight, 2 * half, autocast_dtype() or weight.dtype)  # (O, 2h, 2h, C)
     taps = taps.view(out_channels, half, 2, half, 2, channels)
     phased = taps.permute(1, 3, 0, 2, 4, 5).reshape(half * half, -1)  # (a b, O p q C)
-    _, spectrum, _ = transforms(n, half, n - half + 1, weight.dtype)
-    return (spectrum @ phased).view(2, -1, out_channels, 4 * channels)  # re and im at once
+    _, spectrum, _ = transforms(n, half, n - half + 1, taps.dtype)
+    return Transform.apply(spectrum, phased).view(2, -1, out_channels, 4 * channels)  # re, im
 
 
 class SpectralProducts(torch.autograd.Function):
@@ -179,7 +197,7 @@ def primary_conv(phases: Tensor, spectrum: Tensor, conv: nn.Conv2d, out: int) ->
     n, half = math.isqrt(phases.shape[0]), (conv.kernel_size[0] + 1) // 2
     batch = phases.shape[1] // channels4
     forward, _, inverse = transforms(n, half, out, phases.dtype)
-    x = (forward @ phases).view(frequencies, 2 * batch, channels4)  # (F, re/im B, 4C)
+    x = Transform.apply(forward, phases).view(frequencies, 2 * batch, channels4)  # (F, 2B, 4C)
     products = SpectralProducts.apply(x, spectrum)  # (kernel re/im, F, re/im B, O)
     maps = inverse @ products.view(4 * frequencies, -1)  # (out*out, B O)
     return maps.view(out, out, batch, out_channels).permute(2, 0, 1, 3) + conv.bias
