@@ -7,12 +7,12 @@ four stride-1 convolutions of 10x10 maps with 5x5 kernels. Over a 10x10 discrete
 transform, each of those becomes one product per frequency, and one matrix product per frequency
 contracts all four phases and 256 channels at once, for the 52 frequencies of half the spectrum of
 a real 10x10 map. That costs under a third of the multiply-adds of the direct convolution. Every
-transform here is a small matrix product whose backward pass autograd derives; the products per
-frequency have theirs by hand (SpectralProducts), to read each operand in the layout a bf16
-matrix unit reads fastest. Conv1 writes its output straight into the phase layout. Results equal
-F.conv2d's up to float32 rounding (tests/test_spectral.py). CapsNet.forward (capsnet.model)
-takes this path where `supported` and its `fast_kernels` is on, and its layers' nn.Conv2d
-otherwise.
+transform here is a product with a small constant matrix; the products per frequency and the
+transforms' gradients are written by hand (SpectralProducts, Transform) where autograd's would
+read an operand in a layout a bf16 matrix unit reads slowly. Conv1 writes its output straight
+into the phase layout. Results equal F.conv2d's up to float32 rounding (tests/test_spectral.py).
+CapsNet.forward (capsnet.model) takes this path where `supported` and its `fast_kernels` is on,
+and its layers' nn.Conv2d otherwise.
 """
 from __future__ import annotations
 
