@@ -89,7 +89,7 @@ def transforms(n: int, half: int, out: int, dtype: torch.dtype) -> tuple[Tensor,
     # Hermitian weights: a frequency stands for its conjugate too, but for the four that are
     # their own conjugate ((0 or n/2, 0 or n/2): real).
     self_conjugate = edge & ((fy == 0) | (2 * fy == n))
-    weight = torch.where(self_conjugate, 1.0, 2.0) / (n * n)
+    weight = torch.where(self_conjugate, 1.0, 2.0).double() / (n * n)  # not float32's 0.02
     cos, sin = (m.t() * weight for m in cos_sin(out))  # (out*out, F)
     inverse_re = torch.stack([cos, -sin], dim=2).reshape(out * out, -1)
     inverse_im = torch.stack([-sin, -cos], dim=2).reshape(out * out, -1)
