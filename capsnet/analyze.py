@@ -347,6 +347,8 @@ def analyze(checkpoint_path: str, out: str | None, per_class: int, given: dict[s
     written: list[Path] = []
     try:
         parts = build_run(cfg, train=False)
+        for line in parts.kernels.warnings("drawing with", ""):
+            print(line, file=sys.stderr, flush=True)
         check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
         model = parts.model
         load_state(model, checkpoint["model"], "model")

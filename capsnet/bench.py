@@ -88,6 +88,8 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     test_count = TEST_IMAGES if full else steps * batch_size * processes
     parts = build_run(cfg, splits=(split(train_count, 1), split(test_count, 0)))
     device, world, model = parts.device, parts.world, parts.model
+    for line in parts.kernels.warnings("timing", "") if world.main else []:
+        print(line, file=sys.stderr, flush=True)
     train_step = forward_step(parts.train_network, parts.criterion, parts.autocast, train=True)
     eval_step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
     trainer, evaluator = Engine(), Engine()  # the loops train.py runs
@@ -117,8 +119,9 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
     eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
     steady = warm / train_rate + (warm + batch_size) / eval_rate  # those passes, warm
-    estimate = (measure(spec_of(cfg, parts.model_args, parts.objects, device)).of(batch_size)
-                / 2 ** 20 if footprint else None)
+    estimate = (measure(spec_of(cfg, parts.model_args, parts.objects, device,
+                                parts.kernels.record())).of(batch_size) / 2 ** 20
+                if footprint else None)
     return {
         "train_images_per_s": train_rate, "estimated_memory_mb": estimate, "eval_images_per_s": eval_rate,
         "first_passes_seconds": first, "compile_seconds": max(0.0, first - steady),
@@ -128,6 +131,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         "device": device_name(device), "processes": world.size, "batch_size": batch_size,
         "precision": precision, "compile": compile, "repeats": repeats,
         "precision_label": precision_label(precision, device),
+        "kernels": parts.kernels.record(), "kernels_line": parts.kernels.line(),
         "dataset": cfg.dataset, "parameters": sum(p.numel() for p in model.parameters()),
         "network": {k: getattr(cfg, k) for k in NETWORK},
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "main": world.main,
@@ -160,6 +164,7 @@ def report(result: dict[str, Any]) -> str:
             ("batch size (per process)", result["batch_size"]),
             ("precision", result["precision_label"] + (f" + compile ({result['compile_mode']})"
                                                  if result["compile"] else "")),
+            ("kernels", result["kernels_line"].removeprefix("kernels: ")),
             ("timed passes (median)", result["repeats"]),
             ("train images/s", f"{result['train_images_per_s']:.1f}"),
             ("eval images/s", f"{result['eval_images_per_s']:.1f}"),

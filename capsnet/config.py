@@ -110,10 +110,11 @@ class Config:
     image_size: int = setting(28, "side the folder dataset's images are resized to")
     # How the run computes (none changes what it learns)
     fast_kernels: bool = setting(True, "CapsNet's faster kernels: conv1 and PrimaryCaps over DFTs "
-                                 "on the CPU, routing with a hand-written backward; the same "
-                                 "network (tests/test_spectral.py, test_routing.py). Off "
-                                 "(--no-fast-kernels): every layer as written in capsnet/model.py "
-                                 "and capsnet/routing, left to autograd, the form to edit")
+                                 "on the CPU, routing with a hand-written backward; each is "
+                                 "checked against the code as written at the start, and a layer "
+                                 "whose fast form differs runs as written (the first lines say "
+                                 "so). Off (--no-fast-kernels): every layer as written in "
+                                 "capsnet/model.py and capsnet/routing, left to autograd")
     device: str = setting("auto", "where to train: auto picks cuda when there is a GPU", DEVICES)
     precision: str = setting("fp32", "fp32; tf32 (tensor-core float32 on CUDA); bf16 (convolutions "
                              "and matrix products in bfloat16, routing and losses in float32)",

@@ -136,7 +136,9 @@ class CapsNet(nn.Module):
 
     `fast_kernels` computes the same network with faster kernels where they apply: conv1 and
     PrimaryCaps over DFTs on the CPU (capsnet.spectral), the routing with a hand-written
-    backward. Off, every layer runs as written here, left to autograd: the form to edit."""
+    backward. Off, every layer runs as written here, left to autograd: the form to edit. The
+    commands check each fast form against the form written here when they build the model
+    (capsnet.kernels), and run a layer as written wherever its fast form differs."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  routing_iterations: int = 3, detach_routing: bool = False,
@@ -175,15 +177,20 @@ class CapsNet(nn.Module):
             channels, height, width = self.decoder.image_shape
             raise ValueError(f"this CapsNet takes images of shape (B, {channels}, {height}, "
                              f"{width}), got {tuple(images.shape)}")
-        if self.fast_kernels and spectral.supported(images):  # the same u_i, faster on a CPU
-            u = self.primary.capsules(spectral.conv1_primary(images, self.conv1, self.primary.conv))
-        else:
-            u = self.primary(F.relu(self.conv1(images)))  # conv1 (B, 256, 20, 20) -> u_i
-        # u: (B, 1152, 8)
+        u = self.primary_capsules(images)  # (B, 1152, 8)
         routed = self.digits(u)  # poses (B, classes, 16), scores (B, classes), coupling
         chosen = labels if labels is not None else predict(routed.scores, objects)
         return CapsNetOutput(routed.scores, routed.poses, self.reconstruct(routed.poses, chosen),
                              routed.coupling, routed.logits)
+
+    def primary_capsules(self, images: Tensor) -> Tensor:
+        """u_i (B, 1152, 8): conv1 (B, 256, 20, 20), ReLU and PrimaryCaps, or with
+        `fast_kernels` the same through capsnet.spectral on a CPU (capsnet.kernels checks the
+        two equal at a run's start and sets the fast form aside where they are not)."""
+        if self.fast_kernels and spectral.supported(images):
+            return self.primary.capsules(spectral.conv1_primary(images, self.conv1,
+                                                                self.primary.conv))
+        return self.primary(F.relu(self.conv1(images)))
 
     def reconstruct(self, poses: Tensor, classes: Tensor) -> Tensor:
         """The decoder's image from the capsule of class classes[b] of each example: poses

@@ -19,6 +19,7 @@ listeners (the dashboard) know the loop only by those records (capsnet.records).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -39,6 +40,7 @@ from .errors import UserError
 from .data.batches import Batches, Sample, head
 from .meters import Meters, Totals, accuracy_text, align_reconstructions
 from .records import SHOWCASE, EpochEnd, Listener, Progress, RunStart, Showcase
+from .kernels import apply as apply_kernels
 from .networks import MODELS, Ensemble
 
 
@@ -382,11 +384,14 @@ def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset:
     for checkpoint in checkpoints:  # before any data is read or downloaded
         check_dataset(checkpoint, cfg, allow=allow_other_dataset)
     parts = build_run(cfg, train=False)
+    for line in parts.kernels.warnings("testing", "pass --no-fast-kernels to silence this") if parts.world.main else []:
+        print(line, file=sys.stderr, flush=True)
     members = []
     for checkpoint in checkpoints:
         check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)
         check_structure(checkpoint["model_args"], parts.model_args, cfg.model)
         member = MODELS[cfg.model].build(checkpoint["model_args"], cfg).to(parts.device)
+        apply_kernels(member, parts.kernels.record())  # its structure is the run's: checked
         load_state(member, checkpoint["model"], "model")
         members.append(member)
     model = members[0] if len(members) == 1 else Ensemble(members)

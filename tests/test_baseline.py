@@ -165,7 +165,7 @@ def test_the_memory_check_measures_a_baseline_step():
     from test_experiments import noise_digits
     cfg = Config(model="baseline", batch_size=8)
     args = model_args(cfg, noise_digits(4))
-    measured = footprint.measure(footprint.spec_of(cfg, args, 1, torch.device("cpu")))
+    measured = footprint.measure(footprint.spec_of(cfg, args, 1, torch.device("cpu"), {}))
     # 35.4M parameters, their gradients and Adam's two moments: over 500 MB before any batch
     assert measured.fixed > 500 * 2 ** 20 and measured.per_example > 0
 

@@ -23,7 +23,7 @@ def test_the_line_through_two_measured_steps():
 def test_a_real_probe_grows_with_the_batch_and_names_a_batch_that_fits(monkeypatch):
     cfg = Config(batch_size=8)
     args = model_args(cfg, noise_digits(4))
-    spec = footprint.spec_of(cfg, args, 1, torch.device("cpu"))
+    spec = footprint.spec_of(cfg, args, 1, torch.device("cpu"), {})
     assert spec["batches"] == [4, 8]
     measured = footprint.measure(spec)
     assert measured.fixed > 100 * 2 ** 20 and measured.per_example > 0  # PyTorch, then activations
@@ -75,14 +75,14 @@ def test_with_cuda_graph_modes_the_probe_measures_the_compiled_step(monkeypatch)
     cfg = Config(batch_size=8, compile=True, compile_mode="reduce-overhead", conv1_channels=8,
                  primary_types=2)
     args = model_args(cfg, noise_digits(4))
-    assert footprint.spec_of(cfg, args, 1, torch.device("cuda"))["compile_mode"] == \
+    assert footprint.spec_of(cfg, args, 1, torch.device("cuda"), {})["compile_mode"] == \
         "reduce-overhead"
-    assert footprint.spec_of(cfg, args, 1, torch.device("cpu"))["compile_mode"] == ""
+    assert footprint.spec_of(cfg, args, 1, torch.device("cpu"), {})["compile_mode"] == ""
     for mode, graphs in (("default", ""), ("max-autotune-no-cudagraphs", ""),
                          ("max-autotune", "max-autotune")):
         other = Config(compile=True, compile_mode=mode)
-        assert footprint.spec_of(other, args, 1, torch.device("cuda"))["compile_mode"] == graphs
-    spec = {**footprint.spec_of(cfg, args, 1, torch.device("cpu")), "compile_mode": "max-autotune"}
+        assert footprint.spec_of(other, args, 1, torch.device("cuda"), {})["compile_mode"] == graphs
+    spec = {**footprint.spec_of(cfg, args, 1, torch.device("cpu"), {}), "compile_mode": "max-autotune"}
     compiled, calls = [], []
 
     def compile_model(model, enabled, mode="default"):

@@ -12,19 +12,22 @@ gradient of the votes for each of those five products and adds them up; here it 
 over all the terms,
     dL/du_hat_j|i = sum_t c_ij^t dL/ds_j^t + sum_(t<r) dL/da_ij^t v_j^t,
 and the agreements u_hat_j|i . x_j are read as x_j^T U_j^T, row by row (as U_j x_j they are
-16-wide dot products, three times slower on a CPU). Both forms give the same results to float64
-rounding, gradients included (tests/test_routing.py). Why the votes keep this layout:
+16-wide dot products, three times slower on a CPU). The derivatives of `squash` and `couple`
+come from autograd on those functions themselves, so an edit to either keeps both forms equal.
+Both forms give the same results to float64 rounding, gradients included (tests/test_routing.py),
+and every run checks that they still do (capsnet.kernels). Why the votes keep this layout:
 BENCHMARKS.md.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..squashing import EPS, at_least_float32, squash
+from ..squashing import at_least_float32, squash
 from .routed import Routed, iterations_checked
 
 
@@ -73,13 +76,20 @@ def agreements(votes: Tensor, x: Tensor) -> Tensor:
     return rows.view(batch, out_caps, -1)
 
 
-def squash_backward(s: Tensor, grad_v: Tensor) -> Tensor:
-    """dL/ds of v = q / (1 + q) * s / r, with q = |s|^2 and r = sqrt(q + eps) (squash):
-    dL/ds = q / ((1 + q) r) dL/dv + 2 s (s . dL/dv) (1 / ((1 + q)^2 r) - q / (2 (1 + q) r^3))."""
-    q = (s * s).sum(dim=-1, keepdim=True)
-    r = torch.sqrt(q + EPS)
-    slope = 1.0 / ((1.0 + q) ** 2 * r) - q / (2.0 * (1.0 + q) * r ** 3)
-    return q / ((1.0 + q) * r) * grad_v + 2.0 * s * (s * grad_v).sum(dim=-1, keepdim=True) * slope
+def traced(function: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """function(x) with its graph, and the leaf x it starts from: its backward is autograd's
+    on the function as written."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        return function(x), x
+
+
+def pulled_back(y: Tensor, x: Tensor, grad_y: Tensor) -> Tensor:
+    """dL/dx from dL/dy for y = f(x) as `traced` made it: the gradient of sum(y dL/dy), the
+    same numbers (autograd.grad with grad_outputs would first import sympy, 0.4 s)."""
+    with torch.enable_grad():
+        (grad_x,) = torch.autograd.grad((y * grad_y).sum(), x)
+    return grad_x
 
 
 def couple(logits: Tensor, leaky: bool) -> Tensor:
@@ -106,11 +116,11 @@ class Procedure1(torch.autograd.Function):
             if bias is not None:
                 s = s + bias
             v = squash(s)
-            kept += [coupling, s, v]
+            kept += [logits, s, v]
             if iteration < iterations - 1:
                 logits = logits + agreements(votes, v)  # b_ij += u_hat_j|i . v_j
         ctx.save_for_backward(u_hat, *kept)
-        ctx.options = (iterations, detach_inner, bias is not None)
+        ctx.options = (iterations, detach_inner, bias is not None, leaky)
         return v, coupling
 
     @staticmethod
@@ -119,8 +129,8 @@ class Procedure1(torch.autograd.Function):
         u_hat, *kept = ctx.saved_tensors
         _, _, in_caps, dim = u_hat.shape
         votes = u_hat.view(-1, in_caps, dim)
-        iterations, detach_inner, has_bias = ctx.options
-        couplings, sums, poses = kept[0::3], kept[1::3], kept[2::3]
+        iterations, detach_inner, has_bias, leaky = ctx.options
+        logits, sums, poses = kept[0::3], kept[1::3], kept[2::3]
         # The logits' gradient reaches the votes only without detach_inner, and the bias always.
         through_logits = not detach_inner or has_bias
         last = iterations - 1
@@ -132,19 +142,19 @@ class Procedure1(torch.autograd.Function):
                 if not detach_inner:
                     weights.append(grad_logits)
                     grads.append(poses[t])
-            grad_s = squash_backward(sums[t], grad_v)
+            grad_s = pulled_back(*traced(squash, sums[t]), grad_v)  # dL/ds_j
             if has_bias:
                 grad_bias = grad_s.sum(0) if grad_bias is None else grad_bias + grad_s.sum(0)
+            coupling, b = traced(functools.partial(couple, leaky=leaky), logits[t])  # c^t
             if t == last or not detach_inner:
-                weights.append(couplings[t])
+                weights.append(coupling.detach())
                 grads.append(grad_s)
             if t == 0 or not through_logits:
                 continue  # c^0 is uniform, whatever the votes
             grad_c = agreements(votes, grad_s)  # dL/dc_ij = u_hat_j|i . dL/ds_j
             if t == last and grad_coupling is not None:
                 grad_c = grad_c + grad_coupling
-            c = couplings[t]  # the softmax's backward; a leaky one's extra output has no gradient
-            grad_b = c * (grad_c - (c * grad_c).sum(dim=1, keepdim=True))
+            grad_b = pulled_back(coupling, b, grad_c)  # dL/db^t
             grad_logits = grad_b if grad_logits is None else grad_logits + grad_b
         grad_votes = None
         if ctx.needs_input_grad[0]:
@@ -168,8 +178,9 @@ def procedure_1(u_hat: Tensor, iterations: int, detach_inner: bool = False,
 
 class DynamicRouting(nn.Module):
     """Procedure 1 as a routing layer: r iterations, optionally leaky or with the inner
-    iterations detached; with `fast_kernels`, through procedure_1. The class scores are the
-    lengths |v_j|."""
+    iterations detached; with `fast_kernels`, through procedure_1 (but under torch.compile).
+    The class scores are the lengths |v_j|."""
+    FORMS = ("procedure_1", "dynamic_routing")  # (fast, as written): capsnet.kernels checks them
 
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
                  detach_inner: bool = False, leaky: bool = False,
@@ -179,7 +190,9 @@ class DynamicRouting(nn.Module):
         self.detach_inner, self.leaky, self.fast_kernels = detach_inner, leaky, fast_kernels
 
     def forward(self, u_hat: Tensor, activations: Tensor, bias: Tensor | None = None) -> Routed:
-        if self.fast_kernels:  # the same results, one product for the votes' gradient
+        # compiled, the form as written: the compiler fuses its products itself, and cannot
+        # trace a backward that asks autograd for squash's and couple's derivatives
+        if self.fast_kernels and not torch.compiler.is_compiling():
             v, coupling = procedure_1(u_hat, self.iterations, self.detach_inner, bias, self.leaky)
         else:
             v, coupling = dynamic_routing(u_hat, self.iterations, self.detach_inner, bias,

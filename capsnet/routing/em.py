@@ -234,6 +234,8 @@ def em_procedure(votes: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Ten
 
 
 class EMRouting(nn.Module):
+    FORMS = ("em_procedure", "em_routing")  # (fast, as written): capsnet.kernels checks them
+
     def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
                  detach_inner: bool = False, leaky: bool = False,
                  fast_kernels: bool = True) -> None:

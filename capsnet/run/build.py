@@ -19,6 +19,7 @@ from ..errors import UserError
 from .footprint import Footprint, spec_of
 from .footprint import check as check_footprint
 from .footprint import check_data
+from ..kernels import Kernels, checked
 from ..networks import MODELS
 from .recipe import Autocast, compile_model, configure_precision, make_optimizer
 
@@ -96,6 +97,7 @@ class RunParts:
     test_batches: Batches
     footprint: Footprint | None = None  # a training step's measured memory, when checked
     validation_batches: Batches | None = None  # the held-out split, when --validation-samples
+    kernels: Kernels = Kernels()  # the forms the model computes with, as checked at its build
 
     @property
     def capsules(self) -> bool:
@@ -149,9 +151,11 @@ def build_run(cfg: Any, train: bool = True,
     check_data({"train": train_split, "validation": validation, "test": test_split}, device)
     args = model_args(cfg, train_split or test_split)
     objects = DATASETS[cfg.dataset].objects
-    footprint = (check_footprint(spec_of(cfg, args, objects, device), cfg.batch_size, device)
-                 if train and cfg.memory_check else None)
     model = MODELS[cfg.model].build(args, cfg).to(device)
+    kernels = checked(model, args, device, world)
+    footprint = (check_footprint(spec_of(cfg, args, objects, device, kernels.record()),
+                                 cfg.batch_size, device)
+                 if train and cfg.memory_check else None)
     eval_network = compile_model(model, cfg.compile, cfg.compile_mode)
     train_network = eval_network
     if world.distributed:
@@ -162,7 +166,8 @@ def build_run(cfg: Any, train: bool = True,
     autocast = configure_precision(cfg.precision, device, cfg.deterministic)
     parts = RunParts(cfg, world, device, model, train_network, eval_network,
                      None, autocast, optimizer, scheduler, generator,  # type: ignore[arg-type]
-                     args, test_split.classes, None, None, footprint)  # type: ignore[arg-type]
+                     args, test_split.classes, None, None, footprint,  # type: ignore[arg-type]
+                     kernels=kernels)
     parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
     steps = cfg.epochs * len(parts.train_batches) if parts.train_batches is not None else 0
     parts.criterion = MODELS[cfg.model].criterion(cfg, run_progress(scheduler, steps))

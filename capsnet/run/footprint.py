@@ -50,9 +50,10 @@ SETTINGS = ("model", "m_plus", "m_minus", "lambda_absent", "reconstruction_weigh
             "score_loss", "lr", "lr_decay", "lr_decay_steps", "fast_kernels")
 
 
-def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device
-            ) -> dict[str, Any]:
-    """What the probe process needs to rebuild the run's training step."""
+def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device,
+            kernels: dict[str, str]) -> dict[str, Any]:
+    """What the probe process needs to rebuild the run's training step; `kernels` the run's
+    forms (capsnet.kernels.Kernels.record), which the probe takes without checking them."""
     from .recipe import CUDA_GRAPH_MODES
     size = model_args["image_size"]
     top = min(cfg.batch_size, PROBE_MAX)
@@ -61,6 +62,7 @@ def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.de
             "batches": [max(1, top // 2), max(2, top)],
             "compile_mode": cfg.compile_mode if graphs else "",
             "objects": objects, "device": str(device), "precision": cfg.precision,
+            "kernels": kernels,
             "threads": torch.get_num_threads(), "settings": {k: getattr(cfg, k) for k in SETTINGS}}
 
 

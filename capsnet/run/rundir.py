@@ -115,9 +115,11 @@ class RunDir:
         os.close(self.lock_fd)
         self.lock_fd = None
 
-    def write_config(self, cfg: Any) -> None:
-        write_file(self.path / "config.json",
-                   (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
+    def write_config(self, cfg: Any, kernels: dict[str, str]) -> None:
+        """The run's settings, and `kernels`: the form each layer with a fast form computes
+        with (capsnet.kernels)."""
+        record = {**dataclasses.asdict(cfg), "kernels": kernels}
+        write_file(self.path / "config.json", (json.dumps(record, indent=2) + "\n").encode())
 
     def read_metrics(self) -> list[dict[str, str]]:
         return read_rows(self.metrics)

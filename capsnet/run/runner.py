@@ -130,7 +130,8 @@ def train_run(given: dict[str, Any], resume: str | None = None,
 
 def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
     """Rank 0's part of starting a run: config.json, metrics.csv, the dashboard, a first line."""
-    run.write_config(cfg)
+    kernels = trainer.parts.kernels
+    run.write_config(cfg, kernels.record())
     if resume:
         run.keep_epochs(trainer.position.epoch)
     if cfg.visdom:
@@ -157,10 +158,12 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
           f"{held_out}, testing on {trainer.evaluator.batches.describe()}, "
           f"{trainer.parameter_count:,} parameters, on {trainer.device} in "
           f"{precision_label(cfg.precision, trainer.device)}, "
-          f"{compiled}; {processes}{memory}"
+          f"{compiled}; {kernels.line()}; {processes}{memory}"
           f"epochs {trainer.position.epoch + 1}-{cfg.epochs}{resumed}"
           + "".join(f"; {note}" for note in [*capped, *trainer.notes])
           + f"; run directory {run.path}", flush=True)
+    for line in kernels.warnings():
+        print(line, flush=True)
 
 
 class Evaluation(NamedTuple):

@@ -9,6 +9,7 @@ a run's checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,15 @@ def record_of(name: str, folder: Path = FOLDER) -> dict[str, Any]:
 
 
 def model_of(checkpoint: dict[str, Any], device: torch.device) -> nn.Module:
-    """A loaded checkpoint's (or trained-weights file's) model, in eval mode on `device`."""
+    """A loaded checkpoint's (or trained-weights file's) model, in eval mode on `device`, each
+    fast form checked against the code as written (a line on stderr for one set aside)."""
+    from ..kernels import checked
     from ..networks import network_of
     from ..run.storage import load_state
     model = network_of(checkpoint["config"]).make(**checkpoint["model_args"])
     load_state(model, checkpoint["model"], "model")
+    for line in checked(model, checkpoint["model_args"], device).warnings("running", ""):
+        print(line, file=sys.stderr, flush=True)
     return model.to(device).eval()
 
 
