@@ -116,7 +116,7 @@ class Procedure1(torch.autograd.Function):
             if bias is not None:
                 s = s + bias
             v = squash(s)
-            kept += [logits, s, v]
+            kept += [logits, coupling, s, v]
             if iteration < iterations - 1:
                 logits = logits + agreements(votes, v)  # b_ij += u_hat_j|i . v_j
         ctx.save_for_backward(u_hat, *kept)
@@ -130,7 +130,7 @@ class Procedure1(torch.autograd.Function):
         _, _, in_caps, dim = u_hat.shape
         votes = u_hat.view(-1, in_caps, dim)
         iterations, detach_inner, has_bias, leaky = ctx.options
-        logits, sums, poses = kept[0::3], kept[1::3], kept[2::3]
+        logits, couplings, sums, poses = kept[0::4], kept[1::4], kept[2::4], kept[3::4]
         # The logits' gradient reaches the votes only without detach_inner, and the bias always.
         through_logits = not detach_inner or has_bias
         last = iterations - 1
@@ -145,16 +145,16 @@ class Procedure1(torch.autograd.Function):
             grad_s = pulled_back(*traced(squash, sums[t]), grad_v)  # dL/ds_j
             if has_bias:
                 grad_bias = grad_s.sum(0) if grad_bias is None else grad_bias + grad_s.sum(0)
-            coupling, b = traced(functools.partial(couple, leaky=leaky), logits[t])  # c^t
             if t == last or not detach_inner:
-                weights.append(coupling.detach())
+                weights.append(couplings[t])
                 grads.append(grad_s)
             if t == 0 or not through_logits:
                 continue  # c^0 is uniform, whatever the votes
             grad_c = agreements(votes, grad_s)  # dL/dc_ij = u_hat_j|i . dL/ds_j
             if t == last and grad_coupling is not None:
                 grad_c = grad_c + grad_coupling
-            grad_b = pulled_back(coupling, b, grad_c)  # dL/db^t
+            coupled = traced(functools.partial(couple, leaky=leaky), logits[t])  # c^t again
+            grad_b = pulled_back(*coupled, grad_c)  # dL/db^t
             grad_logits = grad_b if grad_logits is None else grad_logits + grad_b
         grad_votes = None
         if ctx.needs_input_grad[0]:
