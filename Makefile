@@ -14,11 +14,13 @@ endif
 setup: $(STAMP)
 
 # torchnet 0.0.4 and visdom 0.2.4 ship only sources whose setup.py imports pkg_resources:
-# they build with setuptools<81 present and build isolation off.
-$(STAMP): requirements.txt
+# they build with setuptools<81 present and build isolation off. The package itself goes in
+# editable, so that the clone's .venv runs every command from any directory.
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'setuptools<81' wheel
 	$(BIN)/python -m pip install --no-build-isolation -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
 	$(BIN)/python -m capsnet.dashboard.assets  # the dashboard's page files, from npm
 	touch $(STAMP)
 
