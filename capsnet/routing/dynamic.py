@@ -85,8 +85,10 @@ def traced(function: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Ten
 
 
 def pulled_back(y: Tensor, x: Tensor, grad_y: Tensor) -> Tensor:
-    """dL/dx from dL/dy for y = f(x) as `traced` made it."""
-    (grad_x,) = torch.autograd.grad(y, x, grad_y)
+    """dL/dx from dL/dy for y = f(x) as `traced` made it: the gradient of sum(y dL/dy), the
+    same numbers (autograd.grad given dL/dy would first import sympy: 0.4 s)."""
+    with torch.enable_grad():
+        (grad_x,) = torch.autograd.grad((y * grad_y).sum(), x)
     return grad_x
 
 

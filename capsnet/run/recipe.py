@@ -7,14 +7,17 @@ import functools
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..model import CapsNetOutput
 
-def make_optimizer(model: nn.Module, cfg: Any) -> tuple[torch.optim.Adam,
+if TYPE_CHECKING:
+    from ..config import Config
+
+def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Adam,
                                                       torch.optim.lr_scheduler.ExponentialLR]:
     """Adam with the rate decayed by lr_decay every lr_decay_steps, continuously (step per batch)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one pass per step
@@ -37,7 +40,9 @@ def configure_precision(precision: str, device: torch.device,
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        # only where it changes something: the call imports the compiler (2 s)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
