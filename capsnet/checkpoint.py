@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
@@ -20,6 +20,9 @@ from .errors import UserError
 from .meters import Meters
 from .run.build import RunParts, check_structure
 from .run.storage import load_state
+
+if TYPE_CHECKING:
+    from .config import Config
 
 MID_EPOCH_FIXED = ("dataset", "batch_size", "train_samples", "shift")  # define an epoch's batches
 SCHEDULE = ("lr", "lr_decay", "lr_decay_steps")
@@ -71,7 +74,7 @@ def contents(parts: RunParts, position: Position, best: Best, average: WeightAve
     }
 
 
-def check_resume(checkpoint: dict, cfg: Any, processes: int) -> None:
+def check_resume(checkpoint: dict, cfg: Config, processes: int) -> None:
     """Refuse, in one line, settings a resumed run cannot take."""
     saved, epoch = checkpoint["config"], checkpoint["epoch"]
     if epoch >= cfg.epochs:
@@ -94,7 +97,7 @@ def check_resume(checkpoint: dict, cfg: Any, processes: int) -> None:
     check_average(checkpoint, cfg)
 
 
-def check_mid_epoch(checkpoint: dict, cfg: Any, processes: int) -> None:
+def check_mid_epoch(checkpoint: dict, cfg: Config, processes: int) -> None:
     """A checkpoint from inside an epoch resumes only with the batches it was cut from."""
     saved, inside = checkpoint["config"], f"inside epoch {checkpoint['epoch'] + 1}"
     for name in MID_EPOCH_FIXED:
@@ -108,7 +111,7 @@ def check_mid_epoch(checkpoint: dict, cfg: Any, processes: int) -> None:
                         "a checkpoint of an epoch's end")
 
 
-def check_average(checkpoint: dict, cfg: Any) -> None:
+def check_average(checkpoint: dict, cfg: Config) -> None:
     """An average goes on from the epoch it began with; one cannot begin at an epoch whose
     weights the checkpoint no longer has."""
     averaged, epoch, first = Averaged.of(checkpoint), checkpoint["epoch"], cfg.average_from

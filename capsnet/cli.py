@@ -155,9 +155,21 @@ def bf16_units() -> list[str]:
             if getattr(torch.cpu, check, lambda: False)()]
 
 
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """The precision a --precision choice names on `device`; auto: bf16 where the device has
+    bf16 matrix units (bf16_units on a CPU, a CUDA GPU that supports bf16), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if bf16_units() else "fp32"
+
+
 def precision_label(precision: str, device: torch.device) -> str:
     """The precision as a run's first line and the benchmark say it: on a CPU, bf16 with the
-    units that make it fast, or a warning that it has none."""
+    units that make it fast, or a warning that it has none; what auto chose."""
+    if precision == "auto":
+        return f"{precision_label(resolved_precision(precision, device), device)} (--precision auto)"
     if precision != "bf16" or device.type != "cpu":
         return precision
     units = bf16_units()

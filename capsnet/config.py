@@ -24,7 +24,7 @@ from .networks import MODELS
 from .routing import ROUTINGS
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 # torch.compile's modes; reduce-overhead and max-autotune capture CUDA graphs, which replay one
 # shape: every batch of a pass has batch_size examples (capsnet.data.Sample).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -116,8 +116,10 @@ class Config:
                                  "so). Off (--no-fast-kernels): every layer as written in "
                                  "capsnet/model.py and capsnet/routing, left to autograd")
     device: str = setting("auto", "where to train: auto picks cuda when there is a GPU", DEVICES)
-    precision: str = setting("fp32", "fp32; tf32 (tensor-core float32 on CUDA); bf16 (convolutions "
-                             "and matrix products in bfloat16, routing and losses in float32)",
+    precision: str = setting("auto", "auto: bf16 where the device has bf16 matrix units (a CPU "
+                             "with amx_bf16 or avx512_bf16, a CUDA GPU with bf16), else fp32; "
+                             "fp32; tf32 (tensor-core float32 on CUDA); bf16 (convolutions and "
+                             "matrix products in bfloat16, routing and losses in float32)",
                              PRECISIONS)
     compile: bool = setting(False, "torch.compile the model (falls back to eager with a warning)")
     compile_mode: str = setting("default", "torch.compile mode with --compile: reduce-overhead "
@@ -133,8 +135,10 @@ class Config:
                             "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
                             "train/ and test/ for folder (env CAPSNET_DATA_DIR)")
     memory_check: bool = setting(os.environ.get("CAPSNET_MEMORY_CHECK", "1") != "0",
-                                 "before training, measure a step's memory in a separate process "
-                                 "and stop if the batch does not fit (env CAPSNET_MEMORY_CHECK=0: "
+                                 "before training, know a step's memory and stop if the batch "
+                                 "does not fit: on a CPU a count of a step's allocations where it "
+                                 "stays below the free memory, else (and on a GPU) a step "
+                                 "measured in a separate process (env CAPSNET_MEMORY_CHECK=0: "
                                  "off)")
     # Where the run goes, and the dashboard
     run_dir: str = setting("", "directory for metrics.csv and checkpoints (empty: runs/<timestamp>)")

@@ -22,7 +22,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from .meters import Meters, Totals, accuracy_text, align_reconstructions
 from .records import SHOWCASE, EpochEnd, Listener, Progress, RunStart, Showcase
 from .kernels import apply as apply_kernels
 from .networks import MODELS, Ensemble
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 Hook = Callable[[dict], None]
@@ -136,7 +139,7 @@ class Trainer:
     (an interrupt or a divergence), and rank 0 alone writes and prints.
     """
 
-    def __init__(self, cfg: Any, run: Any, checkpoint: dict | None = None,
+    def __init__(self, cfg: Config, run: Any, checkpoint: dict | None = None,
                  source: Path | None = None, allow_other_dataset: bool = False,
                  command: str | None = None) -> None:
         self.cfg, self.run = cfg, run
@@ -377,7 +380,7 @@ class Trainer:
         self.good = (path, self.where())
 
 
-def evaluate_checkpoints(cfg: Any, checkpoints: list[dict], allow_other_dataset: bool = False
+def evaluate_checkpoints(cfg: Config, checkpoints: list[dict], allow_other_dataset: bool = False
                          ) -> tuple[dict[str, float], Any, tuple[str, ...], str]:
     """Test-set loss and accuracy, confusion matrix (rows: true class), class names and what
     was tested (in words) of one checkpoint, or of several of one shape averaged (an ensemble)."""

@@ -1,14 +1,22 @@
 """The memory check before training: a step measured in a separate process, and one line with a
 batch size that fits when the run's does not."""
+import contextlib
+import io
+import re
+
 import pytest
 import torch
+
+import train
 
 from capsnet.run import footprint, probe
 from capsnet.run.build import model_args
 from capsnet.errors import UserError
 from capsnet.run.footprint import Footprint
 from capsnet.config import Config
-from conftest import run_main
+from capsnet.networks import MODELS
+from capsnet.run.recipe import configure_precision
+from conftest import SMALL_SETTINGS, run_main
 from test_experiments import noise_digits
 
 
@@ -20,9 +28,17 @@ def test_the_line_through_two_measured_steps():
     assert Footprint(50.0, 0.0).largest_batch(60.0) > 10 ** 6
 
 
+def step_of(cfg: Config, args: dict) -> footprint.Step:
+    """The training step a run of `cfg` takes, as build_run makes it."""
+    model = MODELS[cfg.model].build(args, cfg)
+    return footprint.Step(model, MODELS[cfg.model].criterion(cfg, lambda: 0.0),
+                          configure_precision(cfg.precision, torch.device("cpu")), 1)
+
+
 def test_a_real_probe_grows_with_the_batch_and_names_a_batch_that_fits(monkeypatch):
     cfg = Config(batch_size=8)
     args = model_args(cfg, noise_digits(4))
+    step = step_of(cfg, args)
     spec = footprint.spec_of(cfg, args, 1, torch.device("cpu"), {})
     assert spec["batches"] == [4, 8]
     measured = footprint.measure(spec)
@@ -31,10 +47,46 @@ def test_a_real_probe_grows_with_the_batch_and_names_a_batch_that_fits(monkeypat
     monkeypatch.setattr(footprint, "available", lambda device: free)
     monkeypatch.setattr(footprint, "measure", lambda spec: measured)  # the same probe again
     with pytest.raises(UserError) as error:
-        footprint.check(spec, 8, torch.device("cpu"))
+        footprint.check(step, spec, 8, torch.device("cpu"))
     message = str(error.value)
     assert "batch 8 on 1x28x28" in message and "\n" not in message
     assert "--batch-size 6 or less fits" in message
+
+
+def test_a_steps_allocations_grow_by_the_same_bytes_with_each_example():
+    cfg = Config(**SMALL_SETTINGS)
+    step = step_of(cfg, model_args(cfg, noise_digits(4)))
+    one, two, three = (footprint.allocated(step, (1, 28, 28), 10, batch) for batch in (1, 2, 3))
+    assert two - one == pytest.approx(three - two, rel=0.02)  # an example's activations
+    assert two - one > 100_000  # and their gradients
+
+
+def first_line(quick_args: list[str]) -> str:
+    """The first line of a short run with the memory check."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train.main(quick_args + ["--memory-check", "--train-samples", "32",
+                                        "--test-samples", "16"]) == 0
+    return out.getvalue().splitlines()[0]
+
+
+def test_a_cpu_batch_far_below_the_free_memory_is_counted_not_measured(quick_args, monkeypatch):
+    def measure(spec):
+        raise AssertionError("a step was measured")
+    monkeypatch.setattr(footprint, "measure", measure)
+    first = first_line(quick_args)
+    assert re.search(r"a training step needs at most [0-9.]+ GiB \(every allocation of a step "
+                     r"counted, below the [0-9.]+ GiB free: no step measured\)", first), first
+
+
+def test_a_cpu_batch_whose_count_comes_near_the_free_memory_is_measured(quick_args, monkeypatch):
+    counted = footprint.Footprint(2 * 2 ** 30, 0.0, "counted", measured=False)
+    monkeypatch.setattr(footprint, "bound", lambda step, spec: counted)
+    monkeypatch.setattr(footprint, "available", lambda device: 2.1 * 2 ** 30)  # 2 GiB: near
+    monkeypatch.setattr(footprint, "measure", lambda spec: footprint.Footprint(2 ** 29, 0.0))
+    first = first_line(quick_args)
+    assert ("a training step needs about 0.50 GiB (measured: an eager step (the count of its "
+            "allocations, 2.0 GiB, comes near the 2.1 GiB free))") in first
 
 
 def test_train_py_stops_before_training_when_the_batch_does_not_fit(quick_args, monkeypatch,

@@ -103,7 +103,9 @@ def test_a_fork_trains_what_was_edited_and_says_which_fast_form_it_set_aside(
         if edits:
             written, _, _ = run(package, args + ["--no-fast-kernels"], tmp_path / "written",
                                 capsys)
-            assert rows == pytest.approx(written, rel=1e-4)
+            # bf16 (--precision auto on a CPU with bf16 units) parts the two forms by 2e-4;
+            # a fast form kept against an edit parts them by 1-3% (the commit says which)
+            assert rows == pytest.approx(written, rel=2e-3)
     finally:
         sys.path.remove(str(tmp_path / "fork"))
         for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +23,9 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..records import EpochEnd, Progress, RunStart
 from .server import answers, credentials, is_visdom, start_background, url
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 SAMPLES = 32  # test images shown beside their reconstructions
 IMAGE_WINDOW = {"width": 400, "height": 240}  # pixels: the grids scaled up, side by side
@@ -294,7 +297,7 @@ class Dashboard:
         self.say(f"warning: {message}")
 
 
-def attach(cfg: Any, start: RunStart) -> Dashboard | None:
+def attach(cfg: Config, start: RunStart) -> Dashboard | None:
     """Start a server if asked and none answers, then a Dashboard of the run that starts so:
     the caller adds it to the Trainer's listeners.
 

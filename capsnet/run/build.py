@@ -14,9 +14,10 @@ from ..data.batches import Batches, make_batches
 from ..data.datasets import DATASETS, Split
 from ..data.splits import hold_out, load_split
 from .distributed import World
-from ..cli import resolve_device
+from ..cli import resolve_device, resolved_precision
+from ..config import Config
 from ..errors import UserError
-from .footprint import Footprint, spec_of
+from .footprint import Footprint, Step, spec_of
 from .footprint import check as check_footprint
 from .footprint import check_data
 from ..kernels import Kernels, checked
@@ -24,7 +25,7 @@ from ..networks import MODELS
 from .recipe import Autocast, compile_model, configure_precision, make_optimizer
 
 
-def model_args(cfg: Any, split: Split) -> dict[str, Any]:
+def model_args(cfg: Config, split: Split) -> dict[str, Any]:
     """The model's arguments (capsnet.networks): shapes from the dataset, the rest from the
     config."""
     _, channels, size, _ = split.images.shape
@@ -39,7 +40,7 @@ def model_args(cfg: Any, split: Split) -> dict[str, Any]:
             **MODELS[cfg.model].args(cfg, DATASETS[cfg.dataset].objects)}
 
 
-def check_input_side(cfg: Any) -> None:
+def check_input_side(cfg: Config) -> None:
     """Refuse, before any data is read, an input side the model cannot take."""
     entry = DATASETS[cfg.dataset]
     side = entry.canvas or cfg.crop or (entry.shape[-1] if entry.shape else cfg.image_size)
@@ -60,7 +61,7 @@ def check_structure(saved: dict[str, Any], now: dict[str, Any], model: str) -> N
                         + ", ".join(f"{k}: saved {saved.get(k)}, now {now[k]}" for k in differ) + ")")
 
 
-def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...] = (),
+def check_dataset(checkpoint: dict, cfg: Config, classes: tuple[str, ...] = (),
                   allow: bool = False) -> None:
     """A checkpoint is used on the dataset it was trained on, or on one that declares it tests
     that dataset's checkpoints (affNIST: mnist40), unless `allow` says otherwise. Checked with
@@ -77,10 +78,10 @@ def check_dataset(checkpoint: dict, cfg: Any, classes: tuple[str, ...] = (),
                     "--allow-other-dataset to use it anyway")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunParts:
     """Everything a training run, an evaluation or a benchmark runs with."""
-    cfg: Any
+    cfg: Config
     world: World
     device: torch.device
     model: nn.Module  # the plain model (capsnet.networks): checkpoints and evaluation
@@ -93,11 +94,11 @@ class RunParts:
     generator: torch.Generator  # draws every pass's order and shifts
     model_args: dict[str, Any]
     classes: tuple[str, ...]
-    train_batches: Batches | None
+    train_batches: Batches | None  # None: a run that does not train
     test_batches: Batches
-    footprint: Footprint | None = None  # a training step's measured memory, when checked
-    validation_batches: Batches | None = None  # the held-out split, when --validation-samples
-    kernels: Kernels = Kernels()  # the forms the model computes with, as checked at its build
+    validation_batches: Batches | None  # the held-out split, when --validation-samples
+    footprint: Footprint | None  # a training step's memory, when checked
+    kernels: Kernels  # the forms the model computes with, as checked at its build
 
     @property
     def capsules(self) -> bool:
@@ -111,9 +112,14 @@ class RunParts:
 
     def batches(self, split: Split, train: bool, limit: int = 0) -> Batches:
         """This process's batches of `split` on the run's device (capsnet.data.batches)."""
-        return make_batches(DATASETS[self.cfg.dataset], split.to(self.device),
-                            self.cfg.batch_size, train, self.generator, self.cfg.shift,
-                            self.cfg.crop, self.world.rank, self.world.size, limit)
+        return batches_of(self.cfg, split, self.device, self.generator, self.world, train, limit)
+
+
+def batches_of(cfg: Config, split: Split, device: torch.device, generator: torch.Generator,
+               world: World, train: bool, limit: int = 0) -> Batches:
+    """A process's batches of `split` on `device`, its order and shifts drawn by `generator`."""
+    return make_batches(DATASETS[cfg.dataset], split.to(device), cfg.batch_size, train,
+                        generator, cfg.shift, cfg.crop, world.rank, world.size, limit)
 
 
 def run_progress(scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -124,10 +130,10 @@ def run_progress(scheduler: torch.optim.lr_scheduler.LRScheduler,
     return lambda: scheduler.last_epoch / steps if steps else 1.0
 
 
-def build_run(cfg: Any, train: bool = True,
+def build_run(cfg: Config, train: bool = True,
               splits: tuple[Split | None, Split] | None = None) -> RunParts:
-    """The parts of a run of `cfg`: with `train`, the training split too; `splits` (train,
-    test) instead of the dataset's files."""
+    """The parts of a run of `cfg`, each made from those before it: with `train`, the training
+    split too; `splits` (train, test) instead of the dataset's files."""
     world = distributed.join(cfg.device)
     device = world.device if world.distributed else resolve_device(cfg.device)
     if cfg.threads:
@@ -144,16 +150,23 @@ def build_run(cfg: Any, train: bool = True,
                              cfg.image_size))  # a canvas takes the partners of its first
         # --test-samples digits from the whole test split
         validation, train_split = hold_out(splits[0], cfg.validation_samples, cfg.train_samples)
-        splits = (train_split, splits[1])
     else:
-        validation = None
-    train_split, test_split = splits
+        validation, train_split = None, splits[0]
+    test_split = splits[1]
     check_data({"train": train_split, "validation": validation, "test": test_split}, device)
     args = model_args(cfg, train_split or test_split)
-    objects = DATASETS[cfg.dataset].objects
     model = MODELS[cfg.model].build(args, cfg).to(device)
     kernels = checked(model, args, device, world)
-    footprint = (check_footprint(spec_of(cfg, args, objects, device, kernels.record()),
+    autocast = configure_precision(resolved_precision(cfg.precision, device), device,
+                                   cfg.deterministic)
+    train_batches = (batches_of(cfg, train_split, device, generator, world, True)
+                     if train_split is not None else None)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    steps = cfg.epochs * len(train_batches) if train_batches is not None else 0
+    criterion = MODELS[cfg.model].criterion(cfg, run_progress(scheduler, steps))
+    objects = DATASETS[cfg.dataset].objects
+    footprint = (check_footprint(Step(model, criterion, autocast, objects),
+                                 spec_of(cfg, args, objects, device, kernels.record()),
                                  cfg.batch_size, device)
                  if train and cfg.memory_check else None)
     eval_network = compile_model(model, cfg.compile, cfg.compile_mode)
@@ -162,15 +175,13 @@ def build_run(cfg: Any, train: bool = True,
         wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                           else None)
         train_network = compile_model(wrapped, cfg.compile, cfg.compile_mode)
-    optimizer, scheduler = make_optimizer(model, cfg)
-    autocast = configure_precision(cfg.precision, device, cfg.deterministic)
-    parts = RunParts(cfg, world, device, model, train_network, eval_network,
-                     None, autocast, optimizer, scheduler, generator,  # type: ignore[arg-type]
-                     args, test_split.classes, None, None, footprint,  # type: ignore[arg-type]
-                     kernels=kernels)
-    parts.train_batches = parts.batches(train_split, True) if train_split is not None else None
-    steps = cfg.epochs * len(parts.train_batches) if parts.train_batches is not None else 0
-    parts.criterion = MODELS[cfg.model].criterion(cfg, run_progress(scheduler, steps))
-    parts.test_batches = parts.batches(test_split, False, cfg.test_samples)
-    parts.validation_batches = parts.batches(validation, False) if validation else None
-    return parts
+    return RunParts(
+        cfg=cfg, world=world, device=device, model=model, train_network=train_network,
+        eval_network=eval_network, criterion=criterion, autocast=autocast, optimizer=optimizer,
+        scheduler=scheduler, generator=generator, model_args=args, classes=test_split.classes,
+        train_batches=train_batches,
+        test_batches=batches_of(cfg, test_split, device, generator, world, False,
+                                cfg.test_samples),
+        validation_batches=(batches_of(cfg, validation, device, generator, world, False)
+                            if validation else None),
+        footprint=footprint, kernels=kernels)

@@ -1,7 +1,11 @@
-"""The memory a training step needs, measured before training so that a batch too large for the
+"""The memory a training step needs, known before training so that a batch too large for the
 device stops at once with a batch size that fits, not with an out-of-memory crash hours in.
 
-A fresh Python process (`python -m capsnet.run.probe SPEC`) builds the run's model and optimiser
+On a CPU, every allocation of one training step is counted first, at one and at two examples
+(`bound`): their sum, never less than what is alive at once, plus the process's size and the
+optimiser's state, is an upper bound of the step's peak, found in a fraction of a second. Where it
+stays below the free memory, that is the answer. Where it comes near (and always on a GPU), a
+fresh Python process (`python -m capsnet.run.probe SPEC`) builds the run's model and optimiser
 on the run's device: it takes one training step (forward, backward, Adam) on random data of the
 run's shape at the run's batch size or, above PROBE_MAX, at PROBE_MAX/2 and PROBE_MAX, and reports
 the peak memory after each: PyTorch's peak allocation on CUDA, the process's peak resident size on
@@ -12,16 +16,24 @@ A separate process keeps the probe's memory out of the run's own.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, NamedTuple, TYPE_CHECKING
 
 import torch
+import torch.utils._pytree as pytree
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..cli import resolved_precision
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 PROBE_MAX = 64  # the largest batch the probe runs
 HEADROOM = 0.9  # the estimate may use this share of what the device has free
@@ -33,10 +45,16 @@ class Footprint:
     """Peak memory of a training step: `fixed` + `per_example` x batch, in bytes."""
     fixed: float
     per_example: float
-    how: str = "an eager step"  # what was measured, for the run's first line
+    how: str = "an eager step"  # what was measured or counted, for the run's first line
+    measured: bool = True  # else an upper bound (`bound`)
 
     def of(self, batch: int) -> float:
         return self.fixed + self.per_example * batch
+
+    def words(self, batch: int) -> str:
+        """The run's first line's words for a step of `batch`."""
+        return (f"a training step needs {'about' if self.measured else 'at most'} "
+                f"{self.of(batch) / GiB:.2f} GiB ({self.how})")
 
     def largest_batch(self, available: float) -> int:
         """The largest batch whose estimate fits in `available` bytes (0: none does)."""
@@ -46,11 +64,11 @@ class Footprint:
 
 
 # what the run's model, loss and optimiser use
-SETTINGS = ("model", "m_plus", "m_minus", "lambda_absent", "reconstruction_weight", "recipe",
-            "score_loss", "lr", "lr_decay", "lr_decay_steps", "fast_kernels")
+SETTINGS = ("model", "routing", "m_plus", "m_minus", "lambda_absent", "reconstruction_weight",
+            "recipe", "score_loss", "lr", "lr_decay", "lr_decay_steps", "fast_kernels")
 
 
-def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.device,
+def spec_of(cfg: Config, model_args: dict[str, Any], objects: int, device: torch.device,
             kernels: dict[str, str]) -> dict[str, Any]:
     """What the probe process needs to rebuild the run's training step; `kernels` the run's
     forms (capsnet.kernels.Kernels.record), which the probe takes without checking them."""
@@ -61,7 +79,8 @@ def spec_of(cfg: Any, model_args: dict[str, Any], objects: int, device: torch.de
     return {"model_args": model_args, "shape": [model_args["in_channels"], size, size],
             "batches": [max(1, top // 2), max(2, top)],
             "compile_mode": cfg.compile_mode if graphs else "",
-            "objects": objects, "device": str(device), "precision": cfg.precision,
+            "objects": objects, "device": str(device),
+            "precision": resolved_precision(cfg.precision, device),
             "kernels": kernels,
             "threads": torch.get_num_threads(), "settings": {k: getattr(cfg, k) for k in SETTINGS}}
 
@@ -106,13 +125,94 @@ def available(device: torch.device) -> float | None:
     return kib * 1024.0 / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def check(spec: dict[str, Any], batch_size: int, device: torch.device) -> Footprint | None:
-    """Stop with one line when a step of `batch_size` will not fit on the device, naming a batch
-    size that does. Returns the measured footprint (None where the free memory is unknown)."""
+class Step(NamedTuple):
+    """A run's training step, whose allocations `bound` counts."""
+    model: nn.Module
+    criterion: nn.Module  # criterion(targets, labels, output) -> the loss
+    autocast: Callable[[], Any]
+    objects: int  # labels per example
+
+
+class Allocations(TorchDispatchMode):
+    """The bytes of every storage the operations under it make, none taken as freed: their sum
+    is above the most that is alive at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        held = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                if isinstance(t, torch.Tensor)}  # views, in-place and out= results
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in held:
+                held.add(t.untyped_storage().data_ptr())
+                self.bytes += t.untyped_storage().nbytes()
+        return out
+
+
+def allocated(step: Step, shape: tuple[int, ...], classes: int, batch: int) -> int:
+    """Bytes of every tensor one training step of `batch` random examples makes (forward, loss
+    and gradients; none of the model's state or the run's random numbers touched)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, *shape, generator=generator)
+    labels = torch.stack([torch.randperm(classes, generator=generator)[:step.objects]
+                          for _ in range(batch)]).sort(dim=1).values
+    labels = labels[:, 0] if step.objects == 1 else labels
+    targets = images if step.objects == 1 else images[:, None].expand(-1, step.objects, -1, -1, -1)
+    weights = [p for p in step.model.parameters() if p.requires_grad]
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), Allocations() as counted:
+        with step.autocast():
+            loss = step.criterion(targets, labels, step.model(images, labels))
+        torch.autograd.grad(loss, weights)
+    return counted.bytes
+
+
+def bound(step: Step, spec: dict[str, Any]) -> Footprint:
+    """An upper bound of a CPU training step's peak resident size, from no measurement of it:
+    this process's size now, four copies of the weights (gradients, Adam's two moments and its
+    update) and every allocation of a step, counted at two examples, then one (so that what a
+    first step makes once counts as growing with the batch)."""
+    size = spec["model_args"]["image_size"]
+    shape = (spec["model_args"]["in_channels"], size, size)
+    classes = spec["model_args"]["num_classes"]
+    two, one = (allocated(step, shape, classes, batch) for batch in (2, 1))
+    weights = sum(p.numel() * p.element_size() for p in step.model.parameters())
+    return Footprint(resident() + 4 * weights + 2 * one - two, two - one,
+                     "every allocation of a step counted", measured=False)
+
+
+def resident() -> float:
+    """This process's resident size now, in bytes (0 where it cannot be told)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def check(step: Step, spec: dict[str, Any], batch_size: int, device: torch.device
+          ) -> Footprint | None:
+    """Stop with one line when a training step of `batch_size` will not fit on the device, naming
+    a batch size that does. On a CPU a count of the step's allocations (`bound`) that is far
+    below the free memory answers at once; on a GPU, or where the count comes near the free
+    memory, a step is measured in a separate process. Returns the footprint (None where the
+    free memory is unknown)."""
     free = available(device)
     if free is None:
         return None
+    if device.type == "cpu":
+        counted = bound(step, spec)
+        if counted.of(batch_size) <= HEADROOM * free:
+            return dataclasses.replace(counted, how=f"{counted.how}, below the {free / GiB:.1f} "
+                                       "GiB free: no step measured")
+        why = (f"the count of its allocations, {counted.of(batch_size) / GiB:.1f} GiB, comes "
+               f"near the {free / GiB:.1f} GiB free")
+    else:
+        why = f"{device.type}"
     footprint = measure(spec)
+    footprint = dataclasses.replace(footprint, how=f"measured: {footprint.how} ({why})")
     need = footprint.of(batch_size)
     if need <= HEADROOM * free:
         return footprint
@@ -121,8 +221,9 @@ def check(spec: dict[str, Any], batch_size: int, device: torch.device) -> Footpr
     hint = (f"--batch-size {fits} or less fits" if fits >= 1
             else "no batch fits: use a smaller network or image size")
     raise UserError(f"a training step of batch {batch_size} on {shape} images needs about "
-                    f"{need / GiB:.1f} GiB (measured: {footprint.how}), but {device} has {free / GiB:.1f} GiB free; {hint} "
-                    "(or pass --no-memory-check to try anyway)")
+                    f"{need / GiB:.1f} GiB ({footprint.how}), but {device} has "
+                    f"{free / GiB:.1f} GiB free; {hint} (or pass --no-memory-check to try "
+                    "anyway)")
 
 
 def check_data(splits: dict[str, Any], device: torch.device) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import resource
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -18,13 +17,14 @@ def probe(spec: dict[str, Any]) -> list[float]:
     """In the probe process: the peak memory after a training step at each of spec's batches.
     With a CUDA-graph compile mode, the step is compiled afresh for each batch and run
     GRAPH_STEPS times, and the peak counts what the allocator reserved, graph pools included."""
+    from ..config import Config
     from ..kernels import apply
     from ..networks import MODELS
     from .recipe import compile_model, configure_precision, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    settings = SimpleNamespace(**spec["settings"])
+    settings = Config(**spec["settings"])
     model = MODELS[settings.model].build(spec["model_args"], settings).to(device)
     apply(model, spec["kernels"])  # the run's forms, as the run checked them
     optimizer, _ = make_optimizer(model, settings)

@@ -16,10 +16,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from ..errors import UserError
 from .storage import WriteError, cause, make_dir, write_file
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_score_loss", "train_reconstruction",
            "test_loss", "test_accuracy", "test_score_loss", "test_reconstruction", "lr",
@@ -115,7 +118,7 @@ class RunDir:
         os.close(self.lock_fd)
         self.lock_fd = None
 
-    def write_config(self, cfg: Any, kernels: dict[str, str]) -> None:
+    def write_config(self, cfg: Config, kernels: dict[str, str]) -> None:
         """The run's settings, and `kernels`: the form each layer with a fast form computes
         with (capsnet.kernels)."""
         record = {**dataclasses.asdict(cfg), "kernels": kernels}

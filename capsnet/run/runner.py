@@ -128,7 +128,7 @@ def train_run(given: dict[str, Any], resume: str | None = None,
     return result
 
 
-def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
+def start(cfg: Config, run: Any, trainer: Any, resume: str | None) -> None:
     """Rank 0's part of starting a run: config.json, metrics.csv, the dashboard, a first line."""
     kernels = trainer.parts.kernels
     run.write_config(cfg, kernels.record())
@@ -144,8 +144,7 @@ def start(cfg: Any, run: Any, trainer: Any, resume: str | None) -> None:
                  if world.distributed else "")
     resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
     footprint = trainer.parts.footprint
-    memory = (f"a training step needs about {footprint.of(cfg.batch_size) / 2 ** 30:.2f} GiB "
-              f"(measured: {footprint.how}); " if footprint else "")
+    memory = f"{footprint.words(cfg.batch_size)}; " if footprint else ""
     held_out = (f", validating on {trainer.validator.batches.describe()} held out"
                 if trainer.validator else "")
     compiled = f"compiled ({cfg.compile_mode} mode)" if cfg.compile else "eager"
