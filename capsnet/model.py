@@ -165,6 +165,7 @@ class CapsNet(nn.Module):
                                     digit_bias or official, leaky_routing, routing, fast_kernels)
         self.decoder = Decoder(num_classes * class_dim, (in_channels, image_size, image_size))
         self.grid = grid
+        self.kept_spectrum = spectral.KeptSpectrum()  # PrimaryCaps' spectrum while evaluating
         if official:
             official_init(self)
 
@@ -188,8 +189,8 @@ class CapsNet(nn.Module):
         `fast_kernels` the same through capsnet.spectral on a CPU (capsnet.kernels checks the
         two equal at a run's start and sets the fast form aside where they are not)."""
         if self.fast_kernels and spectral.supported(images):
-            return self.primary.capsules(spectral.conv1_primary(images, self.conv1,
-                                                                self.primary.conv))
+            return self.primary.capsules(spectral.conv1_primary(
+                images, self.conv1, self.primary.conv, self.kept_spectrum))
         return self.primary(F.relu(self.conv1(images)))
 
     def reconstruct(self, poses: Tensor, classes: Tensor) -> Tensor:

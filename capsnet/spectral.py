@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from typing import Any, Callable
 
 import torch
@@ -203,34 +202,36 @@ def primary_conv(phases: Tensor, spectrum: Tensor, conv: nn.Conv2d, out: int) ->
     return maps.view(out, out, batch, out_channels).permute(2, 0, 1, 3) + conv.bias
 
 
-def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d) -> Tensor:
+def conv1_primary(images: Tensor, conv1: nn.Conv2d, primary: nn.Conv2d,
+                  spectrum: Callable[[Tensor, int], Tensor] = kernel_spectrum) -> Tensor:
     """primary(relu(conv1(images))) over DFTs, channels-last (B, H', W', O), for images that
-    are `supported`."""
+    are `supported`; `spectrum` makes the weight's (kernel_spectrum, or a KeptSpectrum)."""
     n = grid_size(images.shape[-1], conv1.kernel_size[0])
     out = (images.shape[-1] - conv1.kernel_size[0] + 1 - primary.kernel_size[0]) // 2 + 1
     phases = conv1_phases(images, conv1, n)  # (n*n, B*4*C)
     # Under torch.compile the spectrum runs eagerly: a cache, not a graph. Wrapped here, not
     # where it is defined, so that a run without --compile never imports the compiler (1-2 s).
-    spectrum = (torch.compiler.disable(weight_spectrum) if torch.compiler.is_compiling()
-                else weight_spectrum)
+    if torch.compiler.is_compiling():
+        spectrum = torch.compiler.disable(spectrum)
     return primary_conv(phases, spectrum(primary.weight, n), primary, out)
 
 
-_kept: dict[int, tuple] = {}  # id(weight) -> (key, spectrum), dropped with the weight
+class KeptSpectrum:
+    """kernel_spectrum, kept between the batches of passes without gradients (evaluation) until
+    the weight's storage, version or sum changes (the sum catches `.data` writes), and dropped by
+    the first pass with gradients. Its owner holds it as a plain attribute (CapsNet's
+    kept_spectrum): never in a state_dict, a checkpoint or DDP's broadcast."""
 
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.spectrum: Tensor | None = None
 
-def weight_spectrum(weight: Tensor, n: int) -> Tensor:
-    """kernel_spectrum(weight, n). Without gradients it is kept for the next batches, until the
-    weight's storage, version or sum changes (the sum catches `.data` writes)."""
-    if torch.is_grad_enabled():
-        if id(weight) in _kept:
-            _kept[id(weight)] = (None, None)  # free it while training
-        return kernel_spectrum(weight, n)
-    key = (weight.data_ptr(), weight._version, weight.dtype, autocast_dtype(), n,
-           weight.sum(dtype=torch.float64).item())
-    kept = _kept.get(id(weight))
-    if kept is None or kept[0] != key:
-        if kept is None:
-            weakref.finalize(weight, _kept.pop, id(weight), None)
-        kept = _kept[id(weight)] = (key, kernel_spectrum(weight, n))
-    return kept[1]
+    def __call__(self, weight: Tensor, n: int) -> Tensor:
+        if torch.is_grad_enabled():
+            self.key = self.spectrum = None  # free it while training
+            return kernel_spectrum(weight, n)
+        key = (weight.data_ptr(), weight._version, weight.dtype, autocast_dtype(), n,
+               weight.sum(dtype=torch.float64).item())
+        if self.spectrum is None or key != self.key:
+            self.key, self.spectrum = key, kernel_spectrum(weight, n)
+        return self.spectrum

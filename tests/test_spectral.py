@@ -13,7 +13,8 @@ def direct(images: torch.Tensor, conv1: nn.Conv2d, conv2: nn.Conv2d) -> torch.Te
 
 def fast_capsules(model: CapsNet, images: torch.Tensor) -> torch.Tensor:
     """The primary capsules as CapsNet.forward makes them with fast_kernels on the CPU."""
-    return model.primary.capsules(spectral.conv1_primary(images, model.conv1, model.primary.conv))
+    return model.primary.capsules(spectral.conv1_primary(images, model.conv1, model.primary.conv,
+                                                         model.kept_spectrum))
 
 
 def plain_capsules(model: CapsNet, images: torch.Tensor) -> torch.Tensor:
@@ -167,3 +168,19 @@ def test_the_kept_spectrum_is_kept_apart_for_bf16_and_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fast_capsules(model, images)  # keeps a bf16 spectrum
         assert torch.allclose(fast_capsules(model, images), expected, atol=1e-5)
+
+
+def test_the_model_keeps_its_spectrum_between_evaluation_batches_and_nowhere_else(monkeypatch):
+    made = []
+    kernel_spectrum = spectral.kernel_spectrum
+    monkeypatch.setattr(spectral, "kernel_spectrum", lambda *a: made.append(1) or kernel_spectrum(*a))
+    model = CapsNet(conv1_channels=16, primary_types=4)
+    keys = set(model.state_dict())
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        model(images)
+        model(images)
+    assert len(made) == 1 and model.kept_spectrum.spectrum is not None
+    assert set(model.state_dict()) == keys  # not a buffer: no checkpoint holds it
+    model(images, torch.tensor([1, 2]))  # a pass with gradients drops it
+    assert len(made) == 2 and model.kept_spectrum.spectrum is None
