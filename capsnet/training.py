@@ -340,9 +340,8 @@ class Trainer:
             self.best = Best(selected, self.position.epoch, test["accuracy"])
         if self.world.main:
             self.run.append_metrics(row)
-        if best:  # best.pt before last.pt: last.pt never points past a best.pt not written
-            self.save(self.run.best)
-        self.save(self.run.last)
+        # best.pt before last.pt: last.pt never points past a best.pt not written
+        self.save(*([self.run.best] if best else []), self.run.last)
         state["metrics"] = row
         held_out = (f"validation loss {validation['loss']:.4f} {accuracy_text(validation)}  "
                     if validation else "")
@@ -365,9 +364,9 @@ class Trainer:
         """What best.pt and --stop-at-accuracy are chosen on."""
         return "validation" if self.validator else "test"
 
-    def save(self, path: Path) -> None:
-        """Write a checkpoint of the current position (rank 0; every process takes part);
-        never one with non-finite weights."""
+    def save(self, path: Path, *more: Path) -> None:
+        """Write a checkpoint of the current position to `path`, then `more` (rank 0; every
+        process takes part); never one with non-finite weights."""
         self.flush_meters()
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise Diverged(f"training diverged: the weights are not finite at {self.where()}, "
@@ -376,8 +375,8 @@ class Trainer:
         if self.world.main:
             save_checkpoint(path, checkpoints.contents(self.parts, self.position, self.best,
                                                        self.average, meters, self.epoch_rng,
-                                                       self.commands))
-        self.good = (path, self.where())
+                                                       self.commands), *more)
+        self.good = ((path, *more)[-1], self.where())
 
 
 def evaluate_checkpoints(cfg: Config, checkpoints: list[dict], allow_other_dataset: bool = False

@@ -11,6 +11,7 @@ loaded only when intact: torch.load reads a file with flipped bits without compl
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -134,11 +135,15 @@ def digest(value: Any) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` (on the CPU, with its digest) durably to `path`; WriteError on failure."""
+def save_checkpoint(path: Path, payload: dict[str, Any], *more: Path) -> None:
+    """Write `payload` (on the CPU, with its digest) durably to `path`, then to each of `more`,
+    serialised once; WriteError on failure (the files after the failed one are not written)."""
     payload = to_cpu(payload)
     payload["digest"] = digest(payload)
-    write_file(path, lambda sink: torch.save(payload, sink))
+    serialised = io.BytesIO()
+    torch.save(payload, serialised)
+    for target in (path, *more):
+        write_file(target, serialised.getvalue())
 
 
 # A trained-weights file (capsnet.weights): the model alone, in float16, for evaluation and
