@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import spectral
-from .routing import ROUTINGS, Routed
+from .routing import ROUTINGS, Routed, Shape
 from .squashing import squash
 
 
@@ -61,8 +61,8 @@ class DigitCapsules(nn.Module):
         if bias and not ROUTINGS[routing].bias:
             raise ValueError(f"the {routing} routing takes no class-capsule bias")
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
-        self.routing = ROUTINGS[routing].make(in_caps, out_caps, out_dim, iterations,
-                                              detach_inner, leaky, fast_kernels)
+        self.routing = ROUTINGS[routing].make(Shape(in_caps, out_caps, out_dim, iterations,
+                                                    detach_inner, leaky, fast_kernels))
 
     def forward(self, u: Tensor) -> Routed:
         """u_i (B, in_caps, in_dim) -> poses (B, out_caps, out_dim), scores (B, out_caps) and

@@ -10,7 +10,7 @@ import torch
 
 from capsnet import dynamic_routing, squash
 from capsnet.model import CapsNet
-from capsnet.routing import ROUTINGS
+from capsnet.routing import ROUTINGS, Shape
 from capsnet.routing.dynamic import procedure_1
 from capsnet.routing.em import em_procedure, em_routing
 
@@ -76,7 +76,7 @@ def test_the_networks_em_routing_equals_the_written_one_with_its_gradients_in_fl
 def test_the_networks_em_routing_equals_the_written_one_in_float32_at_the_papers_size():
     torch.manual_seed(0)
     votes, activations = 0.01 * torch.randn(4, 10, 1152, 16), torch.rand(4, 1152)
-    betas = ROUTINGS["em"].make(1152, 10, 16, 3).beta_u.detach(), torch.full((10,), -0.77)
+    betas = ROUTINGS["em"].make(Shape(1152, 10, 16, 3)).beta_u.detach(), torch.full((10,), -0.77)
     expected = em_outputs_and_gradients(em_routing, votes, activations, *betas, 3)
     got = em_outputs_and_gradients(em_procedure, votes, activations, *betas, 3)
     for a, e in zip(got, expected):
@@ -99,7 +99,7 @@ def test_every_routing_stays_in_float32_under_bf16_autocast(name):
     torch.manual_seed(0)
     u_hat = torch.randn(2, 10, 64, 16).bfloat16()
     activations = torch.rand(2, 64)
-    layer = ROUTINGS[name].make(64, 10, 16)
+    layer = ROUTINGS[name].make(Shape(64, 10, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(u_hat, activations.bfloat16())
     assert all(t.dtype == torch.float32 for t in out if t is not None)
@@ -133,7 +133,7 @@ def test_dynamic_routing_follows_procedure_1_on_a_small_case():
         if iteration < 2:
             b = [[b[j][i] + sum(u[j][i][d] * v[j][d] for d in range(2)) for i in range(3)]
                  for j in range(2)]
-    out = ROUTINGS["dynamic"].make(3, 2, 2, 3)(U_HAT, torch.ones(1, 3))
+    out = ROUTINGS["dynamic"].make(Shape(3, 2, 2, 3))(U_HAT, torch.ones(1, 3))
     assert torch.allclose(out.poses[0], torch.tensor(v, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(out.coupling[0], torch.tensor(c, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(out.scores[0], torch.tensor([norm(x) for x in v],
@@ -142,7 +142,7 @@ def test_dynamic_routing_follows_procedure_1_on_a_small_case():
 
 def test_self_attention_routing_follows_its_equations_on_a_small_case():
     u = U_HAT[0].tolist()
-    layer = ROUTINGS["self-attention"].make(3, 2, 2).double()
+    layer = ROUTINGS["self-attention"].make(Shape(3, 2, 2)).double()
     with torch.no_grad():
         layer.prior.copy_(torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, 0.05]]))
     prior = layer.prior.tolist()
@@ -162,7 +162,7 @@ def test_self_attention_routing_follows_its_equations_on_a_small_case():
 
 def test_attention_routing_follows_its_equations_on_a_small_case():
     u = U_HAT[0].tolist()
-    layer = ROUTINGS["attention"].make(3, 2, 2, 3).double()
+    layer = ROUTINGS["attention"].make(Shape(3, 2, 2, 3)).double()
     with torch.no_grad():
         layer.norm.weight.copy_(torch.tensor([1.5, 0.5]))
         layer.norm.bias.copy_(torch.tensor([0.1, -0.2]))
@@ -194,7 +194,7 @@ def test_attention_routing_follows_its_equations_on_a_small_case():
 def test_em_routing_follows_procedure_1_of_matrix_capsules_on_a_small_case():
     u = U_HAT[0].tolist()
     a = [0.9, 0.5, 0.2]  # the input activations a_i
-    layer = ROUTINGS["em"].make(3, 2, 2, 3).double()
+    layer = ROUTINGS["em"].make(Shape(3, 2, 2, 3)).double()
     with torch.no_grad():
         layer.beta_u.copy_(torch.tensor([0.2, -0.1]))
         layer.beta_a.copy_(torch.tensor([0.3, 0.1]))
@@ -227,7 +227,7 @@ def test_em_routing_follows_procedure_1_of_matrix_capsules_on_a_small_case():
     assert torch.allclose(out.scores[0], torch.tensor(act, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(out.coupling[0], torch.tensor(r, dtype=torch.float64), atol=1e-10)
     assert not torch.allclose(out.coupling[0], torch.full((2, 3), 0.5, dtype=torch.float64))
-    fresh = ROUTINGS["em"].make(3, 2, 2, 3)  # every a_j starts near 0.1 while costs are small
+    fresh = ROUTINGS["em"].make(Shape(3, 2, 2, 3))  # every a_j starts near 0.1 while costs are small
     assert torch.allclose(torch.sigmoid(2.8524 * fresh.beta_a), torch.tensor(0.1), atol=1e-3)
 
 
@@ -235,7 +235,7 @@ def test_uniform_routing_is_one_iteration_of_dynamic_routing():
     torch.manual_seed(0)
     u_hat = torch.randn(2, 10, 30, 16)
     bias = torch.randn(10, 16)
-    out = ROUTINGS["uniform"].make(30, 10, 16)(u_hat, torch.rand(2, 30), bias)
+    out = ROUTINGS["uniform"].make(Shape(30, 10, 16))(u_hat, torch.rand(2, 30), bias)
     v, c = dynamic_routing(u_hat, 1, bias=bias)
     assert torch.allclose(out.poses, v, atol=1e-6) and torch.allclose(out.coupling, c)
     assert torch.allclose(out.coupling, torch.full((2, 10, 30), 0.1))

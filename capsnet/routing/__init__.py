@@ -11,7 +11,7 @@ under autocast too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from torch import nn
 
@@ -22,20 +22,30 @@ from .routed import Routed, paper_weight_std
 from .self_attention import SelfAttentionRouting
 from .uniform import UniformRouting
 
-__all__ = ["ROUTINGS", "Routed", "Routing"]
+__all__ = ["ROUTINGS", "Routed", "Routing", "Shape"]
+
+
+class Shape(NamedTuple):
+    """What a routing may be built from: its inputs' and outputs' sizes and the run's options."""
+    in_caps: int  # primary capsules
+    classes: int
+    dim: int  # of a class capsule
+    iterations: int = 1  # --routing-iterations
+    detach: bool = False  # --detach-routing
+    leaky: bool = False  # --leaky-routing
+    fast_kernels: bool = True  # its fast form, where it has one
 
 
 @dataclass(frozen=True)
 class Routing:
     name: str
-    # (in_caps, classes, dim, iterations, detach, leaky, fast_kernels) -> the module; a routing
-    # without a fast form (a hand-written backward) runs its one form either way
-    make: Callable[..., nn.Module]
-    iterates: bool  # takes --routing-iterations
-    detaches: bool  # takes --detach-routing
-    leaky: bool  # takes --leaky-routing
-    bias: bool  # adds the class capsules' bias (--digit-bias, --recipe official) before squash
+    make: Callable[[Shape], nn.Module]  # the layer, from what of the Shape it takes
     about: str
+    iterates: bool = False  # takes --routing-iterations
+    detaches: bool = False  # takes --detach-routing
+    leaky: bool = False  # takes --leaky-routing
+    # adds the class capsules' bias (--digit-bias, --recipe official) before squash
+    bias: bool = False
     logits: bool = False  # gives Routed.logits (takes --score-loss cross-entropy)
     lengths: bool = False  # reads the primary capsules' lengths as probabilities (squashed ones)
     # (in_caps, in_dim, classes) -> the standard deviation of W_ij's initial normal
@@ -43,16 +53,19 @@ class Routing:
 
 
 ROUTINGS: dict[str, Routing] = {r.name: r for r in (
-    Routing("dynamic", DynamicRouting, True, True, True, True,
-            "routing by agreement, Sabour, Frosst & Hinton 2017, Procedure 1"),
-    Routing("self-attention", SelfAttentionRouting, False, False, False, True,
-            "the non-iterative self-attention routing of Efficient-CapsNet (Mazzia et al. 2021)"),
-    Routing("uniform", UniformRouting, False, False, False, True,
-            "no routing: every c_ij is 1/classes (the control)"),
-    Routing("em", EMRouting, True, False, False, False,
-            "EM routing of matrix capsules, Hinton, Sabour & Frosst 2018, Procedure 1",
-            lengths=True),
-    Routing("attention", AttentionRouting, True, False, False, False,
-            "inverted dot-product attention routing, Tsai et al. 2020", logits=True,
-            weight_std=authors_weight_std),
+    Routing(name="dynamic",
+            make=lambda s: DynamicRouting(s.iterations, s.detach, s.leaky, s.fast_kernels),
+            about="routing by agreement, Sabour, Frosst & Hinton 2017, Procedure 1",
+            iterates=True, detaches=True, leaky=True, bias=True),
+    Routing(name="self-attention", make=lambda s: SelfAttentionRouting(s.in_caps, s.classes),
+            about="the non-iterative self-attention routing of Efficient-CapsNet (Mazzia et al. "
+            "2021)", bias=True),
+    Routing(name="uniform", make=lambda s: UniformRouting(),
+            about="no routing: every c_ij is 1/classes (the control)", bias=True),
+    Routing(name="em", make=lambda s: EMRouting(s.classes, s.iterations, s.fast_kernels),
+            about="EM routing of matrix capsules, Hinton, Sabour & Frosst 2018, Procedure 1",
+            iterates=True, lengths=True),
+    Routing(name="attention", make=lambda s: AttentionRouting(s.dim, s.iterations),
+            about="inverted dot-product attention routing, Tsai et al. 2020", iterates=True,
+            logits=True, weight_std=authors_weight_std),
 )}

@@ -29,9 +29,7 @@ def authors_weight_std(in_caps: int, in_dim: int, classes: int) -> float:
 
 
 class AttentionRouting(nn.Module):
-    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
-                 detach_inner: bool = False, leaky: bool = False,
-                 fast_kernels: bool = True) -> None:
+    def __init__(self, dim: int = 16, iterations: int = 3) -> None:
         super().__init__()
         self.iterations = iterations_checked(iterations)
         self.norm = nn.LayerNorm(dim)  # its gain and bias, shared by the classes

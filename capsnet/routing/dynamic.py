@@ -182,8 +182,7 @@ class DynamicRouting(nn.Module):
     The class scores are the lengths |v_j|."""
     FORMS = ("procedure_1", "dynamic_routing")  # (fast, as written): capsnet.kernels checks them
 
-    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
-                 detach_inner: bool = False, leaky: bool = False,
+    def __init__(self, iterations: int = 3, detach_inner: bool = False, leaky: bool = False,
                  fast_kernels: bool = True) -> None:
         super().__init__()
         self.iterations = iterations_checked(iterations)

@@ -236,9 +236,7 @@ def em_procedure(votes: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Ten
 class EMRouting(nn.Module):
     FORMS = ("em_procedure", "em_routing")  # (fast, as written): capsnet.kernels checks them
 
-    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 3,
-                 detach_inner: bool = False, leaky: bool = False,
-                 fast_kernels: bool = True) -> None:
+    def __init__(self, classes: int, iterations: int = 3, fast_kernels: bool = True) -> None:
         super().__init__()
         self.iterations, self.fast_kernels = iterations_checked(iterations), fast_kernels
         self.beta_u = nn.Parameter(torch.zeros(classes))

@@ -24,9 +24,7 @@ from .routed import Routed
 
 
 class SelfAttentionRouting(nn.Module):
-    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 1,
-                 detach_inner: bool = False, leaky: bool = False,
-                 fast_kernels: bool = True) -> None:
+    def __init__(self, in_caps: int, classes: int) -> None:
         super().__init__()
         self.prior = nn.Parameter(torch.zeros(classes, in_caps))  # b_ij
 

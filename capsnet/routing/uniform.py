@@ -16,11 +16,6 @@ from .routed import Routed
 
 
 class UniformRouting(nn.Module):
-    def __init__(self, in_caps: int, classes: int, dim: int = 16, iterations: int = 1,
-                 detach_inner: bool = False, leaky: bool = False,
-                 fast_kernels: bool = True) -> None:
-        super().__init__()
-
     def forward(self, u_hat: Tensor, activations: Tensor, bias: Tensor | None = None) -> Routed:
         """u_hat (B, classes, in_caps, d)."""
         with torch.autocast(u_hat.device.type, enabled=False):
