@@ -9,7 +9,12 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export CAPSNET_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup train test bench dashboard analyze clean device-bundle device-check
+.PHONY: setup train test test-fast bench dashboard analyze clean device-bundle device-check
+# the math (loss, model and squash, routing, spectral, the fast kernels and their check, the
+# settings): `make test-fast`, a minute or less; `make test` runs these and everything else
+FAST_TESTS := tests/test_loss.py tests/test_model.py tests/test_routing.py tests/test_spectral.py \
+	tests/test_kernels.py tests/test_fast_kernels.py tests/test_config.py
+PYTEST := $(BIN)/python -m pytest -q -W "ignore:The 'warn' method is deprecated:DeprecationWarning"
 
 setup: $(STAMP)
 
@@ -28,7 +33,10 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -W "ignore:The 'warn' method is deprecated:DeprecationWarning" tests
+	$(PYTEST) tests
+
+test-fast: $(STAMP)
+	$(PYTEST) $(FAST_TESTS)
 
 dashboard: $(STAMP)
 	$(BIN)/python -m capsnet.dashboard $(ARGS)
