@@ -7,7 +7,7 @@ capsules (a decoder and routing: the reconstruction windows, the figures of caps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, TYPE_CHECKING
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,14 +17,11 @@ from .errors import UserError
 from .loss import CapsuleLoss
 from .model import SMALLEST_IMAGE, CapsNet, CapsNetOutput
 
-if TYPE_CHECKING:
-    from .config import Config
-
 SHAPE = ("in_channels", "image_size", "num_classes")  # from the data
 CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
 
 
-def capsnet_args(cfg: Config, objects: int) -> dict[str, Any]:
+def capsnet_args(cfg: Any, objects: int) -> dict[str, Any]:
     return {"routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
             "leaky_routing": cfg.leaky_routing, "routing": cfg.routing,
             "primary_norm": cfg.primary_norm,
@@ -32,7 +29,7 @@ def capsnet_args(cfg: Config, objects: int) -> dict[str, Any]:
             **{name: getattr(cfg, name) for name in CAPSNET_WIDTHS}}
 
 
-def baseline_args(cfg: Config, objects: int) -> dict[str, Any]:
+def baseline_args(cfg: Any, objects: int) -> dict[str, Any]:
     try:
         channels = widths(cfg.baseline_channels, "--baseline-channels") \
             if cfg.baseline_channels else ()
@@ -43,7 +40,7 @@ def baseline_args(cfg: Config, objects: int) -> dict[str, Any]:
             "dropout": cfg.dropout, "objects": objects}
 
 
-def capsule_loss(cfg: Config, progress: Callable[[], float]) -> CapsuleLoss:
+def capsule_loss(cfg: Any, progress: Callable[[], float]) -> CapsuleLoss:
     return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
                        class_mean=cfg.recipe == "official",
                        spread=progress if cfg.score_loss == "spread" else None,
@@ -53,10 +50,10 @@ def capsule_loss(cfg: Config, progress: Callable[[], float]) -> CapsuleLoss:
 @dataclass(frozen=True)
 class Network:
     name: str
-    args: Callable[[Config, int], dict[str, Any]]  # (settings, labels per example) -> arguments
+    args: Callable[[Any, int], dict[str, Any]]  # (settings, labels per example) -> arguments
     make: Callable[..., nn.Module]  # the model, from SHAPE and those arguments
     # its loss, from the settings and the fraction of the run's steps taken (0 to 1)
-    criterion: Callable[[Config, Callable[[], float]], nn.Module]
+    criterion: Callable[[Any, Callable[[], float]], nn.Module]
     structure: tuple[str, ...]  # arguments a checkpoint's weights must agree on
     capsules: bool  # a decoder and routing to show
     about: str
@@ -67,7 +64,7 @@ class Network:
     # checkpoint's (they change how it computes, not its weights)
     settings: tuple[str, ...] = ()
 
-    def build(self, model_args: dict[str, Any], cfg: Config) -> nn.Module:
+    def build(self, model_args: dict[str, Any], cfg: Any) -> nn.Module:
         """The model of `model_args` (a run's or a checkpoint's) with `cfg`'s `settings`."""
         return self.make(**model_args, **{name: getattr(cfg, name) for name in self.settings})
 
