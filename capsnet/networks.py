@@ -75,13 +75,16 @@ def make_baseline(**args: Any) -> Baseline:
 
 
 MODELS: dict[str, Network] = {n.name: n for n in (
-    Network("capsnet", capsnet_args, CapsNet, capsule_loss,
-            SHAPE + ("digit_bias", "recipe", "routing", "primary_norm") + CAPSNET_WIDTHS, True,
-            "CapsNet with routing (--routing) and the reconstruction decoder", SMALLEST_IMAGE,
-            {"routing": "dynamic", "primary_norm": "squash"}, ("fast_kernels",)),
-    Network("baseline", baseline_args, make_baseline, lambda cfg, progress: BaselineLoss(),
-            SHAPE + ("recipe", "channels", "hidden", "objects"), False,
-            "the paper's CNN baseline (capsnet/baseline.py)"),
+    Network(name="capsnet", args=capsnet_args, make=CapsNet, criterion=capsule_loss,
+            structure=SHAPE + ("digit_bias", "recipe", "routing", "primary_norm")
+            + CAPSNET_WIDTHS, capsules=True,
+            about="CapsNet with routing (--routing) and the reconstruction decoder",
+            smallest_image=SMALLEST_IMAGE, older={"routing": "dynamic", "primary_norm": "squash"},
+            settings=("fast_kernels",)),
+    Network(name="baseline", args=baseline_args, make=make_baseline,
+            criterion=lambda cfg, progress: BaselineLoss(),
+            structure=SHAPE + ("recipe", "channels", "hidden", "objects"), capsules=False,
+            about="the paper's CNN baseline (capsnet/baseline.py)"),
 )}
 
 
