@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from capsnet import spectral
 from capsnet.run.build import model_args
-from capsnet.data.datasets import Split
+from capsnet.data.records import Split
 from capsnet.data.batches import Batches
 from capsnet.data import affine
 from capsnet.data.canvas import CanvasBatches

@@ -6,7 +6,7 @@ import torch
 
 import torchvision
 
-from capsnet.data.datasets import Split
+from capsnet.data.records import Split
 from capsnet.data.splits import load_split
 from capsnet.data.batches import Batches, shift_images
 from capsnet.errors import UserError

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from capsnet import analyze
-from capsnet.data.datasets import Split
+from capsnet.data.records import Split
 from capsnet.data.splits import load_split
 from capsnet.data import affine
 from capsnet.data.canvas import CanvasBatches

@@ -105,7 +105,7 @@ def test_train_py_stops_before_training_when_the_batch_does_not_fit(quick_args, 
 def test_a_test_set_the_gpu_has_no_room_for_is_refused_in_one_line(monkeypatch):
     """320,000 affNIST images are 0.5 GB of uint8: with 0.3 GB free the run stops before moving
     them, naming the flag that takes fewer."""
-    from capsnet.data.datasets import Split
+    from capsnet.data.records import Split
     images = torch.zeros(320_000, 1, 40, 40, dtype=torch.uint8)
     test = Split(images, torch.zeros(320_000, dtype=torch.int64), tuple("0123456789"))
     cuda = torch.device("cuda")

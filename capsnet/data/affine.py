@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import Split
+from .records import Split
 
 SIDE = 40
 SEED = 20171026  # fixed: the stand-in test set is the same for every run

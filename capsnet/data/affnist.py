@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from . import matfile
-from .datasets import Dataset
+from .records import Dataset
 
 SIDE = 40
 

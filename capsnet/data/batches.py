@@ -3,13 +3,12 @@ shape."""
 from __future__ import annotations
 
 import copy
-from importlib import import_module
 from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .datasets import Dataset, Split
+from .records import Dataset, Split
 
 
 class Sample(NamedTuple):
@@ -178,8 +177,8 @@ def make_batches(entry: Dataset, split: Split, batch_size: int, train: bool,
                  world: int = 1, limit: int = 0) -> Batches:
     """The one way to batch a dataset's split: for training shuffled, shifted by up to `shift`
     and even across the `world` processes; for testing in order and uneven (every example once).
-    A dataset whose entry names a `batches` module is served by its BATCHES class (canvas.py
+    A dataset whose entry names a `batches` class is served by it (canvas.py
     places digits itself, without shift or crop, and a test pass takes its first `limit` digits
     with partners from the whole split; smallnorb.py crops and jitters its pairs)."""
-    kind = import_module(f".{entry.batches}", __package__).BATCHES if entry.batches else Batches
+    kind = entry.batches or Batches
     return kind.of(entry, split, batch_size, train, generator, shift, crop, rank, world, limit)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import Dataset, Split
+from .records import Dataset, Split
 from .batches import Batches, shift_images
 from ..errors import UserError
 
@@ -111,6 +111,3 @@ class CanvasBatches(Batches):
         labels, slots = labels.sort(dim=1)
         placed = placed[torch.arange(batch, device=index.device)[:, None], slots]
         return images, labels, placed.float().div_(255.0)
-
-
-BATCHES = CanvasBatches  # what make_batches serves mnist40 and MultiMNIST with

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .datasets import Dataset, file_bytes
+from .records import Dataset, file_bytes
 
 
 def read_idx(path: Path, dims: int) -> np.ndarray:

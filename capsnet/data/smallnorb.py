@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .batches import Batches
 from ..errors import UserError
-from .datasets import Dataset, file_bytes
+from .records import Dataset, file_bytes
 
 MAGIC = {0x1E3D4C55: np.uint8, 0x1E3D4C54: np.int32}
 SIDE = 48  # the pairs are resized to 48x48 when read
@@ -108,6 +108,3 @@ class NorbBatches(Batches):
         delta, factor = delta[:, None, None, None], factor[:, None, None, None]
         adjusted = (crops - mean) * factor + mean + delta  # brightness, then contrast
         return standardise(adjusted), labels, crops
-
-
-BATCHES = NorbBatches  # what make_batches serves smallNORB with

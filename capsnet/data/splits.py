@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import zipfile
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .datasets import DATASETS, Dataset, Split
+from .datasets import DATASETS
+from .records import Dataset, Split
 from ..errors import UserError
 
 
@@ -31,7 +31,7 @@ def shared_splits() -> Iterator[None]:
 
 def load_split(name: str, root: str, train: bool, download: bool, limit: int = 0,
                image_size: int = 28) -> Split:
-    """Read a split through its dataset's reader (the entry in capsnet.data.datasets names it),
+    """Read a split through its dataset's reader (its entry in capsnet.data.datasets),
     downloading first when asked and the files are missing. `limit` keeps the first N examples
     (0: all); `image_size` is the side the folder dataset resizes to."""
     key = (name, str(Path(root).resolve()), train, limit, image_size)
@@ -57,9 +57,8 @@ def read_split(name: str, root: str, train: bool, download: bool, limit: int,
             how = "pass --download or --data-dir" if entry.download else "pass --data-dir"
             raise UserError(f"{name} files are missing ({expected}); {how}")
         fetch(entry, root, folder, train, expected)
-    reader = import_module(f".{entry.reader}", __package__)
     try:
-        images, labels, classes = reader.read(folder, train, entry, image_size)
+        images, labels, classes = entry.read(folder, train, entry, image_size)
     except UserError as error:
         raise UserError(f"{name} could not be read: {error}") from None
     except OSError as error:
@@ -68,8 +67,8 @@ def read_split(name: str, root: str, train: bool, download: bool, limit: int,
     if limit:
         images, labels = images[:limit], labels[:limit]
     split = Split(images.contiguous(), labels, classes)
-    if entry.transform:
-        split = import_module(f".{entry.transform}", __package__).make(split)
+    if entry.transform is not None:
+        split = entry.transform(split)
     return split
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from . import matfile
-from .datasets import Dataset
+from .records import Dataset
 
 
 def read(folder: Path, train: bool, entry: Dataset, image_size: int

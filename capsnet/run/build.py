@@ -11,7 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from ..data.batches import Batches, make_batches
-from ..data.datasets import DATASETS, Split
+from ..data.datasets import DATASETS
+from ..data.records import Split
 from ..data.splits import hold_out, load_split
 from .distributed import World
 from ..cli import resolve_device, resolved_precision
