@@ -1,4 +1,5 @@
 """The training loop: Trainer and Evaluator on torchnet's Engine, driven by small named hooks.
+docs/implementation.md ("One training step, file by file") follows one step through the files.
 
 One iteration of Trainer.fit, in torchnet's order (Engine.train):
   on_sample       stop if the processes agreed to (Ctrl-C, SIGTERM); start the step's clock
