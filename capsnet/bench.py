@@ -78,8 +78,10 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         footprint: bool = False, compile_mode: str = "default") -> dict[str, Any]:
     """`network`: Config settings of the dataset and network (dataset, widths, crop, ...)."""
     from .config import Config
+    # memory_check off: the bench measures its own peak (and --footprint, the check's estimate)
     cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
-                 compile=compile, compile_mode=compile_mode, device=device_choice)
+                 compile=compile, compile_mode=compile_mode, device=device_choice,
+                 memory_check=False)
     split = functools.partial(random_split, cfg.dataset, image_size=cfg.image_size)  # (count, seed)
     probe = resolve_device(device_choice)
     full = probe.type == "cuda"
