@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .cli import flag
+from .cli import DATA_DIR_ENV, flag
 from .data.datasets import DATASETS
 from .errors import UserError
 from .loss import SCORE_LOSSES
@@ -131,10 +131,10 @@ class Config:
                                   "CPU; slower")
     threads: int = setting(0, "CPU threads for PyTorch (0: PyTorch's default)")
     download: bool = setting(True, "download the dataset when its files are missing")
-    data_dir: str = setting(os.environ.get("CAPSNET_DATA_DIR", "data"),
+    data_dir: str = setting("data",
                             "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
                             "train/ and test/ for folder (env CAPSNET_DATA_DIR)")
-    memory_check: bool = setting(os.environ.get("CAPSNET_MEMORY_CHECK", "1") != "0",
+    memory_check: bool = setting(True,
                                  "before training, know a step's memory and stop if the batch "
                                  "does not fit: on a CPU a count of a step's allocations where it "
                                  "stays below the free memory, else (and on a GPU) a step "
@@ -245,6 +245,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "baseline_hidden": "133,192"},
     "baseline-affnist": {"model": "baseline", "dataset": "mnist40", "baseline_hidden": "54,192"},
 }
+
+
+def environment_defaults() -> dict[str, Any]:
+    """The defaults the environment gives, read when a run's settings are made (never at
+    import): data_dir from CAPSNET_DATA_DIR, memory_check off where CAPSNET_MEMORY_CHECK=0.
+    They stand under a config file's values and the flags."""
+    values: dict[str, Any] = {}
+    if os.environ.get(DATA_DIR_ENV):
+        values["data_dir"] = os.environ[DATA_DIR_ENV]
+    if os.environ.get("CAPSNET_MEMORY_CHECK") == "0":
+        values["memory_check"] = False
+    return values
 
 
 def fail(name: str, value: Any, allowed: str) -> None:

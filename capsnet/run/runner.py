@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .storage import load_checkpoint
-from ..config import PRESETS, Config
+from ..config import PRESETS, Config, environment_defaults
 from ..cli import (ArgumentParser, add_settings, command_line, device_name, flag, overrides,
                    precision_label, resumed_settings)
 
@@ -83,10 +83,10 @@ def train_run(given: dict[str, Any], resume: str | None = None,
     if checkpoint is not None:
         cfg = resumed_settings(Config, checkpoint["config"],
                                {**given, "run_dir": given["run_dir"] if elsewhere
-                                else str(source)}, defaults)
+                                else str(source)}, {**environment_defaults(), **(defaults or {})})
     else:
         given = {**(defaults or {}), **given}
-        cfg = Config(**given)
+        cfg = Config(**{**environment_defaults(), **given})
     world = join(cfg.device)
     if checkpoint is None:  # rank 0 names a new run's directory for every process
         cfg.run_dir = world.broadcast(str(RunDir.create(cfg.run_dir).path) if world.main else "")
@@ -189,7 +189,7 @@ def evaluate_run(paths: list[str], given: dict[str, Any], allow_other_dataset: b
     checkpoints = [load_checkpoint(path, weights=True) for path in paths]
     # The whole test set, unless --test-samples is given here: never the training run's subset.
     saved = {**checkpoints[0]["config"], "test_samples": 0}
-    cfg = resumed_settings(Config, saved, given, defaults)
+    cfg = resumed_settings(Config, saved, given, {**environment_defaults(), **(defaults or {})})
     summary, confusion, classes, tested = evaluate_checkpoints(cfg, checkpoints,
                                                                allow_other_dataset)
     if not report:
