@@ -31,11 +31,6 @@ class BaselineOutput(NamedTuple):
     reconstructions: None = None  # no decoder
     coupling: None = None  # no routing
 
-    @property
-    def lengths(self) -> Tensor:
-        """The class scores under their earlier name."""
-        return self.scores
-
 
 def widths(text: str, what: str) -> tuple[int, ...]:
     """'256,256,128' -> (256, 256, 128); ValueError for anything but positive integers."""

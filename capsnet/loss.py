@@ -77,11 +77,6 @@ class LossParts(NamedTuple):
     def total(self) -> Tensor:
         return self.score_loss + self.reconstruction
 
-    @property
-    def margin(self) -> Tensor:
-        """The score loss under its earlier name."""
-        return self.score_loss
-
 
 class CapsuleLoss(nn.Module):
     """Margin loss + reconstruction_weight x reconstruction SSE, averaged over the batch.

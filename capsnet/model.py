@@ -115,11 +115,6 @@ class CapsNetOutput(NamedTuple):
     coupling: Tensor | None = None  # (B, classes, in_caps): c_ij of the last routing iteration
     logits: Tensor | None = None  # (B, classes): Routed.logits, from a routing that has them
 
-    @property
-    def lengths(self) -> Tensor:
-        """The class scores under their earlier name."""
-        return self.scores
-
 
 RECIPES = ("paper", "official")
 # conv1 (9x9) leaves side - 8; PrimaryCaps (9x9, stride 2) needs 9 of those for one position
