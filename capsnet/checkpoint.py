@@ -17,6 +17,7 @@ import torch
 from .averaging import Averaged, WeightAverage
 from .cli import flag
 from .errors import UserError
+from .compat import CHECKPOINT_FORMAT
 from .meters import Meters
 from .run.build import RunParts, check_structure
 from .run.storage import load_state
@@ -61,7 +62,7 @@ def contents(parts: RunParts, position: Position, best: Best, average: WeightAve
     weights = ({"model": average.state, "averaged": tuple(average.epochs),
                 "trained_model": trained} if average.epochs else {"model": trained})
     return {
-        **weights, "model_args": parts.model_args,
+        "format": CHECKPOINT_FORMAT, **weights, "model_args": parts.model_args,
         "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
         "epoch": position.epoch, "batch": position.batch, "step": position.step,
         "best_accuracy": best.accuracy, "best_epoch": best.epoch,

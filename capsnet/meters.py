@@ -12,7 +12,6 @@ from .model import CapsNetOutput, predict
 
 
 AVERAGES = ("loss", "score_loss", "reconstruction", "correct", "partly")
-EARLIER = {"score_loss": "margin"}  # meter names in checkpoints of earlier versions
 
 
 def swapped(predicted: Tensor, labels: Tensor) -> Tensor:
@@ -143,7 +142,7 @@ class Meters:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
         for name in AVERAGES:
-            vars(getattr(self, name)).update(state[name if name in state else EARLIER[name]])
+            vars(getattr(self, name)).update(state[name])
         self.confusion.conf[...] = state["confusion"].numpy()
 
     def totals(self) -> Totals:

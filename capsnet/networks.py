@@ -6,7 +6,7 @@ capsules (a decoder and routing: the reconstruction windows, the figures of caps
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -58,8 +58,6 @@ class Network:
     capsules: bool  # a decoder and routing to show
     about: str
     smallest_image: int = 1  # the smallest input side it takes
-    # structure arguments that older checkpoints lack, with the value they were made with
-    older: dict[str, Any] = field(default_factory=dict)
     # settings the model is built with beside its arguments: this invocation's, never a
     # checkpoint's (they change how it computes, not its weights)
     settings: tuple[str, ...] = ()
@@ -79,8 +77,7 @@ MODELS: dict[str, Network] = {n.name: n for n in (
             structure=SHAPE + ("digit_bias", "recipe", "routing", "primary_norm")
             + CAPSNET_WIDTHS, capsules=True,
             about="CapsNet with routing (--routing) and the reconstruction decoder",
-            smallest_image=SMALLEST_IMAGE, older={"routing": "dynamic", "primary_norm": "squash"},
-            settings=("fast_kernels",)),
+            smallest_image=SMALLEST_IMAGE, settings=("fast_kernels",)),
     Network(name="baseline", args=baseline_args, make=make_baseline,
             criterion=lambda cfg, progress: BaselineLoss(),
             structure=SHAPE + ("recipe", "channels", "hidden", "objects"), capsules=False,

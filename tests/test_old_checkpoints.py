@@ -67,16 +67,22 @@ def test_an_old_checkpoint_ships_and_loads_as_a_pretrained_model(old_run, old_da
 
 
 def test_a_mid_epoch_checkpoints_earlier_meter_name_still_restores_and_the_old_aliases_are_gone():
+    from capsnet import compat
     from capsnet.loss import CapsuleLoss
     from capsnet.meters import Meters
     model = capsnet.pretrained("mnist")
     output = model(torch.rand(2, 1, 28, 28))
     parts = CapsuleLoss().parts(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), output)
     assert not hasattr(output, "lengths") and not hasattr(parts, "margin")  # README: Changes
-    meters = Meters(10)  # a mid-epoch checkpoint of an earlier version names a meter "margin"
+    meters = Meters(10)  # a mid-epoch checkpoint of format 1 names a meter "margin"
     meters.add(output.scores, torch.tensor([0, 1]), parts)
     state = meters.state_dict()
     state["margin"] = state.pop("score_loss")
+    earlier = {"config": {}, "model_args": {"conv1_channels": 16}, "meters": [state]}
+    upgraded = compat.upgraded(earlier)
+    assert upgraded["format"] == compat.CHECKPOINT_FORMAT
+    assert upgraded["model_args"] == {"routing": "dynamic", "primary_norm": "squash",
+                                      "conv1_channels": 16}
     restored = Meters(10)
-    restored.load_state_dict(state)
+    restored.load_state_dict(upgraded["meters"][0])
     assert restored.totals().summary() == meters.totals().summary()

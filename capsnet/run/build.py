@@ -55,7 +55,6 @@ def check_input_side(cfg: Config) -> None:
 
 def check_structure(saved: dict[str, Any], now: dict[str, Any], model: str) -> None:
     """A checkpoint's weights fit a model only if these arguments agree."""
-    saved = {**MODELS[model].older, **saved}
     differ = [k for k in MODELS[model].structure if saved.get(k) != now[k]]
     if differ:
         raise UserError("the checkpoint does not fit this dataset and config ("

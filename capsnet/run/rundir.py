@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
+from ..compat import metrics_row
 from ..errors import UserError
 from .storage import WriteError, cause, make_dir, write_file
 
@@ -146,11 +147,6 @@ class RunDir:
         self.write_metrics(self.read_metrics() + [formatted])
 
 
-# metrics.csv columns of earlier versions, by their names now
-EARLIER_COLUMNS = {f"{part}_margin": f"{part}_score_loss"
-                   for part in ("train", "test", "validation")}
-
-
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a metrics.csv ([] when there is none), an earlier version's columns under
     their names now."""
@@ -158,7 +154,6 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return []
     try:
         with open(path, newline="") as f:
-            return [{EARLIER_COLUMNS.get(k, k): v for k, v in row.items()}
-                    for row in csv.DictReader(f)]
+            return [metrics_row(row) for row in csv.DictReader(f)]
     except OSError as error:
         raise UserError(f"could not read {path} ({cause(error)})") from None

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..compat import WEIGHTS_FORMAT, upgraded
 from ..errors import UserError
 
 
@@ -148,7 +149,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any], *more: Path) -> None:
 
 # A trained-weights file (capsnet.weights): the model alone, in float16, for evaluation and
 # prediction; a checkpoint's other parts (optimiser, schedule, meters, random states) are not in it.
-WEIGHTS_FORMAT = "capsnet-weights-1"
 WEIGHTS_PARTS = ("model", "model_args", "config", "classes", "epoch")
 WEIGHTS_KEYS = ("format", *WEIGHTS_PARTS, "digest")
 
@@ -191,6 +191,7 @@ def load_checkpoint(path: str | Path, weights: bool = False) -> dict[str, Any]:
     if digest(payload) != saved:
         raise UserError(f"checkpoint {path} is damaged: its contents do not match the digest "
                         "written with them")
+    payload = upgraded(payload)
     if trained:
         payload["model"] = {k: v.float() if v.is_floating_point() else v
                             for k, v in payload["model"].items()}

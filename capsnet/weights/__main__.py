@@ -98,7 +98,8 @@ def ship(checkpoint_path: str, name: str, out: Path, device: str,
     from ..errors import UserError
     from ..run.rundir import read_rows
     from ..run.runner import evaluate_run
-    from ..run.storage import WEIGHTS_FORMAT, load_checkpoint, make_dir, save_weights, write_file
+    from ..compat import WEIGHTS_FORMAT
+    from ..run.storage import load_checkpoint, make_dir, save_weights, write_file
     if not name.replace("-", "").isalnum():
         raise UserError(f"the name {name!r} is not allowed: use letters, digits and '-'")
     weights, curve = out / f"{name}.pt", out / f"{name}-metrics.csv"
