@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, TYPE_CHECKING
 
 import torch
 import torch.utils._pytree as pytree
-from torch import nn
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..cli import resolved_precision
@@ -152,15 +152,25 @@ class Allocations(TorchDispatchMode):
         return out
 
 
+def random_step(batch: int, shape: tuple[int, ...], classes: int, objects: int,
+                device: torch.device | None = None, generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Images (batch, *shape) in [0, 1], labels ((batch,), or (batch, objects) of distinct
+    classes in ascending order) and reconstruction targets: a training step's inputs, drawn by
+    `generator` (else the global one)."""
+    images = torch.rand(batch, *shape, device=device, generator=generator)
+    labels = torch.stack([torch.randperm(classes, device=device, generator=generator)[:objects]
+                          for _ in range(batch)]).sort(dim=1).values
+    labels = labels[:, 0] if objects == 1 else labels
+    targets = images if objects == 1 else images[:, None].expand(-1, objects, -1, -1, -1)
+    return images, labels, targets
+
+
 def allocated(step: Step, shape: tuple[int, ...], classes: int, batch: int) -> int:
     """Bytes of every tensor one training step of `batch` random examples makes (forward, loss
     and gradients; none of the model's state or the run's random numbers touched)."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(batch, *shape, generator=generator)
-    labels = torch.stack([torch.randperm(classes, generator=generator)[:step.objects]
-                          for _ in range(batch)]).sort(dim=1).values
-    labels = labels[:, 0] if step.objects == 1 else labels
-    targets = images if step.objects == 1 else images[:, None].expand(-1, step.objects, -1, -1, -1)
+    images, labels, targets = random_step(batch, shape, classes, step.objects,
+                                          generator=torch.Generator().manual_seed(0))
     weights = [p for p in step.model.parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=[]), torch.enable_grad(), Allocations() as counted:
         with step.autocast():

@@ -20,6 +20,7 @@ def probe(spec: dict[str, Any]) -> list[float]:
     from ..config import Config
     from ..kernels import apply
     from ..networks import MODELS
+    from .footprint import random_step
     from .recipe import compile_model, configure_precision, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
@@ -34,11 +35,7 @@ def probe(spec: dict[str, Any]) -> list[float]:
     mode = spec.get("compile_mode", "")
     peaks = []
     for batch in spec["batches"]:
-        images = torch.rand(batch, *spec["shape"], device=device)
-        labels = torch.stack([torch.randperm(classes, device=device)[:objects]
-                              for _ in range(batch)]).sort(dim=1).values
-        labels = labels[:, 0] if objects == 1 else labels
-        targets = images if objects == 1 else images[:, None].expand(-1, objects, -1, -1, -1)
+        images, labels, targets = random_step(batch, spec["shape"], classes, objects, device)
         if mode:
             from torch import _dynamo
             _dynamo.reset()  # one static-shape graph per batch size, as train.py builds
