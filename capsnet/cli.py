@@ -169,7 +169,8 @@ def precision_label(precision: str, device: torch.device) -> str:
     """The precision as a run's first line and the benchmark say it: on a CPU, bf16 with the
     units that make it fast, or a warning that it has none; what auto chose."""
     if precision == "auto":
-        return f"{precision_label(resolved_precision(precision, device), device)} (--precision auto)"
+        chosen = resolved_precision(precision, device)
+        return f"{precision_label(chosen, device)} (--precision auto)"
     if precision != "bf16" or device.type != "cpu":
         return precision
     units = bf16_units()

@@ -387,8 +387,9 @@ def evaluate_checkpoints(cfg: Config, checkpoints: list[dict], allow_other_datas
     for checkpoint in checkpoints:  # before any data is read or downloaded
         check_dataset(checkpoint, cfg, allow=allow_other_dataset)
     parts = build_run(cfg, train=False)
-    for line in parts.kernels.warnings("testing", "pass --no-fast-kernels to silence this") if parts.world.main else []:
-        print(line, file=sys.stderr, flush=True)
+    if parts.world.main:
+        for line in parts.kernels.warnings("testing", "pass --no-fast-kernels to silence this"):
+            print(line, file=sys.stderr, flush=True)
     members = []
     for checkpoint in checkpoints:
         check_dataset(checkpoint, cfg, parts.classes, allow_other_dataset)

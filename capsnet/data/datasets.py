@@ -41,8 +41,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             shape=(1, 40, 40), fit="digit",
             about="affNIST's test set: 32 random affine transforms of each of the 10,000 MNIST "
             "test digits, 320,000 images of 1x40x40 (test only: --eval a mnist40 checkpoint)"),
-    Dataset(name="mnist-affine-standin", **{**MNIST_FIELDS, "train_files": ()}, transform=affine.make,
-            tests=("mnist40",),
+    Dataset(name="mnist-affine-standin", **{**MNIST_FIELDS, "train_files": ()},
+            transform=affine.make, tests=("mnist40",),
             about="NOT affNIST: MNIST test digits under seeded random affine transforms in "
             "affNIST's ranges, 1x40x40, for use offline (test only)"),
     Dataset(name="fashion-mnist", read=idx.read, folder="FashionMNIST/raw",
