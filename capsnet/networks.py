@@ -7,7 +7,7 @@ capsules (a decoder and routing: the reconstruction windows, the figures of caps
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,35 @@ SHAPE = ("in_channels", "image_size", "num_classes")  # from the data
 CAPSNET_WIDTHS = ("conv1_channels", "primary_types", "primary_dim", "class_dim")
 
 
-def capsnet_args(cfg: Any, objects: int) -> dict[str, Any]:
+class ModelSettings(Protocol):
+    """The settings the entries below read: a run's capsnet.config.Config has them all (this
+    module sits under config.py, which takes the model names from MODELS)."""
+    recipe: str
+    # CapsNet
+    conv1_channels: int
+    primary_types: int
+    primary_dim: int
+    class_dim: int
+    primary_norm: str
+    routing: str
+    routing_iterations: int
+    leaky_routing: bool
+    detach_routing: bool
+    digit_bias: bool
+    fast_kernels: bool
+    # its loss
+    score_loss: str
+    m_plus: float
+    m_minus: float
+    lambda_absent: float
+    reconstruction_weight: float
+    # the baseline
+    baseline_channels: str
+    baseline_hidden: str
+    dropout: float
+
+
+def capsnet_args(cfg: ModelSettings, objects: int) -> dict[str, Any]:
     return {"routing_iterations": cfg.routing_iterations, "detach_routing": cfg.detach_routing,
             "leaky_routing": cfg.leaky_routing, "routing": cfg.routing,
             "primary_norm": cfg.primary_norm,
@@ -29,7 +57,7 @@ def capsnet_args(cfg: Any, objects: int) -> dict[str, Any]:
             **{name: getattr(cfg, name) for name in CAPSNET_WIDTHS}}
 
 
-def baseline_args(cfg: Any, objects: int) -> dict[str, Any]:
+def baseline_args(cfg: ModelSettings, objects: int) -> dict[str, Any]:
     try:
         channels = widths(cfg.baseline_channels, "--baseline-channels") \
             if cfg.baseline_channels else ()
@@ -40,7 +68,7 @@ def baseline_args(cfg: Any, objects: int) -> dict[str, Any]:
             "dropout": cfg.dropout, "objects": objects}
 
 
-def capsule_loss(cfg: Any, progress: Callable[[], float]) -> CapsuleLoss:
+def capsule_loss(cfg: ModelSettings, progress: Callable[[], float]) -> CapsuleLoss:
     return CapsuleLoss(cfg.m_plus, cfg.m_minus, cfg.lambda_absent, cfg.reconstruction_weight,
                        class_mean=cfg.recipe == "official",
                        spread=progress if cfg.score_loss == "spread" else None,
@@ -50,10 +78,11 @@ def capsule_loss(cfg: Any, progress: Callable[[], float]) -> CapsuleLoss:
 @dataclass(frozen=True)
 class Network:
     name: str
-    args: Callable[[Any, int], dict[str, Any]]  # (settings, labels per example) -> arguments
+    # (settings, labels per example) -> the model's arguments
+    args: Callable[[ModelSettings, int], dict[str, Any]]
     make: Callable[..., nn.Module]  # the model, from SHAPE and those arguments
     # its loss, from the settings and the fraction of the run's steps taken (0 to 1)
-    criterion: Callable[[Any, Callable[[], float]], nn.Module]
+    criterion: Callable[[ModelSettings, Callable[[], float]], nn.Module]
     structure: tuple[str, ...]  # arguments a checkpoint's weights must agree on
     capsules: bool  # a decoder and routing to show
     about: str
@@ -62,7 +91,7 @@ class Network:
     # checkpoint's (they change how it computes, not its weights)
     settings: tuple[str, ...] = ()
 
-    def build(self, model_args: dict[str, Any], cfg: Any) -> nn.Module:
+    def build(self, model_args: dict[str, Any], cfg: ModelSettings) -> nn.Module:
         """The model of `model_args` (a run's or a checkpoint's) with `cfg`'s `settings`."""
         return self.make(**model_args, **{name: getattr(cfg, name) for name in self.settings})
 
