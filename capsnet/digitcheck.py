@@ -21,10 +21,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from . import drawings
 from .cli import DATA_DIR_ENV, ArgumentParser, exit_status
 from .errors import UserError
 
@@ -115,14 +116,42 @@ def transparent(ink: np.ndarray, colour: tuple[int, int, int], path: Path) -> No
 @dataclass(frozen=True)
 class Variant:
     name: str
-    source: str  # "typed", "mnist" or "blank"
+    # what each picture is drawn from: "typed" (a font's digit), "mnist" (an MNIST test digit),
+    # "letters" or "symbols" (drawings.LETTERS', SYMBOLS' strokes), "blank" (nothing)
+    source: str
     count: int  # pictures at most (MNIST: digits taken)
-    make: Callable[[np.ndarray, np.random.Generator, Path], None]  # (ink, rng, path) -> a file
+    make: Callable[[Any, np.random.Generator, Path], None]  # (its source, rng, path) -> a file
     clean: bool = False  # a picture as clean as the model's data
+    sure: bool = True  # every picture is read right (the suite reads five of each)
 
 
 def page_200(ink, rng, path):
     save(255 * (1 - on_page(ink, 200, rng, 120)), path)
+
+
+def written(draw: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+            height: tuple[float, float], pen: tuple[float, float],
+            quality: tuple[int, int] = (0, 0)) -> Callable[[np.ndarray, np.random.Generator, Path],
+                                                            None]:
+    """An MNIST digit written by hand (drawings.handwritten) `height` pixels high with a pen of
+    `pen` of that height, drawn on a page by `draw`, saved as PNG or as JPEG of `quality`."""
+    def make(ink: np.ndarray, rng: np.random.Generator, path: Path) -> None:
+        h = rng.uniform(*height)
+        strokes = drawings.handwritten(ink, round(h), max(1.5, h * rng.uniform(*pen)))
+        save(draw(strokes, rng), path, int(rng.integers(*quality)) if quality[1] else 0)
+    return make
+
+
+def sketched(height: tuple[float, float], pen: tuple[float, float]) -> Callable[
+        [list, np.random.Generator, Path], None]:
+    """A letter's or symbol's strokes drawn by hand (drawings.sketch) on a phone photo of paper
+    in even light or under a soft shadow, as JPEG."""
+    def make(strokes: list, rng: np.random.Generator, path: Path) -> None:
+        h = rng.uniform(*height)
+        ink = drawings.sketch(strokes, round(h), max(2.0, h * rng.uniform(*pen)), rng)
+        save(drawings.phone_photo(ink, rng, "soft" if rng.random() < 0.5 else ""), path,
+             int(rng.integers(60, 85)))
+    return make
 
 
 VARIANTS = (
@@ -158,7 +187,47 @@ VARIANTS = (
                                         path, int(rng.integers(60, 90)))),
     Variant("MNIST, small in a corner of a 28x28 image", "mnist", 30,
             lambda ink, rng, path: save(255 * corner(ink, rng), path)),
-    Variant("blank: white page, black page, shaded paper, a beige wall", "blank", 40, None),
+    Variant("blank: white page, black page, shaded paper, a beige wall", "blank", 40,
+            lambda _, rng, path: blank(rng, path)),
+    Variant("handwritten, black marker on white paper", "mnist", 20,
+            written(drawings.marker, (150, 220), (0.05, 0.08))),
+    Variant("handwritten, chalk on a board", "mnist", 20,
+            written(drawings.chalkboard, (140, 210), (0.06, 0.1), quality=(75, 90))),
+    Variant("handwritten, small on a 1600x1200 scan", "mnist", 20,
+            written(drawings.scan, (45, 80), (0.05, 0.08))),
+    Variant("handwritten, ruled notebook page (half with a soft shadow)", "mnist", 20,
+            written(lambda ink, rng: drawings.notebook(ink, rng, "soft" if rng.random() < 0.5
+                                                       else ""), (55, 80), (0.04, 0.07),
+                    quality=(60, 85))),
+    Variant("handwritten, phone photo: soft shadow, ballpoint, tilt, blur, JPEG, off centre",
+            "mnist", 20, written(lambda ink, rng: drawings.phone_photo(ink, rng, "soft"),
+                                 (110, 180), (0.035, 0.06), quality=(60, 85))),
+    Variant("handwritten, phone photo: a hard shadow edge across the page, tilted", "mnist", 20,
+            written(lambda ink, rng: drawings.phone_photo(ink, rng, "hard", tilt=15),
+                    (110, 180), (0.035, 0.06), quality=(60, 85))),
+    Variant("handwritten, thin blue ballpoint (1-2% of the photo's side)", "mnist", 20,
+            written(lambda ink, rng: drawings.phone_photo(ink, rng, thin=True), (110, 170),
+                    (0.03, 0.045), quality=(60, 85))),
+    Variant("blank: phone photos of paper (soft, hard or no shadow)", "blank", 20,
+            lambda _, rng, path: save(drawings.phone_photo(
+                None, rng, ("soft", "hard", "")[int(rng.integers(0, 3))]), path,
+                int(rng.integers(60, 85)))),
+    Variant("blank: ruled notebook pages (half with a soft shadow)", "blank", 20,
+            lambda _, rng, path: save(drawings.notebook(None, rng, "soft" if rng.random() < 0.5
+                                                        else ""), path, int(rng.integers(60, 85)))),
+    Variant("blank: chalkboards", "blank", 20,
+            lambda _, rng, path: save(drawings.chalkboard(None, rng), path, 85)),
+    Variant("blank: 1600x1200 scans", "blank", 20,
+            lambda _, rng, path: save(drawings.scan(None, rng), path)),
+    Variant("hand-drawn capital letters (not O, I, S, Z: written, they are 0, 1, 5, 2)",
+            "letters", len(drawings.LETTERS), sketched((110, 180), (0.04, 0.08)), sure=False),
+    Variant("hand-drawn symbols", "symbols", len(drawings.SYMBOLS),
+            sketched((110, 180), (0.04, 0.08)), sure=False),
+    Variant("colour scenes and objects, 32x32", "blank", 20,
+            lambda _, rng, path: save(drawings.scene(32, rng), path), sure=False),
+    Variant("colour scenes and objects, 200x200", "blank", 20,
+            lambda _, rng, path: save(drawings.scene(200, rng), path, int(rng.integers(70, 90))),
+            sure=False),
 )
 
 
@@ -178,9 +247,10 @@ def corner(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return picture
 
 
-def blank(k: int, rng: np.random.Generator, path: Path) -> None:
+def blank(rng: np.random.Generator, path: Path) -> None:
+    """A white page, a black page, shaded noisy paper or a beige wall, in turn."""
     from scipy import ndimage
-    kind = k % 4
+    kind = int(path.stem) % 4
     if kind == 0:
         save(np.full((200, 200), 255.0), path)
     elif kind == 1:
@@ -209,20 +279,69 @@ def make_pictures(folder: Path, mnist: tuple[np.ndarray, np.ndarray] | None,
         place.mkdir(parents=True, exist_ok=True)
         made[variant.name] = []
         count = min(sample, variant.count) if sample else variant.count
-        if variant.source == "blank":
-            for n in range(count):
-                path = place / f"{n:03d}.png"
-                blank(n, rng, path)
-                made[variant.name].append((existing(path), ""))
-            continue
-        pictures = (inks if variant.source == "typed" else
-                    [(mnist[0][n] / 255.0, str(int(mnist[1][n]))) for n in range(variant.count)])
+        pictures = sources(variant, inks, mnist)
         stride = max(1, len(pictures) // count)
-        for n, (ink, label) in enumerate(pictures[::stride][:count]):
+        for n, (source, label) in enumerate(pictures[::stride][:count]):
             path = place / f"{n:03d}.png"
-            variant.make(ink, rng, path)
+            variant.make(source, rng, path)
             made[variant.name].append((existing(path), label))
     return made
+
+
+def sources(variant: Variant, inks: list[tuple[np.ndarray, str]],
+            mnist: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[Any, str]]:
+    """What each of a variant's pictures is drawn from, with the class it shows ("": none)."""
+    if variant.source == "typed":
+        return inks
+    if variant.source == "mnist":
+        return [(mnist[0][n] / 255.0, str(int(mnist[1][n]))) for n in range(variant.count)]
+    if variant.source in ("letters", "symbols"):
+        table = drawings.LETTERS if variant.source == "letters" else drawings.SYMBOLS
+        return [(strokes, "") for strokes in table.values()]
+    return [(None, "")] * variant.count
+
+
+def median_stroke(paths: list[Path]) -> float:
+    """The median stroke width at 28x28 (capsnet.digits.stroke_width of the prepared digit
+    above one half) of the pictures that prepare_digit finds a digit in; 0 when none."""
+    from PIL import Image
+    from .digits import prepare_digit, stroke_width
+    widths = []
+    for path in paths:
+        with Image.open(path) as image:
+            digit = prepare_digit(image)
+        if digit.tensor is not None:
+            widths.append(stroke_width(digit.tensor[0].numpy() > 0.5))
+    return round(float(np.median(widths)), 2) if widths else 0.0
+
+
+def median_stroke_of_mnist(root: str, count: int = 10000) -> float | None:
+    """The same of MNIST's first `count` training digits as they are; None without MNIST."""
+    from .data.splits import load_split
+    from .digits import stroke_width
+    try:
+        split = load_split("mnist", root, True, False)
+    except UserError:
+        return None
+    images = split.images[:count, 0].numpy()
+    return round(float(np.median([stroke_width(image > 127) for image in images])), 2)
+
+
+def photo_seconds() -> float:
+    """prepare_digit's time on a decoded 4032x3024 phone photo of a hand-drawn plus sign (a
+    drawings.phone_photo enlarged to a phone camera's size), the median of three runs."""
+    from PIL import Image
+    from .digits import prepare_digit
+    rng = np.random.default_rng(0)
+    ink = drawings.sketch(drawings.SYMBOLS["plus"], 150, 6, rng)
+    picture = Image.fromarray(drawings.phone_photo(ink, rng, "soft").astype(np.uint8))
+    picture = picture.resize((4032, 3024), Image.BICUBIC)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        prepare_digit(picture)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
 
 
 def existing(path: Path) -> Path:
@@ -297,16 +416,24 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"variant": name, "right": hits, "of": len(pictures),
                          "low_confidence": sum(bool(r.get("low_confidence")) for r in results),
                          "no_digit": sum(r.get("prediction") is None for r in results),
+                         "stroke": median_stroke([path for path, _ in pictures]),
                          "seconds": round(time.monotonic() - started, 1)})
             print(f"{name}: {hits}/{len(pictures)}", flush=True)
+        photo = photo_seconds()
+        print(f"prepare_digit on a 4032x3024 phone photo: {photo:.2f} s (median of 3)")
         record = {"package": str(tree) if tree else "this one", "rows": rows,
+                  "mnist_stroke": median_stroke_of_mnist(args.data_dir),
+                  "prepare_seconds_4032x3024": round(photo, 3),
                   "fonts": {name: str(font_path(file) or "missing")
                             for name, file in FONTS.items()},
                   "mnist": mnist is not None, "date": time.strftime("%Y-%m-%d")}
         (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-        table = ["| pictures | right | no digit said | low confidence |", "|---|---|---|---|"]
+        table = ["| pictures | right | no digit said | low confidence | stroke at 28x28 |",
+                 "|---|---|---|---|---|"]
         table += [f"| {r['variant']} | {r['right']}/{r['of']} | {r['no_digit']} | "
-                  f"{r['low_confidence']} |" for r in rows]
+                  f"{r['low_confidence']} | {r['stroke']:.2f} |" for r in rows]
+        table.append(f"\nMNIST's training digits: median stroke {record['mnist_stroke']:.2f} "
+                     f"pixels at 28x28; a 4032x3024 photo prepared in {photo:.2f} s")
         (out / "results.md").write_text("\n".join(table) + "\n")
         print(f"results in {out / 'results.md'}")
     return exit_status(work)

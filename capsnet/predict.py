@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="grey images: make dark ink on a bright ground white on black "
                         "(auto: when the border is bright; default: %(default)s)")
+    parser.add_argument("--data-dir", metavar="ROOT", help="a digit checkpoint's training "
+                        "data, to calibrate the no-digit rule when it has none (default: the "
+                        "run's data_dir)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where the model runs: auto picks cuda when there is a GPU "
                         "(default: %(default)s)")
@@ -215,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         channels, size = model_args["in_channels"], model_args["image_size"]
         side = entry.shape[-1] if entry.shape else config.get("image_size", size)
         classes, objects = list(checkpoint["classes"]), entry.objects
+        rule = None
+        if entry.fit == "digit" and objects == 1 and not entry.canvas:
+            from .digitrule import rule_for
+            from .weights import record_of
+            rule, said = rule_for(checkpoint, model, args.data_dir,
+                                  record_of(args.pretrained) if args.pretrained else None)
+            print(said, file=sys.stderr, flush=True)
         for image in images:
             try:
                 prepared = prepare(Path(image), channels, side, size, entry.canvas, args.invert,
@@ -231,8 +241,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             with torch.inference_mode():
                 output = model(prepared.tensor[None].to(device), None, objects)
-            result = {"image": image, **describe(output.scores[0].float().cpu(), classes,
-                                                 objects, config.get("model", "capsnet")),
+            scores = output.scores.float().cpu()
+            if rule is not None:
+                distance = float(rule.distances(scores, output.poses.float().cpu())[0])
+                if distance > rule.threshold:
+                    no_digit.append(image)
+                    read = classes[int(scores[0].argmax())]
+                    result = {"image": image, "prediction": None, "no_digit": (
+                        f"no digit capsule draws it: read as {read}, it lies {distance:.0f} from "
+                        f"the {read}s of the training digits, beyond {rule.threshold:.0f}"),
+                        "done": prepared.done}
+                    print(json.dumps(result) if args.json else text(result), flush=True)
+                    continue
+            result = {"image": image, **describe(scores[0], classes, objects,
+                                                 config.get("model", "capsnet")),
                       "done": prepared.done}
             if args.out and output.reconstructions is not None:
                 result["reconstruction"] = str(write_pair(Path(args.out), Path(image),
