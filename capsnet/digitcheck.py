@@ -102,7 +102,7 @@ def save(array: np.ndarray, path: Path, quality: int = 0) -> None:
     if quality:
         picture.convert("RGB").save(path.with_suffix(".jpg"), quality=quality)
     else:
-        picture.save(path)
+        picture.save(path, compress_level=1)  # noisy pictures compress slowly and little
 
 
 def transparent(ink: np.ndarray, colour: tuple[int, int, int], path: Path) -> None:

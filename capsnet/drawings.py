@@ -268,13 +268,13 @@ def chalkboard(ink: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
 
 
 def scan(ink: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """A 1200x1600 scan of white paper, a small pen digit somewhere on it."""
+    """A grey 1200x1600 scan of white paper, a small pen digit somewhere on it."""
     shape = (1200, 1600)
-    page = np.ones((*shape, 3)) * rng.uniform(235, 250)
+    page = np.full(shape, rng.uniform(235, 250), dtype=np.float32)
     if ink is not None:
         strokes = placed(ink, shape, (rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8)))
-        page = inked(page, strokes, colour_of(BLACK, rng), 0.95)
-    return np.clip(page + rng.normal(0, 2, page.shape), 0, 255)
+        page = page * (1 - 0.95 * strokes) + rng.uniform(15, 45) * 0.95 * strokes
+    return np.clip(page + rng.normal(0, 2, shape).astype(np.float32), 0, 255)
 
 
 def marker(ink: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
