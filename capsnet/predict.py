@@ -7,8 +7,9 @@ dataset gives its model:
 - a digit model's (MNIST, mnist40, MultiMNIST, affNIST): every picture, 28x28 included, made a
   digit as MNIST's were by capsnet.digits (the ink told from the paper and its shading, its
   bounding box fitted into a 20x20 box keeping its aspect ratio and centred by its centre of mass
-  in 28x28), or said to hold no digit; for canvas datasets (mnist40, MultiMNIST) that digit in the
-  middle of the canvas;
+  in 28x28), or said to hold no digit (by the preparation, or for a CapsNet of one-digit pictures
+  by capsnet.digitrule: what no digit capsule draws); for canvas datasets (mnist40, MultiMNIST)
+  that digit in the middle of the canvas;
 - any other model's: its channels (grey, colour; a two-channel stereo model gets the grey image
   in both, with a warning), white ink on black for grey data (--invert auto inverts an image whose
   border is bright), clothing (Fashion-MNIST) of another size trimmed and its longest edge resized
