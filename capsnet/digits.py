@@ -142,8 +142,9 @@ def dark_ink(grey: np.ndarray) -> bool:
     if abs(border - middle) > 0.15 * (high - low) or max(grey.shape) < SMALL:
         return border > middle
     from scipy import ndimage
-    detail = grey - ndimage.gaussian_filter(grey, 0.02 * max(grey.shape))
-    return -float(np.percentile(detail, 0.5)) > float(np.percentile(detail, 99.5))
+    detail = grey - ndimage.gaussian_filter(grey, 0.01 * max(grey.shape))
+    # the extremes: a shadow's edge gives as much on both sides, over more pixels than a stroke
+    return -float(np.percentile(detail, 0.1)) > float(np.percentile(detail, 99.9))
 
 
 def otsu(values: np.ndarray) -> float:
@@ -217,12 +218,16 @@ def without_rules(ink: np.ndarray) -> tuple[np.ndarray, int]:
     kept = 0  # rules taken out
     out = ink.copy()
     found = []  # (line, its length, the axis it runs along), each apart from those crossing it
+    pieces = []  # (piece, axis): the parts of lines the paper's noise broke off
     for lines, along in ((level, 1), (upright, 0)):
         parts, _ = ndimage.label(lines, structure=np.ones((3, 3)))
         for k, box in enumerate(ndimage.find_objects(parts), start=1):
             length = box[along].stop - box[along].start
-            if length >= RULE * mask.shape[along] / 2:  # not a piece of one
+            if length >= RULE * mask.shape[along] / 2:
                 found.append((parts == k, length, along))
+            else:
+                pieces.append((parts == k, along))
+    taken = set()  # the axes along which rules were taken out
     for line, length, along in found:
         # its thickness: the ink within a few pixels across it, over its length (a slice of a
         # thick stroke has the rest of that stroke beside it)
@@ -234,6 +239,10 @@ def without_rules(ink: np.ndarray) -> tuple[np.ndarray, int]:
                 or float(np.median(ink[line])) < 0.75 * strength):
             out[line] = 0.0
             kept += 1
+            taken.add(along)
+    for piece, along in pieces:  # the pieces go with their rules
+        if along in taken:
+            out[piece] = 0.0
     lines = level | upright
     # a stroke that crosses a rule: its pixels on the rule have ink just above and below
     gone = mask & (out == 0) & lines
@@ -290,7 +299,9 @@ def find_strokes(ink: np.ndarray) -> tuple[np.ndarray | None, float]:
     clear of the picture's edge when it has a quarter of the size of the largest touching it),
     and every part larger than a speck within a third of the group's size of it."""
     from scipy import ndimage
-    threshold = otsu(ink)
+    # Otsu's threshold, or half the darkest ink where that is higher: Otsu's splits the paper's
+    # noise when the strokes are a sliver of a big picture
+    threshold = max(otsu(ink), 0.5 * float(ndimage.gaussian_filter(ink, 1.0).max()))
     mask = ink > threshold
     if not mask.any() or mask.all():
         return None, 0.0
