@@ -8,7 +8,7 @@ together describe a picture as the network sees it. For each class c, the traini
 as c give a mean mu_c and a covariance S_c of z = (v_c, scores); a picture read as c is no digit
 when its Mahalanobis distance (z - mu_c)^T S_c^-1 (z - mu_c) exceeds the threshold: MARGIN
 times the largest distance of a training digit read right (the network has seen those, so the
-test digits lie further out: at MARGIN it refuses 0.08% of MNIST's test digits read right). The
+test digits lie further out: at MARGIN it refuses 0.05% of MNIST's test digits read right). The
 decoder's reconstruction error, the other test a capsule network offers, tells hand-drawn
 letters from digits less well (docs/predict.md).
 """
