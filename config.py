@@ -45,6 +45,7 @@ image_size: int = 28  # side the folder dataset's images are resized to
 fast_kernels: bool = True  # off: every layer as written in capsnet/model.py, left to autograd
 device: str = "auto"  # auto, cpu or cuda
 precision: str = "auto"  # auto: bf16 where the device has bf16 matrix units, else fp32; or fp32, tf32, bf16
+micro_batch: int = 0  # compute a batch in parts of at most N images, gradients summed (0: automatic)
 compile: bool = False  # torch.compile the model
 compile_mode: str = "default"  # default, reduce-overhead, max-autotune, ...
 deterministic: bool = False  # deterministic CUDA kernels: resume repeats a run bit for bit

@@ -29,6 +29,7 @@ from torchnet.engine import Engine
 from .cli import (ArgumentParser, at_least, device_name, exit_status, precision_label,
                   resolve_device)
 from .data.splits import random_split
+from .microbatches import in_parts
 from .run import distributed
 from .run.build import build_run
 from .run.footprint import measure, spec_of
@@ -75,13 +76,15 @@ PROBE = 64  # test examples whose capsule lengths, at the initial weights, compa
 
 def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         steps: int, warmup: int, repeats: int, network: dict[str, Any] | None = None,
-        footprint: bool = False, compile_mode: str = "default") -> dict[str, Any]:
-    """`network`: Config settings of the dataset and network (dataset, widths, crop, ...)."""
+        footprint: bool = False, compile_mode: str = "default", micro_batch: int = 0
+        ) -> dict[str, Any]:
+    """`network`: Config settings of the dataset and network (dataset, widths, crop, ...);
+    `micro_batch`: images per part of each batch (0: the whole batch)."""
     from .config import Config
     # memory_check off: the bench measures its own peak (and --footprint, the check's estimate)
     cfg = Config(**{"shift": 2, **(network or {})}, batch_size=batch_size, precision=precision,
                  compile=compile, compile_mode=compile_mode, device=device_choice,
-                 memory_check=False)
+                 memory_check=False, micro_batch=micro_batch)
     split = functools.partial(random_split, cfg.dataset, image_size=cfg.image_size)  # (count, seed)
     probe = resolve_device(device_choice)
     full = probe.type == "cuda"
@@ -92,8 +95,10 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     device, world, model = parts.device, parts.world, parts.model
     for line in parts.kernels.warnings("timing", "") if world.main else []:
         print(line, file=sys.stderr, flush=True)
-    train_step = forward_step(parts.train_network, parts.criterion, parts.autocast, train=True)
-    eval_step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
+    train_step = forward_step(parts.train_network, parts.criterion, parts.autocast, train=True,
+                              micro_batch=parts.micro_batch, no_sync=parts.no_sync)
+    eval_step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False,
+                             micro_batch=parts.micro_batch)
     trainer, evaluator = Engine(), Engine()  # the loops train.py runs
     trainer.hooks["on_update"] = lambda state: parts.scheduler.step()
 
@@ -121,9 +126,10 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
     eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
     steady = warm / train_rate + (warm + batch_size) / eval_rate  # those passes, warm
-    estimate = (measure(spec_of(cfg, parts.model_args, parts.objects, device,
-                                parts.kernels.record())).of(batch_size) / 2 ** 20
-                if footprint else None)
+    step_images = min(micro_batch or batch_size, batch_size)
+    estimate = (measure({**spec_of(cfg, parts.model_args, parts.objects, device,
+                                   parts.kernels.record()), "target": step_images}
+                        ).of(step_images) / 2 ** 20 if footprint else None)
     return {
         "train_images_per_s": train_rate, "estimated_memory_mb": estimate, "eval_images_per_s": eval_rate,
         "first_passes_seconds": first, "compile_seconds": max(0.0, first - steady),
@@ -131,6 +137,7 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
         "epoch_seconds": TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate,
         "epoch_measured": full, "peak_memory_mb": peak_memory_mb(device),
         "device": device_name(device), "processes": world.size, "batch_size": batch_size,
+        "micro_batch": micro_batch,
         "precision": precision, "compile": compile, "repeats": repeats,
         "precision_label": precision_label(precision, device),
         "kernels": parts.kernels.record(), "kernels_line": parts.kernels.line(),
@@ -148,7 +155,7 @@ def probe_lengths(parts: Any) -> torch.Tensor:
     images = next(iter(parts.test_batches)).images
     parts.model.eval()
     with torch.inference_mode(), parts.autocast():
-        lengths = parts.eval_network(images).scores[:PROBE]
+        lengths = in_parts(parts.eval_network, images, parts.micro_batch).scores[:PROBE]
     return lengths.float().cpu()
 
 
@@ -164,6 +171,7 @@ def report(result: dict[str, Any]) -> str:
             ("data", f"{result['dataset']}-shaped, random"),
             ("network", f"{network}; {result['parameters']:,} parameters"),
             ("batch size (per process)", result["batch_size"]),
+            *([("micro-batch", result["micro_batch"])] if result.get("micro_batch") else []),
             ("precision", result["precision_label"] + (f" + compile ({result['compile_mode']})"
                                                  if result["compile"] else "")),
             ("kernels", result["kernels_line"].removeprefix("kernels: ")),
@@ -198,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=at_least(1), default=3,
                         help="timed passes; the median rate is reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--micro-batch", type=at_least(0), default=0, help="compute each batch "
+                        "in parts of at most N images, as train.py's --micro-batch (0: whole)")
     parser.add_argument("--footprint", action="store_true", help="also run train.py's memory "
                         "check for this batch, to compare its estimate with the measured peak")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a dataset's network, as "
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         result = run(args.device, args.batch_size, args.precision, args.compile,
                      args.steps, args.warmup, args.repeats, network, args.footprint,
-                     args.compile_mode)
+                     args.compile_mode, args.micro_batch)
         if result.pop("main"):
             print(report(result))
             if args.json:

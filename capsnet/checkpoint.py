@@ -153,6 +153,16 @@ def restore(checkpoint: dict, parts: RunParts, average: WeightAverage, meters: M
     return position, best
 
 
+def micro_batch_note(saved: dict, cfg: Config) -> str | None:
+    """--micro-batch given on resume: the same steps, computed in other parts, in words."""
+    before = saved.get("micro_batch", 0)
+    if before == cfg.micro_batch:
+        return None
+    words = {0: "0 (automatic)"}
+    return (f"--micro-batch {words.get(cfg.micro_batch, cfg.micro_batch)} where the run had "
+            f"{words.get(before, before)}: the same steps, computed in other parts")
+
+
 def apply_schedule(saved: dict, parts: RunParts, step: int) -> str | None:
     """Flags --lr, --lr-decay and --lr-decay-steps given on resume: the rate becomes what the
     new schedule gives at `step`, and decays by it from there. Returns what changed, in words."""

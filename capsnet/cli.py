@@ -105,7 +105,7 @@ def build(settings: type, values: dict[str, Any]) -> Any:
 # Settings of the machine, not of the run: a resumed or evaluated checkpoint takes them from this
 # invocation (its flags, environment or config.py's values), never from the checkpoint.
 MACHINE_SETTINGS = ("device", "threads", "compile", "compile_mode", "memory_check",
-                    "fast_kernels")
+                    "fast_kernels", "micro_batch")
 # Settings of where a run's files are, not of what it learned: left out of its recorded commands.
 PLACE_SETTINGS = ("data_dir", "run_dir")
 DATA_DIR_ENV = "CAPSNET_DATA_DIR"

@@ -121,6 +121,10 @@ class Config:
                              "fp32; tf32 (tensor-core float32 on CUDA); bf16 (convolutions and "
                              "matrix products in bfloat16, routing and losses in float32)",
                              PRECISIONS)
+    micro_batch: int = setting(0, "compute each batch in parts of at most N images, their "
+                               "gradients summed: the same step in less memory (0: automatic, "
+                               "the whole batch where the memory check finds room for it, else "
+                               "the largest parts that fit; under torchrun, per process)")
     compile: bool = setting(False, "torch.compile the model (falls back to eager with a warning)")
     compile_mode: str = setting("default", "torch.compile mode with --compile: reduce-overhead "
                                 "and max-autotune capture CUDA graphs (every batch has "
@@ -135,9 +139,10 @@ class Config:
                             "dataset root holding MNIST/raw/, cifar-10-batches-py/, SVHN/ ..., or "
                             "train/ and test/ for folder (env CAPSNET_DATA_DIR)")
     memory_check: bool = setting(True,
-                                 "before training, know a step's memory and stop if the batch "
-                                 "does not fit: on a CPU a count of a step's allocations where it "
-                                 "stays below the free memory, else (and on a GPU) a step "
+                                 "before training, know a step's memory and compute a batch "
+                                 "that does not fit in micro-batches that do (stop where not "
+                                 "one image fits): on a CPU a count of a step's allocations where "
+                                 "it stays below the free memory, else (and on a GPU) steps "
                                  "measured in a separate process (env CAPSNET_MEMORY_CHECK=0: "
                                  "off)")
     # Where the run goes, and the dashboard
@@ -169,7 +174,7 @@ class Config:
             fail("stop_at_accuracy", self.stop_at_accuracy, "a percentage from 0 to 100")
         at_least(self, 0, "train_samples", "test_samples", "validation_samples", "shift", "crop",
                  "threads", "seed", "visdom_figures_every", "reconstruction_weight",
-                 "lambda_absent")
+                 "lambda_absent", "micro_batch")
         if not 0 <= self.dropout < 1:
             fail("dropout", self.dropout, "a number in [0, 1)")
         if not (math.isfinite(self.lr) and self.lr > 0):

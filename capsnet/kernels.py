@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import spectral
 from .model import SMALLEST_IMAGE, CapsNet
 from .routing.routed import Routed
 
@@ -43,7 +44,18 @@ class FastForm:
     inputs: Callable[[nn.Module, torch.Generator], tuple[Tensor, ...]]
     run: Callable[..., Sequence[Tensor | None]]  # (twin, *inputs) -> the outputs compared
     parameters: Callable[[nn.Module], list[nn.Parameter]]  # whose gradients are compared
-    runs_on: Callable[[torch.device], bool] = lambda device: True  # where the fast form applies
+    # (device, layer) -> why the fast form does not apply to the run ("": it does)
+    not_for: Callable[[torch.device, nn.Module], str] = lambda device, layer: ""
+
+
+def spectral_not_for(device: torch.device, side: int) -> str:
+    """Why conv1/PrimaryCaps runs as written on `device` at input `side` ("": it need not)."""
+    if device.type != "cpu":
+        return f"the fast form is not for {device.type}"
+    if side > spectral.LARGEST_SIDE:
+        return (f"nn.Conv2d is faster above {spectral.LARGEST_SIDE}x{spectral.LARGEST_SIDE} "
+                "inputs")
+    return ""
 
 
 def capsnet_of(model: nn.Module) -> CapsNet | None:
@@ -86,7 +98,8 @@ FAST_FORMS: tuple[FastForm, ...] = (
              "spectral conv1/PrimaryCaps (CPU)", two_images,
              lambda twin, images: [twin.primary_capsules(images)],
              lambda twin: [*twin.conv1.parameters(), *twin.primary.parameters()],
-             runs_on=lambda device: device.type == "cpu"),
+             not_for=lambda device, model: spectral_not_for(device,
+                                                            model.decoder.image_shape[-1])),
     FastForm("routing", "routing", routing_of, routing_forms,
              "routing backward by hand", votes_and_activations, routed,
              lambda twin: [*twin.digits.routing.parameters(),
@@ -215,7 +228,7 @@ def check(model: nn.Module, model_args: dict[str, Any], device: torch.device) ->
         fast, written = form.names(layer)
         why = ("no fast form" if not hasattr(layer, "fast_kernels") else
                "--no-fast-kernels" if not layer.fast_kernels else
-               f"the fast form is not for {device.type}" if not form.runs_on(device) else "")
+               form.not_for(device, layer))
         if why:
             verdicts.append(Verdict(form.name, False, fast, written, why=why))
             continue

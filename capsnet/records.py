@@ -22,6 +22,7 @@ class Showcase(NamedTuple):
     classes: tuple[str, ...]
     objects: int  # labels per example
     capsules: bool  # a decoder and routing to show (CapsNet; not the baseline)
+    micro_batch: int = 0  # images per forward pass (capsnet.microbatches; 0: all at once)
 
 
 class RunStart(NamedTuple):

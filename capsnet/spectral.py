@@ -25,11 +25,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+# The widest input the spectral path takes. Its spectra grow with the side squared: measured
+# forward and backward against nn.Conv2d on a 2-core AMD EPYC (docs/speed.md), it is faster up
+# to 64x64 in bf16 and fp32 (2x at 28), and above it slower in fp32 (2.1x at 96) or both (1.9x
+# and 2.6x at 128), with 3x-4.7x the memory.
+LARGEST_SIDE = 64
+
+
 def supported(images: Tensor) -> bool:
-    """The spectral path runs for float CPU inputs (on a GPU, cuDNN's convolutions are faster).
-    Under CPU autocast (--precision bf16) its products run in bfloat16 with float32
-    accumulation."""
-    return images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
+    """The spectral path runs for float CPU inputs of at most LARGEST_SIDE (on a GPU, cuDNN's
+    convolutions are faster). Under CPU autocast (--precision bf16) its products run in
+    bfloat16 with float32 accumulation."""
+    return (images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
+            and images.shape[-1] <= LARGEST_SIDE)
 
 
 def built_in_grad_mode(function: Callable[..., Any]) -> Callable[..., Any]:

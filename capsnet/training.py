@@ -19,6 +19,7 @@ listeners (the dashboard) know the loop only by those records (capsnet.records).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -32,6 +33,7 @@ from torchnet.engine import Engine
 from tqdm import tqdm
 
 from . import checkpoint as checkpoints
+from . import microbatches
 from .averaging import WeightAverage
 from .checkpoint import Best, Position
 from .run import interrupt
@@ -71,11 +73,13 @@ class Step(NamedTuple):
 
 
 def forward_step(network: Callable[..., Any], criterion: nn.Module,
-                 autocast: Callable[[], Any], train: bool
+                 autocast: Callable[[], Any], train: bool, micro_batch: int = 0,
+                 no_sync: Callable[[], Any] = contextlib.nullcontext
                  ) -> Callable[[Sample], tuple[Tensor, Step]]:
     """The Engine's network function: the decoder is masked by the labels in training, by the
     predicted classes (as many as the labels) at test, where each predicted digit's
-    reconstruction is scored against the true digit of its class."""
+    reconstruction is scored against the true digit of its class. With `micro_batch`, a larger
+    batch is computed in parts of at most that many examples (`in_parts`)."""
     def step(sample: Sample) -> tuple[Tensor, Step]:
         images, labels, targets, weights = sample
         objects = labels.shape[1] if labels.dim() == 2 else 1
@@ -85,7 +89,37 @@ def forward_step(network: Callable[..., Any], criterion: nn.Module,
                 output = align_reconstructions(output, labels)
             parts = criterion.parts(targets, labels, output, weights)
         return parts.total, Step(output, parts)
-    return step
+    if not micro_batch:
+        return step
+    return in_parts(step, micro_batch, train, no_sync)
+
+
+def in_parts(step: Callable[[Sample], tuple[Tensor, Step]], size: int, train: bool,
+             no_sync: Callable[[], Any]) -> Callable[[Sample], tuple[Tensor, Step]]:
+    """`step` over parts of at most `size` examples of a batch, which is the same step: each
+    part's loss is its share of the batch's, L_p x W_p / W (its weighted mean times its weight
+    total over the batch's), so the parts' losses, and their gradients, sum to the batch's. In
+    training the parts before the last go backward here, under `no_sync` (DDP synchronises the
+    gradients once, in the last part's backward, which the Engine runs on the loss returned:
+    the last part's). The Step holds the parts' outputs joined and their loss parts summed, as the batch's."""
+    def parts(sample: Sample) -> tuple[Tensor, Step]:
+        if len(sample.weights) <= size:
+            return step(sample)
+        total = sample.weights.sum().clamp_min(1.0)
+        pieces = microbatches.split(sample, size)
+        outputs, shares = [], []
+        for number, piece in enumerate(pieces):
+            loss, done = step(piece)
+            share = piece.weights.sum() / total
+            loss = loss * share
+            if train and number < len(pieces) - 1:
+                with no_sync():
+                    loss.backward()
+            outputs.append(done.output)
+            shares.append(type(done.parts)(*(part.detach() * share for part in done.parts)))
+        summed = type(shares[0])(*(sum(fields) for fields in zip(*shares)))
+        return (loss if train else summed.total), Step(microbatches.joined(outputs), summed)
+    return parts
 
 
 def add_to_meters(meters: Meters, state: dict) -> None:
@@ -104,7 +138,8 @@ class Evaluator:
         self.model, self.world, self.name = parts.model, parts.world, name
         self.batches = batches or parts.test_batches
         self.objects = parts.objects
-        self.step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False)
+        self.step = forward_step(parts.eval_network, parts.criterion, parts.autocast, train=False,
+                                 micro_batch=parts.micro_batch)
         self.meters = Meters(len(parts.classes))
         self.confusion = np.zeros((len(parts.classes),) * 2, dtype=np.int64)  # rows: true class
         self.engine = Engine()
@@ -178,8 +213,9 @@ class Trainer:
             earlier = checkpoint.get("commands")
             self.commands = None if earlier is None else [*earlier, *self.commands]
             self.good = (source or run.last, self.where())
-            note = checkpoints.apply_schedule(checkpoint["config"], parts, self.position.step)
-            self.notes += [note] if note else []
+            notes = (checkpoints.apply_schedule(checkpoint["config"], parts, self.position.step),
+                     checkpoints.micro_batch_note(checkpoint["config"], cfg))
+            self.notes += [note for note in notes if note]
         self.bar: tqdm | None = None
         self.listeners: list[Listener] = []  # told of progress in records (capsnet.records)
         self.engine = Engine()
@@ -192,7 +228,8 @@ class Trainer:
     def run_start(self) -> RunStart:
         """What a listener starts from: the showcase, and a resumed run's history."""
         showcase = Showcase(self.model, self.autocast, head(self.evaluator.batches, SHOWCASE),
-                            self.classes, self.objects, self.parts.capsules)
+                            self.classes, self.objects, self.parts.capsules,
+                            self.parts.micro_batch)
         position = self.position
         history = [row for row in self.run.read_metrics() if int(row["epoch"]) <= position.epoch]
         resumed = position.epoch + position.batch / len(self.train_batches) if history else None
@@ -216,7 +253,8 @@ class Trainer:
         """Train up to cfg.epochs. Ctrl-C or SIGTERM stops after the current batch, saves
         last.pt and re-raises KeyboardInterrupt. A failed write or a divergence raises a
         UserError that names the newest good checkpoint."""
-        step = forward_step(self.network, self.criterion, self.autocast, train=True)
+        step = forward_step(self.network, self.criterion, self.autocast, train=True,
+                            micro_batch=self.parts.micro_batch, no_sync=self.parts.no_sync)
         try:
             with interrupt.deferred():
                 try:

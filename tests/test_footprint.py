@@ -1,5 +1,6 @@
-"""The memory check before training: a step measured in a separate process, and one line with a
-batch size that fits when the run's does not."""
+"""The memory check before training: a step counted, or measured in a separate process; a batch
+that does not fit is computed in micro-batches that do, and where not one image fits the run
+stops with one line."""
 import contextlib
 import io
 import re
@@ -35,27 +36,65 @@ def step_of(cfg: Config, args: dict) -> footprint.Step:
                           configure_precision(cfg.precision, torch.device("cpu")), 1)
 
 
-def test_a_real_probe_grows_with_the_batch_and_names_a_batch_that_fits(monkeypatch):
+def test_a_real_probe_measures_one_and_two_images_then_confirms_the_target():
     cfg = Config(batch_size=8)
+    spec = footprint.spec_of(cfg, model_args(cfg, noise_digits(4)), 1, torch.device("cpu"), {})
+    measured = footprint.measure(spec)  # no budget: the target, 8, confirmed
+    assert measured.fixed > 100 * 2 ** 20 and measured.per_example >= 0  # PyTorch, activations
+
+
+def test_the_probe_never_runs_a_size_before_estimating_that_it_fits(monkeypatch):
+    """Peaks of 100 + 10 x images: the line through one and two images puts 5 within a budget
+    of 155, which the probe then runs (with shrink), or nothing more (without)."""
+    cfg = Config(batch_size=8, **SMALL_SETTINGS)
+    spec = footprint.spec_of(cfg, model_args(cfg, noise_digits(4)), 1, torch.device("cpu"), {})
+    sizes = []
+    real = footprint.random_step
+    monkeypatch.setattr(footprint, "random_step",
+                        lambda batch, *args, **kwargs: sizes.append(batch) or real(batch, *args,
+                                                                                  **kwargs))
+    monkeypatch.setattr(probe, "peak_resident", lambda: 100.0 + 10 * sizes[-1])
+    points = probe.probe({**spec, "target": 8, "budget": 155.0, "shrink": True})
+    assert points == [[1, 110.0], [2, 120.0], [5, 150.0]]
+    assert probe.probe({**spec, "target": 8, "budget": 155.0, "shrink": False}) == \
+        [[1, 110.0], [2, 120.0]]  # 8 does not fit: it never runs
+    assert probe.probe({**spec, "target": 8, "budget": None, "shrink": False})[-1] == [8, 180.0]
+
+
+def test_a_batch_that_does_not_fit_is_computed_in_the_fewest_parts_that_do(monkeypatch):
+    cfg = Config(batch_size=128, **SMALL_SETTINGS)
     args = model_args(cfg, noise_digits(4))
     step = step_of(cfg, args)
     spec = footprint.spec_of(cfg, args, 1, torch.device("cpu"), {})
-    assert spec["batches"] == [4, 8]
-    measured = footprint.measure(spec)
-    assert measured.fixed > 100 * 2 ** 20 and measured.per_example > 0  # PyTorch, then activations
-    free = measured.of(6.5) / footprint.HEADROOM  # room for a batch of 6, not of 7 or 8
+    measured = Footprint(2 ** 30, 2 ** 28)  # 1 GiB and 0.25 GiB per image: 33 GiB for 128
+    free = measured.of(20.5) / footprint.HEADROOM  # room for 20 images
+    asked = []
+    monkeypatch.setattr(footprint, "bound", lambda step, spec: Footprint(2 ** 40, 0.0))
     monkeypatch.setattr(footprint, "available", lambda device: free)
-    monkeypatch.setattr(footprint, "measure", lambda spec: measured)  # the same probe again
-    with pytest.raises(UserError) as error:
-        footprint.check(step, spec, 8, torch.device("cpu"))
-    message = str(error.value)
-    assert "batch 8 on 1x28x28" in message and "\n" not in message
-    assert "--batch-size 6 or less fits" in message
+    monkeypatch.setattr(footprint, "measure", lambda spec: asked.append(spec) or measured)
+    plan = footprint.check(step, spec, 128, 0, torch.device("cpu"))
+    assert plan.micro_batch == 19  # 7 parts: 6 of 19 and one of 14
+    assert plan.words.startswith("batch 128 in 7 micro-batches of at most 19: the whole batch "
+                                 "needs about 33.0 GiB, 6.8 GiB are free, 19 images 5.8 GiB (measured: an "
+                                 "eager step (the count of its allocations, 1024.0 GiB, is "
+                                 "above the 6.8 GiB free))")
+    assert asked[0]["target"] == 128 and asked[0]["shrink"]
+    assert footprint.check(step, spec, 128, 16, torch.device("cpu")).micro_batch == 16  # fits
+    with pytest.raises(UserError) as refused:
+        footprint.check(step, spec, 128, 32, torch.device("cpu"))
+    message = str(refused.value)
+    assert "a micro-batch of 32 1x28x28 images needs about 9.0 GiB" in message
+    assert "--micro-batch 20 or less fits" in message and "\n" not in message
+    monkeypatch.setattr(footprint, "available", lambda device: measured.of(0.5))
+    with pytest.raises(UserError) as refused:
+        footprint.check(step, spec, 128, 0, torch.device("cpu"))
+    assert "no batch fits, not even one image at a time" in str(refused.value)
 
 
 def test_a_steps_allocations_grow_by_the_same_bytes_with_each_example():
     cfg = Config(**SMALL_SETTINGS)
     step = step_of(cfg, model_args(cfg, noise_digits(4)))
+    footprint.allocated(step, (1, 28, 28), 10, 1)  # what a first step makes once (its DFTs)
     one, two, three = (footprint.allocated(step, (1, 28, 28), 10, batch) for batch in (1, 2, 3))
     assert two - one == pytest.approx(three - two, rel=0.02)  # an example's activations
     assert two - one > 100_000  # and their gradients
@@ -89,12 +128,24 @@ def test_a_cpu_batch_whose_count_comes_near_the_free_memory_is_measured(quick_ar
             "allocations, 2.0 GiB, comes near the 2.1 GiB free))") in first
 
 
+def test_a_run_whose_batch_does_not_fit_trains_in_micro_batches_and_says_so(quick_args,
+                                                                           monkeypatch):
+    per_image = footprint.Footprint(2 ** 28, 2 ** 26, "counted", measured=False)
+    monkeypatch.setattr(footprint, "bound", lambda step, spec: per_image)
+    monkeypatch.setattr(footprint, "available", lambda device: per_image.of(10.5) / 0.9)
+    monkeypatch.setattr(footprint, "measure", lambda spec: footprint.Footprint(2 ** 28, 2 ** 26))
+    first = first_line(quick_args)  # a batch of 32 where 10 fit: 4 parts of 8
+    assert "batch 32 in 4 micro-batches of at most 8: the whole batch needs about 2.2 GiB" in first
+
+
 def test_train_py_stops_before_training_when_the_batch_does_not_fit(quick_args, monkeypatch,
                                                                    capsys, tmp_path):
     monkeypatch.setattr(footprint, "available", lambda device: 2.0 ** 20)  # 1 MiB free
     code, err = run_main(quick_args + ["--memory-check", "--train-samples", "32",
                                        "--test-samples", "16"], capsys)
-    assert code == 2 and "needs about" in err and "no batch fits" in err and "\n" not in err
+    progress, refusal = err.splitlines()  # the measurement's progress line, the refusal
+    assert progress.startswith("memory check: measuring training steps in a separate process")
+    assert code == 2 and "needs about" in refusal and "no batch fits" in refusal
     assert not (tmp_path / "run" / "last.pt").exists()
     monkeypatch.setattr(footprint, "available", lambda device: 2.0 ** 40)
     code, err = run_main(quick_args + ["--memory-check", "--train-samples", "32",
@@ -141,11 +192,12 @@ def test_with_cuda_graph_modes_the_probe_measures_the_compiled_step(monkeypatch)
         compiled.append((enabled, mode))
         return lambda *inputs: calls.append(len(inputs[0])) or model(*inputs)
     monkeypatch.setattr(recipe, "compile_model", compile_model)
-    assert len(probe.probe(spec)) == 2
-    assert compiled == [(True, "max-autotune")] * 2  # afresh for each batch size
-    assert calls == [4] * probe.GRAPH_STEPS + [8] * probe.GRAPH_STEPS
+    assert len(probe.probe({**spec, "target": 8})) == 3
+    assert compiled == [(True, "max-autotune")] * 3  # afresh for each batch size
+    assert calls == [1] * probe.GRAPH_STEPS + [2] * probe.GRAPH_STEPS + [8] * probe.GRAPH_STEPS
     monkeypatch.setattr(footprint.subprocess, "run", lambda *a, **k: type(
-        "Done", (), {"returncode": 0, "stdout": "[100.0, 180.0]\n", "stderr": ""})())
+        "Done", (), {"returncode": 0, "stdout": "[[1, 90.0], [2, 100.0], [8, 220.0]]\n",
+                     "stderr": ""})())
     measured = footprint.measure(spec)
-    assert (measured.fixed, measured.per_example) == (20.0, 20.0)
+    assert (measured.fixed, measured.per_example) == (60.0, 20.0)  # through the two largest
     assert measured.how == "a step compiled in max-autotune mode with its CUDA graphs' memory pools"

@@ -108,6 +108,19 @@ def test_the_check_runs_at_the_smallest_side_whatever_the_images():
     assert next(twin.parameters()).dtype == torch.float64
 
 
+def test_above_64_pixels_conv1_and_primarycaps_run_as_written_and_the_line_says_why():
+    """The spectral form's spectra grow with the side: nn.Conv2d is faster above 64x64."""
+    wide = CapsNet(**SMALL_SETTINGS, image_size=96)
+    checked = kernels.checked(wide, {**SMALL_SETTINGS, "image_size": 96}, torch.device("cpu"))
+    assert checked.record() == {"conv1_primary": "as written", "routing": "fast"}
+    assert "conv1/PrimaryCaps as written (conv1, ReLU and PrimaryCapsules.forward: nn.Conv2d " \
+           "is faster above 64x64 inputs)" in checked.line()
+    assert not wide.fast_kernels and not checked.warnings()  # a choice, not a difference
+    narrow = CapsNet(**SMALL_SETTINGS, image_size=64)
+    assert kernels.checked(narrow, {**SMALL_SETTINGS, "image_size": 64},
+                           torch.device("cpu")).record()["conv1_primary"] == "fast"
+
+
 class Follower(World):
     """A process other than rank 0, whose broadcast hands it rank 0's kernels."""
 

@@ -2,6 +2,7 @@
 compile and the distributed wrapper. train.py, --eval and the benchmark all start here."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ from .distributed import World
 from ..cli import resolve_device, resolved_precision
 from ..config import Config
 from ..errors import UserError
-from .footprint import Footprint, Step, spec_of
+from .footprint import Plan, Step, spec_of
 from .footprint import check as check_footprint
 from .footprint import check_data
 from ..kernels import Kernels, checked
@@ -97,7 +98,9 @@ class RunParts:
     train_batches: Batches | None  # None: a run that does not train
     test_batches: Batches
     validation_batches: Batches | None  # the held-out split, when --validation-samples
-    footprint: Footprint | None  # a training step's memory, when checked
+    micro_batch: int  # images per part of a batch (capsnet.microbatches; 0: the whole batch)
+    memory: str  # what the memory check found, for the first line ("": not checked)
+    no_sync: Callable[[], Any]  # DDP's no_sync: a backward pass that leaves the gradients local
     kernels: Kernels  # the forms the model computes with, as checked at its build
 
     @property
@@ -165,16 +168,17 @@ def build_run(cfg: Config, train: bool = True,
     steps = cfg.epochs * len(train_batches) if train_batches is not None else 0
     criterion = MODELS[cfg.model].criterion(cfg, run_progress(scheduler, steps))
     objects = DATASETS[cfg.dataset].objects
-    footprint = (check_footprint(Step(model, criterion, autocast, objects),
-                                 spec_of(cfg, args, objects, device, kernels.record()),
-                                 cfg.batch_size, device)
-                 if train and cfg.memory_check else None)
+    plan = (check_footprint(Step(model, criterion, autocast, objects),
+                            spec_of(cfg, args, objects, device, kernels.record()),
+                            cfg.batch_size, cfg.micro_batch, device)
+            if train and cfg.memory_check else Plan(cfg.micro_batch, ""))
     eval_network = compile_model(model, cfg.compile, cfg.compile_mode)
-    train_network = eval_network
+    train_network, no_sync = eval_network, contextlib.nullcontext
     if world.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                           else None)
         train_network = compile_model(wrapped, cfg.compile, cfg.compile_mode)
+        no_sync = wrapped.no_sync
     return RunParts(
         cfg=cfg, world=world, device=device, model=model, train_network=train_network,
         eval_network=eval_network, criterion=criterion, autocast=autocast, optimizer=optimizer,
@@ -184,4 +188,4 @@ def build_run(cfg: Config, train: bool = True,
                                 cfg.test_samples),
         validation_batches=(batches_of(cfg, validation, device, generator, world, False)
                             if validation else None),
-        footprint=footprint, kernels=kernels)
+        micro_batch=plan.micro_batch, memory=plan.words, no_sync=no_sync, kernels=kernels)

@@ -1,22 +1,22 @@
-"""The memory a training step needs, known before training so that a batch too large for the
-device stops at once with a batch size that fits, not with an out-of-memory crash hours in.
+"""The memory a training step needs, known before training, so that a batch too large for the
+device is computed in micro-batches that fit (capsnet.microbatches), or stops at once with one
+line, not with an out-of-memory crash hours in.
 
 On a CPU, every allocation of one training step is counted first, at one and at two examples
 (`bound`): their sum, never less than what is alive at once, plus the process's size and the
 optimiser's state, is an upper bound of the step's peak, found in a fraction of a second. Where it
 stays below the free memory, that is the answer. Where it comes near (and always on a GPU), a
 fresh Python process (`python -m capsnet.run.probe SPEC`) builds the run's model and optimiser
-on the run's device: it takes one training step (forward, backward, Adam) on random data of the
-run's shape at the run's batch size or, above PROBE_MAX, at PROBE_MAX/2 and PROBE_MAX, and reports
-the peak memory after each: PyTorch's peak allocation on CUDA, the process's peak resident size on
-the CPU (which includes PyTorch itself, so the estimate errs on the high side). Beyond the probed
-sizes the peak is taken to grow linearly with the batch. On this project's 2-core CPU the estimate
-came within -7% to +12% of the peak that capsnet.bench measures for four shapes (BENCHMARKS.md).
-A separate process keeps the probe's memory out of the run's own.
+on the run's device and measures the peak memory of one training step (forward, backward, Adam)
+on random data of the run's shape at one image and at two: PyTorch's peak allocation on CUDA, the
+process's peak resident size on the CPU (which includes PyTorch itself, so the estimate errs on
+the high side). The line through them gives the largest step that fits, which the probe then
+runs to confirm it: the batch itself, or (automatic micro-batches) the largest part that fits.
+The line through the two largest steps measured is the footprint. A separate process keeps the
+probe's memory out of the run's own.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -31,11 +31,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..cli import resolved_precision
 from ..errors import UserError
+from ..microbatches import part_size
 
 if TYPE_CHECKING:
     from ..config import Config
 
-PROBE_MAX = 64  # the largest batch the probe runs
 HEADROOM = 0.9  # the estimate may use this share of what the device has free
 GiB = 2 ** 30
 
@@ -50,11 +50,6 @@ class Footprint:
 
     def of(self, batch: int) -> float:
         return self.fixed + self.per_example * batch
-
-    def words(self, batch: int) -> str:
-        """The run's first line's words for a step of `batch`."""
-        return (f"a training step needs {'about' if self.measured else 'at most'} "
-                f"{self.of(batch) / GiB:.2f} GiB ({self.how})")
 
     def largest_batch(self, available: float) -> int:
         """The largest batch whose estimate fits in `available` bytes (0: none does)."""
@@ -71,13 +66,14 @@ SETTINGS = ("model", "routing", "m_plus", "m_minus", "lambda_absent", "reconstru
 def spec_of(cfg: Config, model_args: dict[str, Any], objects: int, device: torch.device,
             kernels: dict[str, str]) -> dict[str, Any]:
     """What the probe process needs to rebuild the run's training step; `kernels` the run's
-    forms (capsnet.kernels.Kernels.record), which the probe takes without checking them."""
+    forms (capsnet.kernels.Kernels.record), which the probe takes without checking them. The
+    check adds what to run: `target` images, within `budget` bytes (None: no limit), or with
+    `shrink` the most that fit below the target."""
     from .recipe import CUDA_GRAPH_MODES
     size = model_args["image_size"]
-    top = min(cfg.batch_size, PROBE_MAX)
     graphs = cfg.compile and device.type == "cuda" and cfg.compile_mode in CUDA_GRAPH_MODES
     return {"model_args": model_args, "shape": [model_args["in_channels"], size, size],
-            "batches": [max(1, top // 2), max(2, top)],
+            "target": cfg.batch_size, "budget": None, "shrink": False,
             "compile_mode": cfg.compile_mode if graphs else "",
             "objects": objects, "device": str(device),
             "precision": resolved_precision(cfg.precision, device),
@@ -85,30 +81,42 @@ def spec_of(cfg: Config, model_args: dict[str, Any], objects: int, device: torch
             "threads": torch.get_num_threads(), "settings": {k: getattr(cfg, k) for k in SETTINGS}}
 
 
+def line_through(points: list[list[float]], how: str = "an eager step") -> Footprint:
+    """The footprint through the two largest of the measured (images, peak bytes) points."""
+    (b1, small), (b2, large) = sorted(points)[-2:]
+    per_example = max(0.0, (large - small) / (b2 - b1))
+    return Footprint(small - per_example * b1, per_example, how)
+
+
+def fitting(footprint: Footprint, target: int, budget: float | None, shrink: bool) -> int:
+    """Images per step to run: `target` where the footprint puts it within `budget`, else with
+    `shrink` the most that fit (0: not one), else 0."""
+    if budget is None or footprint.of(target) <= budget:
+        return target
+    return min(target, footprint.largest_batch(budget)) if shrink else 0
+
+
 def measure(spec: dict[str, Any]) -> Footprint:
-    """Run the probe in a fresh process; its peaks at spec's two batches give the line."""
+    """Run the probe in a fresh process; the line through its two largest steps."""
     try:
         done = subprocess.run([sys.executable, "-m", "capsnet.run.probe", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=600,
+                              capture_output=True, text=True, timeout=1800,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     except subprocess.TimeoutExpired:
-        raise UserError("the memory check before training took over 10 minutes; pass "
-                        "--no-memory-check to skip it") from None
+        raise UserError("the memory check before training took over 30 minutes; pass "
+                        "--micro-batch N to choose the parts yourself, or --no-memory-check "
+                        "to skip it") from None
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         if "out of memory" in last.lower() or done.returncode in (-9, 137):
-            raise UserError(f"a training step of batch {spec['batches'][0]} already runs out of "
-                            f"memory on {spec['device']} ({last}); use a smaller --batch-size, "
-                            "network or image size")
+            raise UserError(f"a training step of one image already runs out of memory on "
+                            f"{spec['device']} ({last}); use a smaller network or image size")
         raise UserError(f"the memory check before training failed ({last}); pass "
                         "--no-memory-check to skip it")
-    small, large = json.loads(lines[-1])
-    b1, b2 = spec["batches"]
-    per_example = max(0.0, (large - small) / (b2 - b1))
     how = (f"a step compiled in {spec['compile_mode']} mode with its CUDA graphs' memory pools"
            if spec.get("compile_mode") else "an eager step")
-    return Footprint(small - per_example * b1, per_example, how)
+    return line_through(json.loads(lines[-1]), how)
 
 
 def available(device: torch.device) -> float | None:
@@ -202,38 +210,69 @@ def resident() -> float:
         return 0.0
 
 
-def check(step: Step, spec: dict[str, Any], batch_size: int, device: torch.device
-          ) -> Footprint | None:
-    """Stop with one line when a training step of `batch_size` will not fit on the device, naming
-    a batch size that does. On a CPU a count of the step's allocations (`bound`) that is far
-    below the free memory answers at once; on a GPU, or where the count comes near the free
-    memory, a step is measured in a separate process. Returns the footprint (None where the
-    free memory is unknown)."""
+class Plan(NamedTuple):
+    """What the memory check decided, for the run and its first line."""
+    micro_batch: int  # images per part of a batch (0: the whole batch at once)
+    words: str  # the first line's words ("": nothing checked)
+
+
+def check(step: Step, spec: dict[str, Any], batch_size: int, micro_batch: int,
+          device: torch.device) -> Plan:
+    """The micro-batches a training step of `batch_size` runs in: `micro_batch` where it is set
+    and fits; where it is 0, the whole batch where it fits, else the fewest, most even parts
+    that fit (capsnet.microbatches.part_size). On a CPU a count of the step's allocations
+    (`bound`) far below the free memory answers at once; on a GPU, or where the count comes
+    near the free memory, steps are measured in a separate process (`measure`). Stops with one
+    line where not one image fits, or where the --micro-batch given does not."""
     free = available(device)
     if free is None:
-        return None
+        return Plan(micro_batch, "")
+    want, budget = min(micro_batch or batch_size, batch_size), HEADROOM * free
+    parts = f" in micro-batches of {want}" if want < batch_size else ""
     if device.type == "cpu":
         counted = bound(step, spec)
-        if counted.of(batch_size) <= HEADROOM * free:
-            return dataclasses.replace(counted, how=f"{counted.how}, below the {free / GiB:.1f} "
-                                       "GiB free: no step measured")
-        why = (f"the count of its allocations, {counted.of(batch_size) / GiB:.1f} GiB, comes "
-               f"near the {free / GiB:.1f} GiB free")
+        if counted.of(want) <= budget:
+            return Plan(micro_batch, words(counted, want, parts, f"{counted.how}, below the "
+                                            f"{free / GiB:.1f} GiB free: no step measured"))
+        near = "comes near" if counted.of(want) <= free else "is above"
+        why = (f"the count of its allocations, {counted.of(want) / GiB:.1f} GiB, {near} the "
+               f"{free / GiB:.1f} GiB free")
     else:
         why = f"{device.type}"
-    footprint = measure(spec)
-    footprint = dataclasses.replace(footprint, how=f"measured: {footprint.how} ({why})")
-    need = footprint.of(batch_size)
-    if need <= HEADROOM * free:
-        return footprint
-    fits = footprint.largest_batch(HEADROOM * free)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"memory check: measuring training steps in a separate process ({why})",
+              file=sys.stderr, flush=True)
+    footprint = measure({**spec, "target": want, "budget": budget, "shrink": not micro_batch})
+    how = f"measured: {footprint.how} ({why})"
+    fits = fitting(footprint, want, budget, shrink=not micro_batch)
+    if fits >= want:
+        return Plan(micro_batch, words(footprint, want, parts, how))
     shape = "x".join(map(str, spec["shape"]))
-    hint = (f"--batch-size {fits} or less fits" if fits >= 1
-            else "no batch fits: use a smaller network or image size")
-    raise UserError(f"a training step of batch {batch_size} on {shape} images needs about "
-                    f"{need / GiB:.1f} GiB ({footprint.how}), but {device} has "
-                    f"{free / GiB:.1f} GiB free; {hint} (or pass --no-memory-check to try "
-                    "anyway)")
+    if micro_batch:
+        hint = (f"--micro-batch {footprint.largest_batch(budget)} or less fits"
+                if footprint.largest_batch(budget) >= 1 else "not one image fits")
+        raise UserError(f"a micro-batch of {micro_batch} {shape} images needs about "
+                        f"{footprint.of(micro_batch) / GiB:.1f} GiB ({how}), but {device} has "
+                        f"{free / GiB:.1f} GiB free; {hint} (--micro-batch 0: the memory "
+                        "check chooses)")
+    if fits < 1:
+        raise UserError(f"a training step of batch {batch_size} on {shape} images needs about "
+                        f"{footprint.of(batch_size) / GiB:.1f} GiB ({how}), but {device} has "
+                        f"{free / GiB:.1f} GiB free; no batch fits, not even one image at a "
+                        "time: use a smaller network or image size (or pass --no-memory-check "
+                        "to try anyway)")
+    size = part_size(batch_size, fits)
+    count = -(-batch_size // size)
+    return Plan(size, f"batch {batch_size} in {count} micro-batches of at most {size}: the "
+                      f"whole batch needs about {footprint.of(batch_size) / GiB:.1f} GiB, "
+                      f"{free / GiB:.1f} GiB are free, {size} images "
+                      f"{footprint.of(size) / GiB:.1f} GiB ({how})")
+
+
+def words(footprint: Footprint, batch: int, parts: str, how: str) -> str:
+    """The first line's words for a step of `batch` images (`parts`: in what micro-batches)."""
+    return (f"a training step{parts} needs {'about' if footprint.measured else 'at most'} "
+            f"{footprint.of(batch) / GiB:.2f} GiB ({how})")
 
 
 def check_data(splits: dict[str, Any], device: torch.device) -> None:

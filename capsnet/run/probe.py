@@ -1,6 +1,7 @@
-"""The memory probe, run as `python -m capsnet.run.probe SPEC` by capsnet.run.footprint: one
-training step of the run's model (capsnet.networks), optimiser and loss at each of SPEC's batch sizes, on
-random data of the run's shape, printing the peak memory after each as JSON."""
+"""The memory probe, run as `python -m capsnet.run.probe SPEC` by capsnet.run.footprint: a
+training step of the run's model (capsnet.networks), optimiser and loss on random data of the
+run's shape at one image, at two, then at the size the line through those two says fits SPEC's
+budget; it prints [images, peak bytes] of each as JSON."""
 from __future__ import annotations
 
 import json
@@ -13,14 +14,16 @@ import torch
 GRAPH_STEPS = 3  # reduce-overhead: a warm-up step, the step that records the graph, a replay
 
 
-def probe(spec: dict[str, Any]) -> list[float]:
-    """In the probe process: the peak memory after a training step at each of spec's batches.
-    With a CUDA-graph compile mode, the step is compiled afresh for each batch and run
-    GRAPH_STEPS times, and the peak counts what the allocator reserved, graph pools included."""
+def probe(spec: dict[str, Any]) -> list[list[float]]:
+    """In the probe process: [images, peak memory] after a training step of one image, of two,
+    and of the size `fitting` chooses from the line through them (where it is larger), so that
+    no size runs before it is estimated to fit. With a CUDA-graph compile mode, the step is
+    compiled afresh for each size and run GRAPH_STEPS times, and the peak counts what the
+    allocator reserved, graph pools included."""
     from ..config import Config
     from ..kernels import apply
     from ..networks import MODELS
-    from .footprint import random_step
+    from .footprint import fitting, line_through, random_step
     from .recipe import compile_model, configure_precision, make_optimizer
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
@@ -33,8 +36,8 @@ def probe(spec: dict[str, Any]) -> list[float]:
     autocast = configure_precision(spec["precision"], device)
     classes, objects = spec["model_args"]["num_classes"], spec["objects"]
     mode = spec.get("compile_mode", "")
-    peaks = []
-    for batch in spec["batches"]:
+
+    def peak(batch: int) -> float:
         images, labels, targets = random_step(batch, spec["shape"], classes, objects, device)
         if mode:
             from torch import _dynamo
@@ -49,11 +52,15 @@ def probe(spec: dict[str, Any]) -> list[float]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
-            peaks.append(torch.cuda.max_memory_reserved(device) if mode
-                         else torch.cuda.max_memory_allocated(device))
-        else:
-            peaks.append(peak_resident())
-    return peaks
+            return (torch.cuda.max_memory_reserved(device) if mode
+                    else torch.cuda.max_memory_allocated(device))
+        return peak_resident()
+
+    points = [[batch, peak(batch)] for batch in (1, 2)]
+    chosen = fitting(line_through(points), spec["target"], spec["budget"], spec["shrink"])
+    if chosen > 2:
+        points.append([chosen, peak(chosen)])
+    return points
 
 
 def peak_resident() -> float:
@@ -67,7 +74,7 @@ def peak_resident() -> float:
 
 
 def main(argv: list[str]) -> int:
-    """The probe process: SPEC (capsnet.run.footprint.spec_of, as JSON) in, the peaks out."""
+    """The probe process: SPEC (capsnet.run.footprint.spec_of, as JSON) in, the points out."""
     try:
         spec = json.loads(argv[0]) if len(argv) == 1 else None
     except ValueError:

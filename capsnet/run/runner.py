@@ -143,8 +143,7 @@ def start(cfg: Config, run: Any, trainer: Any, resume: str | None) -> None:
     processes = (f"{world.size} processes, global batch {world.size * cfg.batch_size}; "
                  if world.distributed else "")
     resumed = f"; resumed from {resume} ({trainer.where()})" if resume else ""
-    footprint = trainer.parts.footprint
-    memory = f"{footprint.words(cfg.batch_size)}; " if footprint else ""
+    memory = f"{trainer.parts.memory}; " if trainer.parts.memory else ""
     held_out = (f", validating on {trainer.validator.batches.describe()} held out"
                 if trainer.validator else "")
     compiled = f"compiled ({cfg.compile_mode} mode)" if cfg.compile else "eager"
