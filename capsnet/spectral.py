@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 # The widest input the spectral path takes. Its spectra grow with the side squared: measured
 # forward and backward against nn.Conv2d on a 2-core AMD EPYC (docs/speed.md), it is faster up
-# to 64x64 in bf16 and fp32 (2x at 28), and above it slower in fp32 (2.1x at 96) or both (1.9x
-# and 2.6x at 128), with 3x-4.7x the memory.
+# to 64x64 in bf16 and fp32 (2x at 28), and above it as fast in bf16 and 1.8x slower in fp32 at
+# 96, 2.2x and 2.4x slower at 128, with 2.7x-4.5x the memory.
 LARGEST_SIDE = 64
 
 

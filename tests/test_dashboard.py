@@ -17,7 +17,7 @@ from capsnet.dashboard.server import answers
 from capsnet.training import Trainer
 from capsnet.config import Config
 from conftest import SMALL_SETTINGS, fast_network
-from visdom_server import Server, client, free_port
+from visdom_server import ROOT, Server, client, free_port
 
 LINES = {"loss": ["train (running)", "train", "test"],
          "accuracy": ["train (running)", "train", "test"],

@@ -101,8 +101,10 @@ def test_resume_under_torchrun_and_a_distributed_checkpoint_in_one_process(runs)
     assert finished(first)[0] == 0
     (root / "halves-one").mkdir()
     (root / "halves-one" / "last.pt").write_bytes((root / "halves" / "last.pt").read_bytes())
+    # in micro-batches of 6, 6 and 4 per process: DDP synchronises each step once, in the
+    # last part's backward (no_sync before it), and the run follows the whole batches' run
     resumed = torchrun("train.py", "--resume", str(root / "halves" / "last.pt"), "--epochs", "2",
-                       "--data-dir", str(data))
+                       "--data-dir", str(data), "--micro-batch", "6")
     code, _, err = finished(resumed)
     assert code == 0, err
     for resumed_row, straight_row in zip(rows(root / "halves"), rows(runs["two"]), strict=True):
