@@ -101,23 +101,24 @@ def in_parts(step: Callable[[Sample], tuple[Tensor, Step]], size: int, train: bo
     total over the batch's), so the parts' losses, and their gradients, sum to the batch's. In
     training the parts before the last go backward here, under `no_sync` (DDP synchronises the
     gradients once, in the last part's backward, which the Engine runs on the loss returned:
-    the last part's). The Step holds the parts' outputs joined and their loss parts summed, as the batch's."""
+    the last part's). The Step holds the parts' outputs joined and their loss parts summed: the
+    batch's."""
     def parts(sample: Sample) -> tuple[Tensor, Step]:
         if len(sample.weights) <= size:
             return step(sample)
-        total = sample.weights.sum().clamp_min(1.0)
+        total = sample.weights.sum().clamp_min(1.0)  # W, as the criterion's batch mean takes it
         pieces = microbatches.split(sample, size)
-        outputs, shares = [], []
+        outputs, losses = [], []
         for number, piece in enumerate(pieces):
             loss, done = step(piece)
-            share = piece.weights.sum() / total
+            share = piece.weights.sum() / total  # W_p / W
             loss = loss * share
             if train and number < len(pieces) - 1:
                 with no_sync():
                     loss.backward()
             outputs.append(done.output)
-            shares.append(type(done.parts)(*(part.detach() * share for part in done.parts)))
-        summed = type(shares[0])(*(sum(fields) for fields in zip(*shares)))
+            losses.append(type(done.parts)(*(part.detach() * share for part in done.parts)))
+        summed = type(losses[0])(*(sum(terms) for terms in zip(*losses)))
         return (loss if train else summed.total), Step(microbatches.joined(outputs), summed)
     return parts
 

@@ -74,10 +74,10 @@ def test_a_batch_that_does_not_fit_is_computed_in_the_fewest_parts_that_do(monke
     monkeypatch.setattr(footprint, "measure", lambda spec: asked.append(spec) or measured)
     plan = footprint.check(step, spec, 128, 0, torch.device("cpu"))
     assert plan.micro_batch == 19  # 7 parts: 6 of 19 and one of 14
-    assert plan.words.startswith("batch 128 in 7 micro-batches of at most 19: the whole batch "
-                                 "needs about 33.0 GiB, 6.8 GiB are free, 19 images 5.8 GiB (measured: an "
-                                 "eager step (the count of its allocations, 1024.0 GiB, is "
-                                 "above the 6.8 GiB free))")
+    assert plan.words == ("batch 128 in 7 micro-batches of at most 19: the whole batch needs "
+                          "about 33.0 GiB, 6.8 GiB are free, 19 images 5.8 GiB (measured: an "
+                          "eager step (the count of its allocations, 1024.0 GiB, is above the "
+                          "6.8 GiB free))")
     assert asked[0]["target"] == 128 and asked[0]["shrink"]
     assert footprint.check(step, spec, 128, 16, torch.device("cpu")).micro_batch == 16  # fits
     with pytest.raises(UserError) as refused:
