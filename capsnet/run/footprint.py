@@ -11,7 +11,8 @@ on the run's device and measures the peak memory of one training step (forward, 
 on random data of the run's shape at one image and at two: PyTorch's peak allocation on CUDA, the
 process's peak resident size on the CPU (which includes PyTorch itself, so the estimate errs on
 the high side). The line through them gives the largest step that fits, which the probe then
-runs to confirm it: the batch itself, or (automatic micro-batches) the largest part that fits.
+runs twice to confirm it: the batch itself, or (automatic micro-batches) the largest part that
+fits.
 The line through the two largest steps measured is the footprint. A separate process keeps the
 probe's memory out of the run's own.
 """

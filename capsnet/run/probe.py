@@ -12,14 +12,18 @@ from typing import Any
 import torch
 
 GRAPH_STEPS = 3  # reduce-overhead: a warm-up step, the step that records the graph, a replay
+# The size confirmed runs twice: a CPU process's peak grows after its first step of a size (the
+# allocator's free lists). At 128x128 in parts of 64, one step measured 13.0-15.0 GiB and two
+# 16.7 GiB, against the run's peak of 18.3 GiB (BENCHMARKS.md).
+CONFIRM_STEPS = 2
 
 
 def probe(spec: dict[str, Any]) -> list[list[float]]:
     """In the probe process: [images, peak memory] after a training step of one image, of two,
-    and of the size `fitting` chooses from the line through them (where it is larger), so that
-    no size runs before it is estimated to fit. With a CUDA-graph compile mode, the step is
-    compiled afresh for each size and run GRAPH_STEPS times, and the peak counts what the
-    allocator reserved, graph pools included."""
+    and of the size `fitting` chooses from the line through them (where it is larger; run
+    CONFIRM_STEPS times), so that no size runs before it is estimated to fit. With a CUDA-graph
+    compile mode, the step is compiled afresh for each size and run GRAPH_STEPS times, and the
+    peak counts what the allocator reserved, graph pools included."""
     from ..config import Config
     from ..kernels import apply
     from ..networks import MODELS
@@ -37,7 +41,7 @@ def probe(spec: dict[str, Any]) -> list[list[float]]:
     classes, objects = spec["model_args"]["num_classes"], spec["objects"]
     mode = spec.get("compile_mode", "")
 
-    def peak(batch: int) -> float:
+    def peak(batch: int, steps: int = 1) -> float:
         images, labels, targets = random_step(batch, spec["shape"], classes, objects, device)
         if mode:
             from torch import _dynamo
@@ -45,7 +49,7 @@ def probe(spec: dict[str, Any]) -> list[list[float]]:
         network = compile_model(model, bool(mode), mode or "default")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(GRAPH_STEPS if mode else 1):
+        for _ in range(GRAPH_STEPS if mode else steps):
             with autocast():
                 loss = criterion(targets, labels, network(images, labels))
             loss.backward()
@@ -59,7 +63,7 @@ def probe(spec: dict[str, Any]) -> list[list[float]]:
     points = [[batch, peak(batch)] for batch in (1, 2)]
     chosen = fitting(line_through(points), spec["target"], spec["budget"], spec["shrink"])
     if chosen > 2:
-        points.append([chosen, peak(chosen)])
+        points.append([chosen, peak(chosen, CONFIRM_STEPS)])
     return points
 
 
