@@ -12,9 +12,8 @@ on random data of the run's shape at one image and at two: PyTorch's peak alloca
 process's peak resident size on the CPU (which includes PyTorch itself, so the estimate errs on
 the high side). The line through them gives the largest step that fits, which the probe then
 runs twice to confirm it: the batch itself, or (automatic micro-batches) the largest part that
-fits.
-The line through the two largest steps measured is the footprint. A separate process keeps the
-probe's memory out of the run's own.
+fits. The line through the two largest steps measured is the footprint. A separate process keeps
+the probe's memory out of the run's own.
 """
 from __future__ import annotations
 
@@ -111,8 +110,9 @@ def measure(spec: dict[str, Any]) -> Footprint:
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         if "out of memory" in last.lower() or done.returncode in (-9, 137):
-            raise UserError(f"a training step of one image already runs out of memory on "
-                            f"{spec['device']} ({last}); use a smaller network or image size")
+            raise UserError(f"a training step of the memory check ran out of memory on "
+                            f"{spec['device']} ({last}); pass a smaller --micro-batch, or use a "
+                            "smaller network or image size")
         raise UserError(f"the memory check before training failed ({last}); pass "
                         "--no-memory-check to skip it")
     how = (f"a step compiled in {spec['compile_mode']} mode with its CUDA graphs' memory pools"
