@@ -29,7 +29,7 @@ from torchnet.engine import Engine
 from .cli import (ArgumentParser, at_least, device_name, exit_status, precision_label,
                   resolve_device)
 from .data.splits import random_split
-from .microbatches import in_parts
+from .microbatches import forward_in_parts, step_images
 from .run import distributed
 from .run.build import build_run
 from .run.footprint import measure, spec_of
@@ -126,10 +126,10 @@ def run(device_choice: str, batch_size: int, precision: str, compile: bool,
     train_rate = timed(device, world, lambda: train(parts.train_batches), repeats)
     eval_rate = timed(device, world, lambda: evaluate(parts.test_batches), repeats)
     steady = warm / train_rate + (warm + batch_size) / eval_rate  # those passes, warm
-    step_images = min(micro_batch or batch_size, batch_size)
+    at_once = step_images(batch_size, micro_batch)
     estimate = (measure({**spec_of(cfg, parts.model_args, parts.objects, device,
-                                   parts.kernels.record()), "target": step_images}
-                        ).of(step_images) / 2 ** 20 if footprint else None)
+                                   parts.kernels.record()), "target": at_once}
+                        ).of(at_once) / 2 ** 20 if footprint else None)
     return {
         "train_images_per_s": train_rate, "estimated_memory_mb": estimate, "eval_images_per_s": eval_rate,
         "first_passes_seconds": first, "compile_seconds": max(0.0, first - steady),
@@ -155,7 +155,7 @@ def probe_lengths(parts: Any) -> torch.Tensor:
     images = next(iter(parts.test_batches)).images
     parts.model.eval()
     with torch.inference_mode(), parts.autocast():
-        lengths = in_parts(parts.eval_network, images, parts.micro_batch).scores[:PROBE]
+        lengths = forward_in_parts(parts.eval_network, images, parts.micro_batch).scores[:PROBE]
     return lengths.float().cpu()
 
 

@@ -18,6 +18,11 @@ def part_size(batch: int, largest: int) -> int:
     return math.ceil(batch / math.ceil(batch / largest))
 
 
+def step_images(batch: int, micro_batch: int) -> int:
+    """Images one forward and backward pass takes at once: a batch, or its parts (0: whole)."""
+    return min(micro_batch or batch, batch)
+
+
 def slices(count: int, size: int) -> list[slice]:
     """Parts of at most `size` of `count` examples, in order; the last may be smaller."""
     return [slice(start, min(start + size, count)) for start in range(0, count, size)]
@@ -36,8 +41,9 @@ def joined(records: Sequence[Record]) -> Record:
                               for fields in zip(*records)))
 
 
-def in_parts(function: Callable[..., Record], images: Tensor, size: int, *args: Any) -> Record:
-    """function(images, *args) computed on parts of at most `size` images (0: all at once)."""
+def forward_in_parts(network: Callable[..., Record], images: Tensor, size: int,
+                     *args: Any) -> Record:
+    """network(images, *args) computed on parts of at most `size` images (0: all at once)."""
     if not size or len(images) <= size:
-        return function(images, *args)
-    return joined([function(images[part], *args) for part in slices(len(images), size)])
+        return network(images, *args)
+    return joined([network(images[part], *args) for part in slices(len(images), size)])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..microbatches import in_parts
+from ..microbatches import forward_in_parts
 from ..model import CapsNet
 
 STEPS = torch.linspace(-0.25, 0.25, 11)  # the paper's Fig. 4 tweaks, 0 in the middle
@@ -20,7 +20,7 @@ ROUTED = 4  # test images whose coupling coefficients are drawn
 def by_mask(model: CapsNet, images: Tensor, micro_batch: int = 0) -> Tensor:
     """Each image, then the decoder's reconstruction from each class's capsule in turn:
     (B, 1 + classes, C, H, W); the network run on at most `micro_batch` images at once."""
-    output = in_parts(model, images, micro_batch)
+    output = forward_in_parts(model, images, micro_batch)
     columns = [images] + [model.reconstruct(output.poses, torch.full_like(output.scores[:, 0], k,
                                                                           dtype=torch.long))
                           for k in range(model.num_classes)]
@@ -46,7 +46,8 @@ def perturbed(model: CapsNet, image: Tensor) -> tuple[Tensor, int]:
 def routing_maps(model: CapsNet, images: Tensor, micro_batch: int = 0) -> Tensor:
     """The last routing iteration's c_ij summed over the primary capsule types, per class, over
     the primary capsules' grid: (B, classes, grid, grid); at most `micro_batch` images at once."""
-    coupling = in_parts(model, images, micro_batch).coupling  # (B, classes, types*grid*grid)
+    # (B, classes, types*grid*grid)
+    coupling = forward_in_parts(model, images, micro_batch).coupling
     batch, classes, _ = coupling.shape
     return coupling.view(batch, classes, -1, model.grid, model.grid).sum(dim=2)
 
@@ -72,7 +73,8 @@ def live_figures(showcase: Any, images: Tensor, epoch: int) -> dict[str, tuple[n
     with torch.inference_mode(), showcase.autocast():
         masks = by_mask(model, images, showcase.micro_batch)  # (classes, 1 + classes, C, H, W)
         tweaks, predicted = perturbed(model, images[0])  # (16, 11, C, H, W)
-        maps = routing_maps(model, images[:ROUTED], showcase.micro_batch).float()  # (n, classes, grid, grid)
+        maps = routing_maps(model, images[:ROUTED],
+                            showcase.micro_batch).float()  # (n, classes, grid, grid)
     model.train()
     low = maps.flatten(1).min(dim=1).values[:, None, None, None]
     high = maps.flatten(1).max(dim=1).values[:, None, None, None]
@@ -96,7 +98,7 @@ def reconstructions(showcase: Any, samples: Tensor) -> np.ndarray:
     model = showcase.model
     model.eval()
     with torch.inference_mode(), showcase.autocast():
-        output = in_parts(model, samples, showcase.micro_batch, None, showcase.objects)
+        output = forward_in_parts(model, samples, showcase.micro_batch, None, showcase.objects)
     model.train()
     rebuilt = output.reconstructions
     if rebuilt.dim() == 5:  # two digits: both on one image, in two colours

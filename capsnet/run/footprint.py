@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..cli import resolved_precision
 from ..errors import UserError
-from ..microbatches import part_size
+from ..microbatches import part_size, step_images
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -228,7 +228,7 @@ def check(step: Step, spec: dict[str, Any], batch_size: int, micro_batch: int,
     free = available(device)
     if free is None:
         return Plan(micro_batch, "")
-    want, budget = min(micro_batch or batch_size, batch_size), HEADROOM * free
+    want, budget = step_images(batch_size, micro_batch), HEADROOM * free
     parts = f" in micro-batches of {want}" if want < batch_size else ""
     if device.type == "cpu":
         counted = bound(step, spec)
