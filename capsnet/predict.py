@@ -226,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             rule, said = rule_for(checkpoint, model, args.data_dir,
                                   record_of(args.pretrained) if args.pretrained else None)
             print(said, file=sys.stderr, flush=True)
+
+        def refuse(image: str, why: str, done: list[str]) -> None:
+            """A picture with no digit: its line (or JSON, "prediction": null)."""
+            no_digit.append(image)
+            result = {"image": image, "prediction": None, "no_digit": why, "done": done}
+            print(json.dumps(result) if args.json else text(result), flush=True)
         for image in images:
             try:
                 prepared = prepare(Path(image), channels, side, size, entry.canvas, args.invert,
@@ -235,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {error}", file=sys.stderr)
                 continue
             if prepared.tensor is None:
-                no_digit.append(image)
-                result = {"image": image, "prediction": None, "no_digit": prepared.no_digit,
-                          "done": prepared.done}
-                print(json.dumps(result) if args.json else text(result), flush=True)
+                refuse(image, prepared.no_digit, prepared.done)
                 continue
             with torch.inference_mode():
                 output = model(prepared.tensor[None].to(device), None, objects)
@@ -246,13 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             if rule is not None:
                 distance = float(rule.distances(scores, output.poses.float().cpu())[0])
                 if distance > rule.threshold:
-                    no_digit.append(image)
                     read = classes[int(scores[0].argmax())]
-                    result = {"image": image, "prediction": None, "no_digit": (
-                        f"no digit capsule draws it: read as {read}, it lies {distance:.0f} from "
-                        f"the {read}s of the training digits, beyond {rule.threshold:.0f}"),
-                        "done": prepared.done}
-                    print(json.dumps(result) if args.json else text(result), flush=True)
+                    refuse(image, f"no digit capsule draws it: read as {read}, it lies "
+                           f"{distance:.0f} from the {read}s of the training digits, beyond "
+                           f"{rule.threshold:.0f}", prepared.done)
                     continue
             result = {"image": image, **describe(scores[0], classes, objects,
                                                  config.get("model", "capsnet")),
