@@ -32,8 +32,10 @@ $(STAMP): requirements.txt pyproject.toml
 train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
+# the files in parallel, one worker per core (pytest-xdist): much of the suite is single-threaded
+# process start-up (torch's import, the subprocesses some tests start), which the workers overlap
 test: $(STAMP)
-	$(PYTEST) tests
+	$(PYTEST) -n auto --dist loadfile tests
 
 test-fast: $(STAMP)
 	$(PYTEST) $(FAST_TESTS)

@@ -15,6 +15,13 @@ os.environ.setdefault("CAPSNET_KEEP_FREED_MEMORY", "0")
 # Each training run would first measure a step in a separate process (a few seconds); the suite
 # starts dozens of runs, so the check is off here and tested on its own (test_footprint.py).
 os.environ.setdefault("CAPSNET_MEMORY_CHECK", "0")
+# `make test` runs the files in parallel workers (pytest -n): each worker, and every process it
+# starts (OMP_NUM_THREADS), takes its share of the cores, where PyTorch's default, every core in
+# every worker, would oversubscribe them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]  # a tiny CapsNet
 SMALL_SETTINGS = {"conv1_channels": 16, "primary_types": 4, "class_dim": 8}  # as Config fields
@@ -76,7 +83,7 @@ def quick_args(data_root: Path, tmp_path: Path) -> list[str]:
     """train.py flags for a run of a second or two on the made data, with a tiny CapsNet (the
     tests of the paper's widths give their own)."""
     return ["--data-dir", str(data_root), "--no-download", "--epochs", "1", "--batch-size", "32",
-            "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run"), *SMALL]
+            "--no-visdom", "--run-dir", str(tmp_path / "run"), *SMALL]
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +121,7 @@ def tiny_checkpoints(data_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     made = {}
     for name, extra in (("capsnet", SMALL), ("baseline", TINY_BASELINE)):
         assert train.main(["--data-dir", str(data_root), "--no-download", "--epochs", "1",
-                           "--batch-size", "32", "--no-visdom", "--threads", "2",
+                           "--batch-size", "32", "--no-visdom",
                            "--run-dir", str(root / name), *extra]) == 0
         made[name] = root / name / "last.pt"
     return made

@@ -79,7 +79,7 @@ def test_the_mistakes_figure_labels_its_columns_apart(model, images):
 def checkpoint(data_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("analyze") / "run"
     assert train.main(["--data-dir", str(data_root), "--no-download", "--epochs", "1",
-                       "--batch-size", "32", "--no-visdom", "--threads", "2",
+                       "--batch-size", "32", "--no-visdom",
                        "--run-dir", str(run), *SMALL]) == 0  # the figures of any width
     return run / "last.pt"
 

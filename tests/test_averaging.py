@@ -20,7 +20,7 @@ def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     from conftest import SMALL
     root = tmp_path_factory.mktemp("averaging")
     common = ["--data-dir", str(data_root), "--no-download", "--batch-size", "32", "--no-visdom",
-              "--threads", "2", *SMALL]
+              *SMALL]
     assert train.main([*common, "--epochs", "3", "--average-from", "2",
                        "--run-dir", str(root / "averaged")]) == 0
     plain = root / "plain"

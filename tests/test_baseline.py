@@ -106,7 +106,7 @@ def test_a_multimnist_baseline_predicts_two_digits(tmp_path, capsys):
     root = write_dataset(tmp_path / "data", train=64, test=32)
     code, err = run_main(["--dataset", "multimnist", "--model", "baseline", *SMALL,
                           "--data-dir", str(root), "--no-download", "--epochs", "1",
-                          "--batch-size", "32", "--no-visdom", "--threads", "2",
+                          "--batch-size", "32", "--no-visdom",
                           "--run-dir", str(tmp_path / "run")], capsys)
     assert code == 0, err
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
@@ -126,7 +126,7 @@ def test_the_validation_split_is_held_out_and_chooses_best_pt(data_root, tmp_pat
     assert torch.equal(trained.images, everything.images[16:56])  # never any of those
     run = tmp_path / "run"
     args = ["--data-dir", str(data_root), "--no-download", "--epochs", "3", "--batch-size",
-            "32", "--no-visdom", "--threads", "2", "--run-dir", str(run),
+            "32", "--no-visdom", "--run-dir", str(run),
             "--validation-samples", "32", "--seed", "3"]
     assert train.main(args) == 0
     out = capsys.readouterr().out

@@ -88,7 +88,7 @@ def test_editing_config_py_changes_what_train_py_runs_and_the_checkpoint_records
            visdom=False)
     run = tmp_path / "run"
     done = subprocess.run([sys.executable, "train.py", "--data-dir", str(data_root),
-                           "--no-download", "--threads", "2", "--run-dir", str(run),
+                           "--no-download", "--run-dir", str(run),
                            "--train-samples", "32", "--test-samples", "16"],
                           cwd=folder, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

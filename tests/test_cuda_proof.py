@@ -177,7 +177,7 @@ def test_the_cpu_training_loop_reads_values_only_where_cuda_does_not(data_root, 
     from capsnet.run.rundir import RunDir
     from capsnet.training import Trainer
     cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=8, visdom=False,
-                 log_every=4, test_samples=8, threads=2, run_dir=str(tmp_path / "run"), **SMALL)
+                 log_every=4, test_samples=8, run_dir=str(tmp_path / "run"), **SMALL)
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
     syncs = Syncs()
     subscribe(trainer.engine, "on_sample", lambda state: setattr(syncs, "tag", trainer.position.batch))

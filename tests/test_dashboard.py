@@ -136,7 +136,7 @@ def test_a_killed_server_does_not_stop_training_and_plots_resume_on_its_return(
         data_root, tmp_path, capsys, monkeypatch):
     port = free_port()
     running = Server(port, tmp_path / "visdom").start()
-    cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=32, threads=2,
+    cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=32,
                  visdom_port=port, visdom_env="restart", visdom_every=1, visdom_autostart=False,
                  run_dir=str(tmp_path / "run"), **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
@@ -226,7 +226,7 @@ def test_live_points_follow_fast_batches(server, data_root, tmp_path, monkeypatc
     import types
 
     import capsnet.training as training
-    cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1, threads=2,
+    cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1,
                  shift=0, visdom_port=server.port, visdom_env="fast", visdom_every=8,
                  visdom_autostart=False, run_dir=str(tmp_path / "run"), **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(cfg.run_dir))
@@ -269,7 +269,7 @@ def test_multimnist_dashboard_shows_pair_accuracy_and_two_colour_reconstructions
     from conftest import write_dataset
     root = write_dataset(tmp_path / "data", train=32, test=16)
     args = ["--dataset", "multimnist", "--data-dir", str(root), "--no-download", "--batch-size",
-            "16", "--threads", "2", "--run-dir", str(tmp_path / "run")]
+            "16", "--run-dir", str(tmp_path / "run")]
     assert train.main(dashboard_args(args, server.port, "pairs", epochs=1)) == 0
     accuracy = window(server.port, "pairs", "accuracy")
     assert accuracy["title"] == "Pair accuracy (both digits right)"

@@ -122,7 +122,7 @@ def test_a_reader_gives_the_written_images(name, write, shape, first_class, tmp_
 def test_train_py_runs_an_epoch_on_each_dataset(name, write, tmp_path, capsys):
     root = write(tmp_path / "data")
     args = ["--dataset", name, "--data-dir", str(root), "--no-download", "--epochs", "1",
-            "--batch-size", "16", "--no-visdom", "--threads", "2", "--run-dir", str(tmp_path / "run")]
+            "--batch-size", "16", "--no-visdom", "--run-dir", str(tmp_path / "run")]
     assert train.main(args + (["--image-size", "28"] if name == "folder" else [])) == 0
     out = capsys.readouterr().out
     assert f"capsnet: {name}, " in out and "testing on" in out and "epoch 1/1" in out
@@ -173,7 +173,7 @@ def test_the_svhn_preset_sets_the_papers_smaller_network(tmp_path, capsys):
     from capsnet.run.storage import load_checkpoint
     root = write_svhn(tmp_path / "data")
     args = ["--preset", "svhn", "--data-dir", str(root), "--no-download", "--epochs", "1",
-            "--batch-size", "16", "--no-visdom", "--threads", "2"]
+            "--batch-size", "16", "--no-visdom"]
     assert train.main(args + ["--run-dir", str(tmp_path / "a")]) == 0
     saved = load_checkpoint(tmp_path / "a" / "last.pt")["model_args"]
     assert (saved["in_channels"], saved["conv1_channels"], saved["primary_types"],
@@ -187,7 +187,7 @@ def test_the_cifar10_preset_crops_and_routes_with_none_of_the_above(tmp_path, ca
     from capsnet.run.storage import load_checkpoint
     root = write_cifar(tmp_path / "data")
     assert train.main(["--preset", "cifar10", "--data-dir", str(root), "--no-download",
-                       "--epochs", "1", "--batch-size", "16", "--no-visdom", "--threads", "2",
+                       "--epochs", "1", "--batch-size", "16", "--no-visdom",
                        "--run-dir", str(tmp_path / "run")]) == 0
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     saved = checkpoint["model_args"]

@@ -253,7 +253,7 @@ def test_multimnist_trains_evaluates_and_analyzes_through_train_py(tmp_path, cap
     root = write_dataset(tmp_path / "data", train=64, test=32)
     run = tmp_path / "run"
     args = ["--dataset", "multimnist", "--data-dir", str(root), "--no-download", "--epochs", "1",
-            "--batch-size", "32", "--no-visdom", "--threads", "2", "--run-dir", str(run)]
+            "--batch-size", "32", "--no-visdom", "--run-dir", str(run)]
     code, err = run_main(args, capsys)
     assert code == 0, err
     header, row = (run / "metrics.csv").read_text().splitlines()
@@ -277,7 +277,7 @@ def test_a_mnist40_checkpoint_is_tested_on_affnist_and_the_stand_in(tmp_path, ca
     root = write_affnist(write_dataset(tmp_path / "data", train=64, test=32))
     run = tmp_path / "run"
     code, err = run_main(["--dataset", "mnist40", "--data-dir", str(root), "--no-download",
-                          "--epochs", "1", "--batch-size", "32", "--no-visdom", "--threads", "2",
+                          "--epochs", "1", "--batch-size", "32", "--no-visdom",
                           "--run-dir", str(run)], capsys)
     assert code == 0, err
     import train

@@ -6,7 +6,7 @@ import pytest
 from capsnet import experiments
 
 TINY = ["--no-download", "--no-visdom", "--batch-size", "32", "--train-samples", "64",
-        "--test-samples", "32", "--threads", "2", "--conv1-channels", "16", "--primary-types", "4",
+        "--test-samples", "32", "--conv1-channels", "16", "--primary-types", "4",
         "--class-dim", "8", "--baseline-channels", "8,8,4", "--baseline-hidden", "16,8"]
 
 

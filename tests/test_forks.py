@@ -88,7 +88,7 @@ def test_a_fork_trains_what_was_edited_and_says_which_fast_form_it_set_aside(
     edits, kept = EDITS[name]
     package = make_fork(tmp_path / "fork", name, edits)
     args = ["--data-dir", str(data_root), "--no-download", "--epochs", "1", "--batch-size", "32",
-            "--train-samples", "96", "--test-samples", "48", "--no-visdom", "--threads", "2",
+            "--train-samples", "96", "--test-samples", "48", "--no-visdom",
             *SMALL]
     sys.path.insert(0, str(tmp_path / "fork"))
     try:

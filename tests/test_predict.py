@@ -28,7 +28,7 @@ def checkpoints(tmp_path_factory):
                         ("multimnist", [*SMALL, "--dataset", "multimnist"])):
         run = root / name
         assert train.main(["--data-dir", str(data), "--no-download", "--epochs", "1",
-                           "--batch-size", "32", "--no-visdom", "--threads", "2",
+                           "--batch-size", "32", "--no-visdom",
                            "--run-dir", str(run), *extra]) == 0
         made[name] = run / "last.pt"
     return made

@@ -91,7 +91,7 @@ def test_train_py_and_eval_on_smallnorb(tmp_path, capsys):
     root = write_norb(tmp_path / "data", gzipped=True)
     run = tmp_path / "run"
     code, err = run_main(["--preset", "smallnorb", "--data-dir", str(root), "--no-download",
-                          "--epochs", "1", "--batch-size", "10", "--no-visdom", "--threads", "2",
+                          "--epochs", "1", "--batch-size", "10", "--no-visdom",
                           "--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8",
                           "--run-dir", str(run)], capsys)
     assert code == 0, err
@@ -104,7 +104,7 @@ def test_the_dashboard_shows_the_first_view_of_each_pair(server, tmp_path, capsy
     from test_dashboard import dashboard_args, window
     root = write_norb(tmp_path / "data")
     args = ["--preset", "smallnorb", "--data-dir", str(root), "--no-download", "--batch-size",
-            "10", "--threads", "2", "--conv1-channels", "16", "--primary-types", "4",
+            "10", "--conv1-channels", "16", "--primary-types", "4",
             "--class-dim", "8", "--run-dir", str(tmp_path / "run")]
     assert train.main(dashboard_args(args, server.port, "norb", epochs=1)) == 0
     assert "warning" not in capsys.readouterr().err

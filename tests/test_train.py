@@ -70,7 +70,7 @@ def test_the_made_digits_are_learned_far_above_chance(extra, learnable, tmp_path
     from conftest import SMALL
     run = tmp_path / "run"
     assert train.main(["--data-dir", str(learnable), "--no-download", "--epochs", "3",
-                       "--batch-size", "32", "--no-visdom", "--threads", "2", "--run-dir",
+                       "--batch-size", "32", "--no-visdom", "--run-dir",
                        str(run), *SMALL, *extra]) == 0
     assert float(rows(run)[-1]["test_accuracy"]) >= 80
 
@@ -133,7 +133,7 @@ def test_eval_tests_the_whole_test_set_unless_told_and_says_how_many(quick_args,
 
 def test_hooks_subscribe_to_the_engine_and_bars_never_nest(data_root, tmp_path):
     cfg = Config(data_dir=str(data_root), download=False, epochs=3, batch_size=48,
-                 visdom=False, threads=2, **SMALL_SETTINGS)
+                 visdom=False, **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(str(tmp_path / "run")))
     events: list = []
     subscribe(trainer.engine, "on_forward", lambda state: events.append("forward"))
@@ -291,7 +291,7 @@ def test_live_logging_counts_batches_on_fast_hardware(data_root, tmp_path):
     """Batches of about a millisecond: the progress bar redraws only every 0.1 s, so its count
     lags; the trainer's own count must trigger every log_every batches."""
     cfg = Config(data_dir=str(data_root), download=False, epochs=1, batch_size=1, log_every=8,
-                 visdom=False, threads=2, shift=0, **SMALL_SETTINGS)
+                 visdom=False, shift=0, **SMALL_SETTINGS)
     trainer = Trainer(cfg, RunDir.create(str(tmp_path / "run")))
     trainer.network = fast_network(trainer.model)
     postfixes: list = []
