@@ -2,9 +2,9 @@
 them there); a flag given wins. `python train.py --help` lists every flag."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from capsnet.cli import exit_with
 from capsnet.train import main as train
 
 CONFIG = Path(__file__).with_name("config.py")
@@ -15,4 +15,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torchnet.engine import Engine
 
-from .cli import (ArgumentParser, at_least, device_name, exit_status, precision_label,
+from .cli import (ArgumentParser, at_least, device_name, exit_status, exit_with, precision_label,
                   resolve_device)
 from .data.splits import random_split
 from .microbatches import forward_in_parts, step_images
@@ -236,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

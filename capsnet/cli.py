@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import platform
 import shlex
@@ -53,6 +54,14 @@ def exit_status(work: Callable[[], None]) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def exit_with(status: int) -> NoReturn:
+    """End a command with `status`. Its objects are frozen out of the cyclic garbage collector
+    first: at interpreter exit its passes over torch's hundreds of thousands of objects take
+    about half a second of every command's end, for memory the process hands back anyway."""
+    gc.freeze()
+    sys.exit(status)
 
 
 def training_exit_status(work: Callable[[], None]) -> int:

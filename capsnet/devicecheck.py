@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import ArgumentParser, exit_status
+from .cli import ArgumentParser, exit_status, exit_with
 from .errors import UserError
 from .run.storage import write_file
 
@@ -357,4 +357,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import drawings
-from .cli import DATA_DIR_ENV, ArgumentParser, exit_status
+from .cli import DATA_DIR_ENV, ArgumentParser, exit_status, exit_with
 from .errors import UserError
 
 FONTS = {"DejaVu Sans": "DejaVuSans.ttf", "DejaVu Sans Bold": "DejaVuSans-Bold.ttf",
@@ -444,4 +444,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -14,7 +14,6 @@ letters from digits less well (docs/predict.md).
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cli import ArgumentParser, exit_status
+from .cli import ArgumentParser, exit_status, exit_with
 from .errors import UserError
 
 MARGIN = 1.5  # times the largest training digit's distance: the threshold
@@ -199,4 +198,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .run import distributed
-from .cli import MACHINE_SETTINGS, PLACE_SETTINGS, ArgumentParser, flag, training_exit_status
+from .cli import (MACHINE_SETTINGS, PLACE_SETTINGS, ArgumentParser, exit_with, flag,
+                  training_exit_status)
 from .errors import UserError
 from .run.memory import tune_allocator
 from .run.storage import write_file
@@ -514,4 +515,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .cli import ArgumentParser, exit_status
+from .cli import ArgumentParser, exit_status, exit_with
 from .errors import UserError
 
 TOP = 3  # classes shown per image
@@ -309,4 +309,4 @@ def write_pair(folder: Path, image: Path, tensor: torch.Tensor, rebuilt: torch.T
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

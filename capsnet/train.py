@@ -3,10 +3,9 @@ package's defaults; the repository's train.py is this command with config.py's v
 defaults. Ctrl-C or SIGTERM saves last.pt and stops between batches (resume with --resume)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from .cli import exit_status, training_exit_status
+from .cli import exit_status, exit_with, training_exit_status
 from .config import values_in
 from .run.distributed import leave
 from .run.memory import tune_allocator
@@ -36,4 +35,4 @@ def main(argv: list[str] | None = None, config: str | Path | None = None,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

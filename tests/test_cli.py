@@ -84,6 +84,17 @@ def test_the_command_line_reports_one_line_and_exit_2():
     assert result.stderr == "error: --batch-size 0 is not allowed: use a number >= 1\n"
 
 
+def test_a_command_ends_with_its_own_exit_status_and_all_it_wrote(tmp_path):
+    """Commands end through cli.exit_with, which freezes the garbage collector first."""
+    result = subprocess.run([sys.executable, "-m", "capsnet.predict", "--pretrained", "mnist",
+                             str(tmp_path / "missing.png")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: {tmp_path / 'missing.png'} is not a readable image (FileNotFoundError)",
+        "error: 1 of 1 images could not be classified (see above)"]
+
+
 def test_help_lists_every_setting_with_its_default(capsys):
     from dataclasses import fields
 

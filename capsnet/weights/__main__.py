@@ -11,7 +11,6 @@ import csv
 import datetime
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,4 +186,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import exit_with
+    exit_with(main())
