@@ -33,9 +33,10 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
 # the files in parallel, one worker per core (pytest-xdist): much of the suite is single-threaded
-# process start-up (torch's import, the subprocesses some tests start), which the workers overlap
+# process start-up (torch's import, the subprocesses some tests start), which the workers overlap;
+# in the order collected (tests/conftest.py puts the longest files first)
 test: $(STAMP)
-	$(PYTEST) -n auto --dist loadfile tests
+	$(PYTEST) -n auto --dist loadfile --no-loadscope-reorder tests
 
 test-fast: $(STAMP)
 	$(PYTEST) $(FAST_TESTS)

@@ -59,7 +59,7 @@ def exit_status(work: Callable[[], None]) -> int:
 def exit_with(status: int) -> NoReturn:
     """End a command with `status`. Its objects are frozen out of the cyclic garbage collector
     first: at interpreter exit its passes over torch's hundreds of thousands of objects take
-    about half a second of every command's end, for memory the process hands back anyway."""
+    0.5-1.2 s of a command's end (BENCHMARKS.md), for memory the process hands back anyway."""
     gc.freeze()
     sys.exit(status)
 

@@ -23,6 +23,17 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# make test hands whole files to its workers in the order collected: the longest start first, so
+# that no worker is left alone with one of them at the end
+LONGEST_FIRST = ("test_devicecheck.py", "test_distributed.py", "test_real_mnist.py",
+                 "test_pretrained.py", "test_train.py", "test_install.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable within a file
+
+
 SMALL = ["--conv1-channels", "16", "--primary-types", "4", "--class-dim", "8"]  # a tiny CapsNet
 SMALL_SETTINGS = {"conv1_channels": 16, "primary_types": 4, "class_dim": 8}  # as Config fields
 TRAIN, TEST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), \
