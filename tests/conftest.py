@@ -19,7 +19,8 @@ os.environ.setdefault("CAPSNET_MEMORY_CHECK", "0")
 # starts (OMP_NUM_THREADS), takes its share of the cores, where PyTorch's default, every core in
 # every worker, would oversubscribe them.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    THREADS = max(1, (CORES or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
