@@ -16,7 +16,7 @@ Ink from paper, in six steps, at WORK pixels at most (a phone photo is reduced f
    largest part (one clear of the picture's edge before one touching it) and the parts near it;
 5. no digit when the strokes do not stand out of the paper's own variation (CONTRAST times
    the paper's spread above it), whatever share of the picture they cover: a blank page, a
-   wall, noise;
+   wall, noise; nor when they are specks thinner than any pen's stroke, spread over the page;
 6. the pen: strokes much thinner or thicker at 28x28 than MNIST's (a thin ballpoint, a broad
    marker) are drawn again at MNIST's median width.
 """
@@ -39,6 +39,10 @@ MNIST_STROKE, MNIST_STROKES = 2.70, (2.14, 3.67)
 # their extremes: the widest strokes, and the widest digit against its height; ink beyond them
 # is a filled shape or a line, not a digit
 WIDEST_STROKE, WIDEST_DIGIT = 8.7, 2.5
+# the thinnest strokes a pen leaves at 28x28: a thin ballpoint across a phone photo measures
+# 0.68 (docs/predict.md); marks thinner than this spread over a page are specks of noise, such
+# as the broken ends of notebook rules taken out (0.09)
+THINNEST_STROKE = 0.25
 WINDOW = 0.25  # the paper's neighbourhood, a share of the picture's longer side
 SMALL = 64  # a picture whose longer side is below this is one neighbourhood, at MNIST's scale
 RULE = 0.6  # a rule spans at least this share of the picture
@@ -85,6 +89,10 @@ def prepare_digit(image: Any, invert: str = "auto", side: int = SIDE) -> Digit:
         return Digit(None, done, f"the ink is a filled shape, not a pen's strokes (strokes "
                                  f"{shape.stroke:.1f} pixels wide at 28x28; MNIST's widest are "
                                  f"{WIDEST_STROKE:g})")
+    if shape.stroke < THINNEST_STROKE and not small:
+        return Digit(None, done, f"the ink is specks, not a pen's strokes (strokes "
+                                 f"{shape.stroke:.2f} pixels wide at 28x28; a pen's are at least "
+                                 f"{THINNEST_STROKE:g})")
     if shape.aspect > WIDEST_DIGIT and not small:
         return Digit(None, done, f"the ink is {shape.aspect:.1f} times as wide as it is tall "
                                  f"(MNIST's widest digit: {WIDEST_DIGIT:g} times)")

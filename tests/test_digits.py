@@ -164,6 +164,20 @@ def test_notebook_rules_are_taken_out_and_the_digit_crossing_them_kept():
     assert int(rows[-1] - rows[0]) >= 18 and int(cols[-1] - cols[0]) <= 6  # one tall stroke
 
 
+def test_the_specks_that_a_blank_ruled_pages_rules_leave_are_no_digit(tmp_path):
+    """digitcheck's 14th blank notebook page, whose rules, taken out, left their broken ends
+    (strokes 0.09 pixels wide at 28x28, over the page): it was read as a "0"."""
+    k = next(k for k, v in enumerate(digitcheck.VARIANTS) if v.name.startswith("blank: ruled"))
+    rng = np.random.default_rng(k)  # as make_pictures draws that variant's pictures
+    for n in range(14):
+        digitcheck.VARIANTS[k].make(None, rng, tmp_path / f"{n:03d}.png")
+    with Image.open(digitcheck.existing(tmp_path / "013.png")) as image:
+        digit = capsnet.prepare_digit(image)
+    assert digit.tensor is None
+    assert digit.no_digit.startswith("the ink is specks, not a pen's strokes (strokes 0.09 "), \
+        digit.no_digit
+
+
 def test_a_thin_pen_is_thickened_to_mnists_width_and_a_big_photo_is_reduced_first():
     page = np.full((3024, 4032), 225, dtype=np.uint8)
     page[900:2100, 1990:2030] = 40  # a ballpoint "1", 1% of the side wide
