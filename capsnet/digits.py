@@ -39,10 +39,10 @@ MNIST_STROKE, MNIST_STROKES = 2.70, (2.14, 3.67)
 # their extremes: the widest strokes, and the widest digit against its height; ink beyond them
 # is a filled shape or a line, not a digit
 WIDEST_STROKE, WIDEST_DIGIT = 8.7, 2.5
-# the thinnest strokes a pen leaves at 28x28: a thin ballpoint across a phone photo measures
-# 0.68 (docs/predict.md); marks thinner than this spread over a page are specks of noise, such
-# as the broken ends of notebook rules taken out (0.09)
-THINNEST_STROKE = 0.25
+# thinner strokes at 28x28 are specks of noise spread over the page, such as the broken ends of
+# notebook rules taken out (0.09), not a pen's: a thin ballpoint across a phone photo measures
+# 0.68, a 0.3-0.5 mm pen's digit 12 cm high on a photo of an A4 page 0.18-0.21 (docs/predict.md)
+THINNEST_STROKE = 0.15
 WINDOW = 0.25  # the paper's neighbourhood, a share of the picture's longer side
 SMALL = 64  # a picture whose longer side is below this is one neighbourhood, at MNIST's scale
 RULE = 0.6  # a rule spans at least this share of the picture

@@ -178,6 +178,16 @@ def test_the_specks_that_a_blank_ruled_pages_rules_leave_are_no_digit(tmp_path):
         digit.no_digit
 
 
+def test_a_large_digit_in_a_fine_pen_is_read_not_taken_for_specks():
+    """A "0" 1,400 pixels high drawn 6 pixels wide on a 4032x3024 photo (a fine-liner digit
+    10 cm high on an A4 page): its strokes are 0.2 pixels wide at 28x28, above the specks'."""
+    y, x = np.ogrid[0:4032, 0:3024]
+    ring = np.abs(np.sqrt(((y - 2016) / 700) ** 2 + ((x - 1512) / 450) ** 2) - 1) * 450 < 3
+    digit = capsnet.prepare_digit(np.where(ring, 30, 235).astype(np.uint8))
+    assert digit.tensor is not None, digit.no_digit
+    assert any("thickened to MNIST's width (0.2 to" in step for step in digit.done), digit.done
+
+
 def test_a_thin_pen_is_thickened_to_mnists_width_and_a_big_photo_is_reduced_first():
     page = np.full((3024, 4032), 225, dtype=np.uint8)
     page[900:2100, 1990:2030] = 40  # a ballpoint "1", 1% of the side wide
