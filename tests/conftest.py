@@ -8,10 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# The suite trains dozens of models in one process through train.main, which keeps freed memory
-# for reuse: that suits one long run (see capsnet/run/memory.py) but lets this process's resident size
-# grow from run to run; the tests hand it back. (test_memory.py checks the setting itself.)
-os.environ.setdefault("CAPSNET_KEEP_FREED_MEMORY", "0")
 # Each training run would first measure a step in a separate process (a few seconds); the suite
 # starts dozens of runs, so the check is off here and tested on its own (test_footprint.py).
 os.environ.setdefault("CAPSNET_MEMORY_CHECK", "0")
