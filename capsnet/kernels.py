@@ -48,16 +48,6 @@ class FastForm:
     not_for: Callable[[torch.device, nn.Module], str] = lambda device, layer: ""
 
 
-def spectral_not_for(device: torch.device, side: int) -> str:
-    """Why conv1/PrimaryCaps runs as written on `device` at input `side` ("": it need not)."""
-    if device.type != "cpu":
-        return f"the fast form is not for {device.type}"
-    if side > spectral.LARGEST_SIDE:
-        return (f"nn.Conv2d is faster above {spectral.LARGEST_SIDE}x{spectral.LARGEST_SIDE} "
-                "inputs")
-    return ""
-
-
 def capsnet_of(model: nn.Module) -> CapsNet | None:
     return model if isinstance(model, CapsNet) else None
 
@@ -98,8 +88,8 @@ FAST_FORMS: tuple[FastForm, ...] = (
              "spectral conv1/PrimaryCaps (CPU)", two_images,
              lambda twin, images: [twin.primary_capsules(images)],
              lambda twin: [*twin.conv1.parameters(), *twin.primary.parameters()],
-             not_for=lambda device, model: spectral_not_for(device,
-                                                            model.decoder.image_shape[-1])),
+             not_for=lambda device, model: spectral.unsupported(device,
+                                                               model.decoder.image_shape[-1])),
     FastForm("routing", "routing", routing_of, routing_forms,
              "routing backward by hand", votes_and_activations, routed,
              lambda twin: [*twin.digits.routing.parameters(),

@@ -32,12 +32,21 @@ from torch import Tensor, nn
 LARGEST_SIDE = 64
 
 
+def unsupported(device: torch.device, side: int) -> str:
+    """Why the spectral path does not take inputs `side` pixels wide on `device` ("": it
+    does): on a GPU cuDNN's convolutions are faster, above LARGEST_SIDE nn.Conv2d."""
+    if device.type != "cpu":
+        return f"the fast form is not for {device.type}"
+    if side > LARGEST_SIDE:
+        return f"nn.Conv2d is faster above {LARGEST_SIDE}x{LARGEST_SIDE} inputs"
+    return ""
+
+
 def supported(images: Tensor) -> bool:
-    """The spectral path runs for float CPU inputs of at most LARGEST_SIDE (on a GPU, cuDNN's
-    convolutions are faster). Under CPU autocast (--precision bf16) its products run in
-    bfloat16 with float32 accumulation."""
-    return (images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
-            and images.shape[-1] <= LARGEST_SIDE)
+    """The spectral path runs for float inputs where it is not `unsupported`. Under CPU
+    autocast (--precision bf16) its products run in bfloat16 with float32 accumulation."""
+    return (images.dtype in (torch.float32, torch.float64)
+            and not unsupported(images.device, images.shape[-1]))
 
 
 def built_in_grad_mode(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..cli import exit_with
+
 GRAPH_STEPS = 3  # reduce-overhead: a warm-up step, the step that records the graph, a replay
 # The size confirmed runs twice: a CPU process's peak grows after its first step of a size (the
 # allocator's free lists). At 128x128 in parts of 64, one step measured 13.0-15.0 GiB and two
