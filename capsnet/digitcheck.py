@@ -29,20 +29,6 @@ from . import drawings
 from .cli import DATA_DIR_ENV, ArgumentParser, exit_status, exit_with
 from .errors import UserError
 
-FONTS = {"DejaVu Sans": "DejaVuSans.ttf", "DejaVu Sans Bold": "DejaVuSans-Bold.ttf",
-         "DejaVu Serif": "DejaVuSerif.ttf", "DejaVu Sans Mono": "DejaVuSansMono.ttf",
-         "DejaVu Sans ExtraLight": "DejaVuSans-ExtraLight.ttf", "cmr10": "cmr10.ttf"}
-FONT_FOLDERS = ("/usr/share/fonts/truetype/dejavu",)  # besides matplotlib's own fonts
-
-
-def font_path(file: str) -> Path | None:
-    import matplotlib
-    for folder in (Path(matplotlib.get_data_path()) / "fonts" / "ttf", *map(Path, FONT_FOLDERS)):
-        if (folder / file).is_file():
-            return folder / file
-    return None
-
-
 def typed(digit: int, font: Path, size: int = 120) -> np.ndarray:
     """A digit in `font`, ink 1 on 0, its canvas cropped to the glyph with a margin."""
     from PIL import Image, ImageDraw, ImageFont
@@ -268,7 +254,7 @@ def make_pictures(folder: Path, mnist: tuple[np.ndarray, np.ndarray] | None,
                   sample: int = 0) -> dict[str, list[tuple[Path, str]]]:
     """Every variant's pictures in folder/<k>/, with the class each shows ("" for a blank);
     with `sample`, that many of each, spread over its digits and fonts."""
-    fonts = {name: font_path(file) for name, file in FONTS.items()}
+    fonts = {name: drawings.font_path(file) for name, file in drawings.FONTS.items()}
     inks = [(typed(d, path), str(d)) for name, path in fonts.items() if path for d in range(10)]
     made: dict[str, list[tuple[Path, str]]] = {}
     for k, variant in enumerate(VARIANTS):
@@ -425,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {"package": str(tree) if tree else "this one", "rows": rows,
                   "mnist_stroke": median_stroke_of_mnist(args.data_dir),
                   "prepare_seconds_4032x3024": None if photo is None else round(photo, 3),
-                  "fonts": {name: str(font_path(file) or "missing")
-                            for name, file in FONTS.items()},
+                  "fonts": {name: str(drawings.font_path(file) or "missing")
+                            for name, file in drawings.FONTS.items()},
                   "mnist": mnist is not None, "date": time.strftime("%Y-%m-%d")}
         (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
         table = ["| pictures | right | no digit said | low confidence | stroke at 28x28 |",

@@ -1,199 +1,217 @@
 """Pictures that hold something but no digit (a letter, a symbol, a drawing, a photo of a
-scene), refused by what the capsules say of them: `python -m capsnet.digitrule (CHECKPOINT |
---pretrained NAME) [--samples N] [--data-dir ROOT]` calibrates the rule on a model's training
-digits and, for a shipped model, stores it in NAME.json.
+scene), refused by a small network that has learnt digits against such pictures: `python -m
+capsnet.digitrule [--samples N] [--epochs E] [--data-dir ROOT] [--out FILE]` trains it on
+MNIST's training split and stores it with the shipped model (capsnet/weights/no-digit.pt, its
+threshold in mnist.json).
 
-A digit capsule's pose v_j (16 numbers: how the digit is drawn) and the ten class scores
-together describe a picture as the network sees it. For each class c, the training digits read
-as c give a mean mu_c and a covariance S_c of z = (v_c, scores); a picture read as c is no digit
-when its Mahalanobis distance (z - mu_c)^T S_c^-1 (z - mu_c) exceeds the threshold: MARGIN
-times the largest distance of a training digit read right (the network has seen those, so the
-test digits lie further out: at MARGIN it refuses 0.05% of MNIST's test digits read right). The
-decoder's reconstruction error, the other test a capsule network offers, tells hand-drawn
-letters from digits less well (docs/predict.md).
+The gate reads the prepared 28x28 picture, as the model does, and gives the log-odds that it
+holds a digit. Digits: MNIST's training digits as they are, drawn again by pen, small, and typed
+in fonts; no digit: capsnet.nondigits' letters and symbols of fonts drawn again by pen, digits
+mirrored or turned, scribbles and colour shapes. Its threshold is the score below which REFUSED
+of the held-out training digits fall. It reads the picture, not the model, so it serves every
+MNIST checkpoint. What a digit capsule says of a picture (its pose against its class's training
+digits, its reconstruction) told letters from digits far less well (docs/predict.md).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .cli import ArgumentParser, exit_status, exit_with
-from .errors import UserError
 
-MARGIN = 1.5  # times the largest training digit's distance: the threshold
-SAMPLES = 20000  # training digits calibrated on by default
-RIDGE = 1e-3  # added to each covariance's diagonal, times its mean variance
+REFUSED = 0.0005  # of the held-out training digits, refused: the threshold
+SAMPLES = 60000  # MNIST training digits the pictures are made from, by default
+EPOCHS = 10
+FILE = "no-digit.pt"  # the package's rule, in capsnet/weights/
+# which MNIST training digits (fractions of --samples) each kind of picture is made from; the
+# held-out digits set the threshold
+PLAN = {"MNIST digits": (0.0, 0.42), "held out": (0.42, 0.5),
+        "MNIST digits drawn again by pen": (0.5, 0.633),
+        "MNIST digits small in a 28x28 image": (0.633, 0.717), "typed digits": (0.717, 0.8),
+        "digits mirrored or turned": (0.767, 1.0), "letters and symbols": (0.0, 0.233),
+        "scribbles": (0.0, 0.133), "colour shapes": (0.0, 0.133)}
 
 
-@dataclass(frozen=True)
+class Gate(nn.Module):
+    """(B, 1, 28, 28) prepared pictures -> (B,) log-odds that each holds a digit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.hidden = nn.Linear(64 * 7 * 7, 128)
+        self.out = nn.Linear(128, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 32, 14, 14)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (B, 64, 7, 7)
+        return self.out(F.relu(self.hidden(x.flatten(1)))).flatten()
+
+
+@dataclass
 class DigitRule:
-    means: Tensor  # (classes, D): mu_c, D = pose dimensions + classes
-    precisions: Tensor  # (classes, D, D): S_c^-1
-    threshold: float
-    about: str  # what it was calibrated on, in words
+    gate: Gate
+    threshold: float  # a picture scored below it holds no digit
+    about: str  # what it learnt from, in words
 
-    def distances(self, scores: Tensor, poses: Tensor) -> Tensor:
-        """(B,) Mahalanobis distances of each picture from the digits of its predicted class:
-        scores (B, classes), poses (B, classes, pose dimensions)."""
-        z, chosen = features(scores, poses)
-        offset = z - self.means[chosen]  # (B, D)
-        return torch.einsum("bd,bde,be->b", offset, self.precisions[chosen], offset)
+    def scores(self, images: Tensor, batch: int = 1000) -> Tensor:
+        """(B,) log-odds of (B, 1, 28, 28) prepared pictures, on the CPU."""
+        with torch.inference_mode():
+            return torch.cat([self.gate(images[start:start + batch].float().cpu())
+                              for start in range(0, len(images), batch)])
 
-    def record(self) -> dict[str, Any]:
-        """For NAME.json: the threshold, and each class's mean and precision's Cholesky factor
-        (its lower triangle, row by row), to 7 significant digits."""
-        rows, cols = torch.tril_indices(self.means.shape[1], self.means.shape[1])
-        factors = torch.linalg.cholesky(self.precisions)[:, rows, cols]
-        return {"threshold": float(f"{self.threshold:.7g}"), "about": self.about,
-                "means": [[float(f"{v:.7g}") for v in row] for row in self.means.tolist()],
-                "precision_factors": [[float(f"{v:.7g}") for v in row]
-                                      for row in factors.tolist()]}
+    def save(self, path: Path) -> None:
+        from .run.storage import write_file
+        import io
+        buffer = io.BytesIO()
+        torch.save({"gate": {k: v.half() for k, v in self.gate.state_dict().items()},
+                    "threshold": self.threshold, "about": self.about}, buffer)
+        write_file(path, buffer.getvalue())
 
     @staticmethod
-    def of_record(record: dict[str, Any]) -> DigitRule:
-        means = torch.tensor(record["means"], dtype=torch.float64)
-        size = means.shape[1]
-        rows, cols = torch.tril_indices(size, size)
-        factors = torch.zeros(len(means), size, size, dtype=torch.float64)
-        factors[:, rows, cols] = torch.tensor(record["precision_factors"], dtype=torch.float64)
-        return DigitRule(means, factors @ factors.transpose(1, 2), float(record["threshold"]),
-                         str(record["about"]))
+    def load(path: Path) -> DigitRule:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        gate = Gate()
+        gate.load_state_dict({k: v.float() for k, v in stored["gate"].items()})
+        return DigitRule(gate.eval(), float(stored["threshold"]), str(stored["about"]))
 
 
-def features(scores: Tensor, poses: Tensor) -> tuple[Tensor, Tensor]:
-    """z = (v_c, scores) of each picture's predicted class c, (B, D) in float64, and c (B,)."""
-    chosen = scores.argmax(dim=1)
-    pose = poses[torch.arange(len(scores)), chosen]
-    return torch.cat([pose, scores], dim=1).double(), chosen
+def trained(digits: Tensor, nondigits: Tensor, held_out: Tensor, epochs: int, about: str,
+            seed: int = 0, progress: bool = False) -> DigitRule:
+    """A gate trained on (N, 1, 28, 28) digits against nondigits (Adam, class-balanced binary
+    cross-entropy, random shifts of up to 2 pixels), its threshold set on held_out digits."""
+    from tqdm import tqdm
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    images = torch.cat([digits, nondigits])
+    labels = torch.cat([torch.ones(len(digits)), torch.zeros(len(nondigits))])
+    weights = torch.where(labels > 0, len(labels) / (2 * len(digits)),
+                          len(labels) / (2 * len(nondigits)))
+    gate = Gate()
+    optimizer = torch.optim.Adam(gate.parameters(), 1e-3)
+    for epoch in tqdm(range(epochs), desc="training the gate", unit="epoch",
+                      disable=not progress):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images), 128):
+            rows = order[start:start + 128]
+            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            batch = torch.roll(images[rows], shift, (2, 3))
+            loss = F.binary_cross_entropy_with_logits(gate(batch), labels[rows],
+                                                      weight=weights[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    rule = DigitRule(gate.eval(), 0.0, about)
+    scores = rule.scores(held_out).sort().values
+    rule.threshold = float(scores[int(REFUSED * len(scores))])
+    return rule
 
 
-def calibrate(scores: Tensor, poses: Tensor, labels: Tensor, about: str) -> DigitRule:
-    """The rule of the training digits whose outputs are `scores` (N, classes) and `poses`
-    (N, classes, pose dimensions): each class's digits read right give its mean and covariance;
-    the threshold is MARGIN times the largest of their distances."""
-    z, chosen = features(scores, poses)
-    right = chosen == labels
-    classes, size = scores.shape[1], z.shape[1]
-    means = torch.zeros(classes, size, dtype=torch.float64)
-    precisions = torch.zeros(classes, size, size, dtype=torch.float64)
-    for c in range(classes):
-        own = z[right & (chosen == c)]
-        if len(own) <= size:
-            raise UserError(f"it needs more than {size} training digits read right as class "
-                            f"{c} to be calibrated, and {len(own)} were")
-        means[c] = own.mean(dim=0)
-        covariance = torch.cov(own.T)
-        covariance += RIDGE * covariance.diagonal().mean() * torch.eye(size, dtype=torch.float64)
-        precisions[c] = torch.linalg.inv(covariance)
-    rule = DigitRule(means, precisions, 0.0, about)
-    distances = rule.distances(scores, poses)[right]
-    threshold = MARGIN * float(distances.max())
-    return DigitRule(means, precisions, threshold, about)
+def pictures(images: np.ndarray, labels: np.ndarray, processes: int,
+             progress: bool = False) -> dict[str, np.ndarray]:
+    """Every kind of PLAN's pictures, made from its share of MNIST training digits (N, 28, 28)
+    in [0, 1] with their labels, by `processes` processes."""
+    import contextlib
+    import functools
+    import multiprocessing
+    from .nondigits import made
+    out = {}
+    with contextlib.ExitStack() as stack:
+        mapped = map
+        if processes > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(processes))
+            mapped = functools.partial(pool.map, chunksize=64)
+        for kind, (start, stop) in PLAN.items():
+            rows = slice(int(start * len(images)), int(stop * len(images)))
+            began = time.monotonic()
+            out[kind] = made("MNIST digits" if kind == "held out" else kind, images[rows],
+                             labels[rows], len(out), mapped)
+            if progress:
+                print(f"  {kind}: {len(out[kind])} pictures ({time.monotonic() - began:.0f} s)",
+                      flush=True)
+    return out
 
 
-def outputs(model: torch.nn.Module, images: Tensor, batch: int = 500) -> tuple[Tensor, Tensor]:
-    """The model's scores and poses for (N, C, H, W) images, on the CPU."""
-    device = next(model.parameters()).device
-    scores, poses = [], []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch):
-            output = model(images[start:start + batch].to(device))
-            scores.append(output.scores.float().cpu())
-            poses.append(output.poses.float().cpu())
-    return torch.cat(scores), torch.cat(poses)
+def learnt(images: np.ndarray, labels: np.ndarray, epochs: int, processes: int = 1,
+           progress: bool = False) -> DigitRule:
+    """The rule learnt from MNIST training digits (N, 28, 28) in [0, 1] and their labels."""
+    from .nondigits import KINDS
+    made = pictures(images, labels, processes, progress)
+
+    def stacked(names: list[str]) -> Tensor:
+        return torch.from_numpy(np.concatenate([made[name] for name in names]))[:, None]
+    digits = [kind for kind in KINDS if KINDS[kind].digit]
+    nondigits = [kind for kind in KINDS if not KINDS[kind].digit]
+    about = (f"{sum(len(made[k]) for k in digits)} digits against "
+             f"{sum(len(made[k]) for k in nondigits)} pictures of none (capsnet.nondigits), made "
+             f"from {len(images)} MNIST training digits; the threshold refuses {REFUSED:.2%} of "
+             f"{len(made['held out'])} held-out ones")
+    return trained(stacked(digits), stacked(nondigits), stacked(["held out"]), epochs, about,
+                   progress=progress)
 
 
-def training_digits(config: dict[str, Any], data_dir: str, samples: int,
-                    side: int) -> tuple[Tensor, Tensor]:
-    """The first `samples` training digits of a checkpoint's dataset, prepared as
-    capsnet.predict prepares a picture (capsnet.digits), with their labels; UserError when
-    the data is not at data_dir."""
-    import numpy as np
-    from .data.splits import load_split
-    from .digits import prepare_digit
-    split = load_split(config["dataset"], data_dir, True, False)
-    images, labels = [], []
-    for image, label in zip(split.images[:samples], split.labels[:samples]):
-        digit = prepare_digit(image[0].numpy().astype(np.float32) / 255, "no", side)
-        if digit.tensor is not None:
-            images.append(digit.tensor)
-            labels.append(int(label))
-    return torch.stack(images), torch.tensor(labels)
-
-
-def rule_for(checkpoint: dict[str, Any], model: torch.nn.Module, data_dir: str | None,
-             record: dict[str, Any] | None, samples: int = 2000) -> tuple[DigitRule | None, str]:
-    """The no-digit rule for a digit model: the one stored in its record (a shipped model's
-    NAME.json), else one calibrated on `samples` of its training digits at data_dir, else none;
-    and a line that says which."""
-    if record and "no_digit_rule" in record:
-        rule = DigitRule.of_record(record["no_digit_rule"])
-        return rule, f"no-digit rule: the one shipped with the model ({rule.about})"
-    config = checkpoint["config"]
-    if config.get("model", "capsnet") != "capsnet":
-        return None, "no-digit rule off: it needs a capsule network's poses"
-    root = data_dir or config.get("data_dir", "data")
-    started = time.monotonic()
-    try:
-        images, labels = training_digits(config, root, samples,
-                                         checkpoint["model_args"]["image_size"])
-    except UserError:
-        return None, (f"no-digit rule off: the checkpoint has none, and its training digits "
-                      f"are not under {root} (--data-dir) to calibrate one")
-    scores, poses = outputs(model, images)
-    try:
-        rule = calibrate(scores, poses, labels, f"{len(images)} training digits of {root}")
-    except UserError as error:
-        return None, f"no-digit rule off: {error}"
-    return rule, (f"no-digit rule: calibrated on {len(images)} training digits of {root} "
-                  f"({time.monotonic() - started:.1f} s)")
+def rule_for(dataset: str) -> tuple[DigitRule | None, str]:
+    """The no-digit rule for a model of `dataset`, and a line that says which."""
+    from .weights import FOLDER, record_of
+    record = record_of("mnist").get("no_digit_rule")
+    if dataset != "mnist" or record is None or not (FOLDER / record["file"]).is_file():
+        return None, (f"no-digit rule off: the package's is learnt on MNIST, and this model is "
+                      f"of {dataset}" if dataset != "mnist" else
+                      "no-digit rule off: the package has none (python -m capsnet.digitrule)")
+    rule = DigitRule.load(FOLDER / record["file"])
+    return rule, (f"no-digit rule: the package's gate, learnt on MNIST's training split, "
+                  f"threshold {rule.threshold:.2f} (it reads the picture, not the model)")
 
 
 def main(argv: list[str] | None = None) -> int:
     import json
     import os
-    import re
     from .cli import DATA_DIR_ENV
     parser = ArgumentParser(prog="python -m capsnet.digitrule", description=__doc__)
-    parser.add_argument("checkpoint", nargs="?", help="a last.pt or best.pt (or --pretrained)")
-    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package: "
-                        "its rule is written into NAME.json")
-    parser.add_argument("--samples", type=int, default=SAMPLES, help="training digits to "
-                        "calibrate on (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="MNIST training digits "
+                        "the pictures are made from (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS,
+                        help="passes over the pictures (default: %(default)s)")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, "data"),
                         help=f"dataset root (default: ${DATA_DIR_ENV}, else data)")
+    parser.add_argument("--out", metavar="FILE", help="where the rule is written (default: "
+                        f"the package's capsnet/weights/{FILE}, its threshold in mnist.json)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="processes that draw the pictures (default: the CPUs)")
     args = parser.parse_args(argv)
-    if (args.checkpoint is None) == (args.pretrained is None):
-        parser.error("give a checkpoint or --pretrained NAME")
-    if args.samples < 1000:
-        parser.error(f"--samples must be at least 1000 (got {args.samples})")
+    if not 1000 <= args.samples <= 60000:
+        parser.error(f"--samples must be 1000 to 60000 (got {args.samples})")
+    if args.epochs < 1 or args.processes < 1:
+        parser.error("--epochs and --processes must be at least 1")
 
     def work() -> None:
-        from .run.storage import load_checkpoint, write_file
-        from .weights import FOLDER, model_of, path_of
-        checkpoint = load_checkpoint(path_of(args.pretrained) if args.pretrained
-                                     else args.checkpoint, weights=True)
-        model = model_of(checkpoint, torch.device("cpu"))
-        print(f"preparing {args.samples} training digits of {args.data_dir} ...", flush=True)
-        images, labels = training_digits(checkpoint["config"], args.data_dir, args.samples,
-                                         checkpoint["model_args"]["image_size"])
-        scores, poses = outputs(model, images)
-        rule = calibrate(scores, poses, labels,
-                         f"{len(images)} training digits of {checkpoint['config']['dataset']}")
-        print(f"threshold {rule.threshold:.2f}: {rule.about}")
-        if args.pretrained:
-            path = FOLDER / f"{args.pretrained}.json"
+        from .data.splits import load_split
+        from .run.storage import write_file
+        from .weights import FOLDER
+        began = time.monotonic()
+        split = load_split("mnist", args.data_dir, True, False)
+        images = split.images[:args.samples, 0].numpy().astype(np.float32) / 255
+        labels = split.labels[:args.samples].numpy()
+        print(f"drawing pictures from {len(images)} MNIST training digits of {args.data_dir} "
+              f"...", flush=True)
+        rule = learnt(images, labels, args.epochs, args.processes, progress=True)
+        out = Path(args.out) if args.out else FOLDER / FILE
+        rule.save(out)
+        print(f"threshold {rule.threshold:.3f}: {rule.about}\nwritten to {out} "
+              f"({time.monotonic() - began:.0f} s)")
+        if not args.out:
+            path = FOLDER / "mnist.json"
             record = json.loads(path.read_text())
-            record["no_digit_rule"] = rule.record()
-            text = re.sub(r"\[\s*\n\s*([-+0-9.eE,\s]*?)\s*\]",  # a row of numbers on a line
-                          lambda rows: "[" + re.sub(r"\s+", " ", rows.group(1)) + "]",
-                          json.dumps(record, indent=2))
-            write_file(path, (text + "\n").encode())
-            print(f"written into {path}")
+            record["no_digit_rule"] = {"file": FILE, "threshold": round(rule.threshold, 4),
+                                       "about": rule.about}
+            write_file(path, (json.dumps(record, indent=2) + "\n").encode())
+            print(f"its threshold written into {path}")
     return exit_status(work)
 
 

@@ -8,7 +8,24 @@ inks are (H, W) maps in [0, 1].
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+# the fonts of digitcheck's typed digits (capsnet.nondigits types its digits in the others)
+FONTS = {"DejaVu Sans": "DejaVuSans.ttf", "DejaVu Sans Bold": "DejaVuSans-Bold.ttf",
+         "DejaVu Serif": "DejaVuSerif.ttf", "DejaVu Sans Mono": "DejaVuSansMono.ttf",
+         "DejaVu Sans ExtraLight": "DejaVuSans-ExtraLight.ttf", "cmr10": "cmr10.ttf"}
+FONT_FOLDERS = ("/usr/share/fonts/truetype/dejavu",)  # besides matplotlib's own fonts
+
+
+def font_path(file: str) -> Path | None:
+    import matplotlib
+    for folder in (Path(matplotlib.get_data_path()) / "fonts" / "ttf", *map(Path, FONT_FOLDERS)):
+        if (folder / file).is_file():
+            return folder / file
+    return None
+
 
 PHOTO = (360, 480)  # a phone photo's shape, (H, W), at a size the check reads quickly
 

@@ -7,9 +7,9 @@ dataset gives its model:
 - a digit model's (MNIST, mnist40, MultiMNIST, affNIST): every picture, 28x28 included, made a
   digit as MNIST's were by capsnet.digits (the ink told from the paper and its shading, its
   bounding box fitted into a 20x20 box keeping its aspect ratio and centred by its centre of mass
-  in 28x28), or said to hold no digit (by the preparation, or for a CapsNet of one-digit pictures
-  by capsnet.digitrule: what no digit capsule draws); for canvas datasets (mnist40, MultiMNIST)
-  that digit in the middle of the canvas;
+  in 28x28), or said to hold no digit (by the preparation, or for an MNIST model by
+  capsnet.digitrule: a gate that has learnt digits against letters, symbols and shapes); for
+  canvas datasets (mnist40, MultiMNIST) that digit in the middle of the canvas;
 - any other model's: its channels (grey, colour; a two-channel stereo model gets the grey image
   in both, with a warning), white ink on black for grey data (--invert auto inverts an image whose
   border is bright), clothing (Fashion-MNIST) of another size trimmed and its longest edge resized
@@ -192,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="grey images: make dark ink on a bright ground white on black "
                         "(auto: when the border is bright; default: %(default)s)")
-    parser.add_argument("--data-dir", metavar="ROOT", help="a digit checkpoint's training "
-                        "data, to calibrate the no-digit rule when it has none (default: the "
-                        "run's data_dir)")
+    parser.add_argument("--no-digit-rule", choices=("on", "off"), default="on",
+                        help="an MNIST model's pictures pass the package's no-digit rule "
+                        "(capsnet.digitrule), or only the preparation's (default: %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where the model runs: auto picks cuda when there is a GPU "
                         "(default: %(default)s)")
@@ -222,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         rule = None
         if entry.fit == "digit" and objects == 1 and not entry.canvas:
             from .digitrule import rule_for
-            from .weights import record_of
-            rule, said = rule_for(checkpoint, model, args.data_dir,
-                                  record_of(args.pretrained) if args.pretrained else None)
+            rule, said = (rule_for(config["dataset"]) if args.no_digit_rule == "on"
+                          else (None, "no-digit rule off (--no-digit-rule off)"))
             print(said, file=sys.stderr, flush=True)
 
         def refuse(image: str, why: str, done: list[str]) -> None:
@@ -243,17 +242,15 @@ def main(argv: list[str] | None = None) -> int:
             if prepared.tensor is None:
                 refuse(image, prepared.no_digit, prepared.done)
                 continue
+            if rule is not None:
+                like = float(rule.scores(prepared.tensor[None])[0])
+                if like < rule.threshold:
+                    refuse(image, f"it is not like a digit: the no-digit rule scores it "
+                           f"{like:.1f}, and digits above {rule.threshold:.1f}", prepared.done)
+                    continue
             with torch.inference_mode():
                 output = model(prepared.tensor[None].to(device), None, objects)
             scores = output.scores.float().cpu()
-            if rule is not None:
-                distance = float(rule.distances(scores, output.poses.float().cpu())[0])
-                if distance > rule.threshold:
-                    read = classes[int(scores[0].argmax())]
-                    refuse(image, f"no digit capsule draws it: read as {read}, it lies "
-                           f"{distance:.0f} from the {read}s of the training digits, beyond "
-                           f"{rule.threshold:.0f}", prepared.done)
-                    continue
             result = {"image": image, **describe(scores[0], classes, objects,
                                                  config.get("model", "capsnet")),
                       "done": prepared.done}

@@ -48,7 +48,12 @@ def test_an_image_in_the_datasets_form_gets_the_models_own_prediction(checkpoint
     for k, image in enumerate(images):
         paths.append(tmp_path / f"digit{k}.png")
         Image.fromarray(image.numpy().astype(np.uint8)).save(paths[-1])
-    assert predict.main([str(checkpoints["capsnet"]), *map(str, paths), "--json"]) == 0
+    assert predict.main([str(checkpoints["capsnet"]), *map(str, paths), "--json"]) == 1
+    refused = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(r["no_digit"].startswith("it is not like a digit: the no-digit rule") for r in
+               refused)  # a bright block is no digit, whatever this made-up model learnt
+    assert predict.main([str(checkpoints["capsnet"]), *map(str, paths), "--json",
+                         "--no-digit-rule", "off"]) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     model, classes = model_of(checkpoints["capsnet"])
     prepared = torch.stack([capsnet.prepare_digit(Image.open(path)).tensor for path in paths])
@@ -70,7 +75,7 @@ def test_photos_of_other_sizes_and_colours_are_converted_and_a_bad_file_is_one_l
     out = tmp_path / "out"
     code = predict.main([str(checkpoints["capsnet"]), str(tmp_path / "photo.jpg"),
                          str(tmp_path / "broken.png"), str(tmp_path / "black.png"),
-                         "--out", str(out)])
+                         "--out", str(out), "--no-digit-rule", "off"])
     captured = capsys.readouterr()
     assert code == 2
     assert (f"error: {tmp_path / 'broken.png'} is not a readable image "
@@ -84,7 +89,7 @@ def test_photos_of_other_sizes_and_colours_are_converted_and_a_bad_file_is_one_l
     assert (out / "photo-reconstruction.png").exists()
     assert Image.open(out / "photo-reconstruction.png").size == (2 * 28 * 4, 28 * 4)
     assert predict.main([str(checkpoints["capsnet"]), str(tmp_path / "photo.jpg"),
-                         "--invert", "no"]) == 0
+                         "--invert", "no", "--no-digit-rule", "off"]) == 0
     assert "inverted" not in capsys.readouterr().out
 
 
@@ -96,7 +101,8 @@ def test_canvas_and_baseline_checkpoints(checkpoints, tmp_path, capsys):
     assert len(result["prediction"]) == 2 and len(set(result["prediction"])) == 2
     assert "placed in the middle of the 36x36 canvas" in result["done"]
     assert Image.open(result["reconstruction"]).mode == "RGB"  # the two digits in two colours
-    assert predict.main([str(checkpoints["baseline"]), str(tmp_path / "d.png"), "--json"]) == 0
+    assert predict.main([str(checkpoints["baseline"]), str(tmp_path / "d.png"), "--json",
+                         "--no-digit-rule", "off"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["score"] == "probability" and "reconstruction" not in result
     assert sum(t["score"] for t in result["top"]) <= 1.0 + 1e-3

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 import capsnet
-from capsnet import digitcheck, digitrule, drawings
+from capsnet import digitcheck, drawings
 from capsnet.data.idx import read_idx
 from capsnet.digits import prepare_digit
 from capsnet.predict import prepare
 
 FOLDER = Path("/tmp/separability")
+RIDGE = 1e-3  # added to each covariance's diagonal, times its mean variance
 RAW = Path(os.environ["CAPSNET_DATA_DIR"]) / "MNIST" / "raw"
 
 
@@ -44,6 +45,17 @@ def pictures(rng: np.random.Generator) -> dict[str, tuple[int, torch.Tensor]]:
         kept = [t for t in kept if t is not None]
         made[group] = (len(files), torch.stack(kept) if kept else torch.zeros(0, 1, 28, 28))
     return made
+
+
+def capsule_outputs(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's scores (N, 10) and poses (N, 10, 16)."""
+    scores, poses = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), 500):
+            output = model(images[start:start + 500])
+            scores.append(output.scores.float())
+            poses.append(output.poses.float())
+    return torch.cat(scores), torch.cat(poses)
 
 
 def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +86,8 @@ def main() -> None:
     groups = pictures(np.random.default_rng(1234))
     train_x, train_y = digits("train", 10000)
     test_x, test_y = digits("t10k", 10000)
-    train, test = digitrule.outputs(model, train_x), digitrule.outputs(model, test_x)
-    outputs = {group: (total, len(x), digitrule.outputs(model, x))
+    train, test = capsule_outputs(model, train_x), capsule_outputs(model, test_x)
+    outputs = {group: (total, len(x), capsule_outputs(model, x))
                for group, (total, x) in groups.items()}
     for kind in ("pose of the class read, scores (the shipped rule's)",
                  "every class's pose, scores", "the two highest classes' poses, scores"):
@@ -88,7 +100,7 @@ def main() -> None:
             own = z[right & (chosen == c)]
             means[c] = own.mean(0)
             covariance = torch.cov(own.T)
-            covariance += digitrule.RIDGE * covariance.diagonal().mean() * torch.eye(
+            covariance += RIDGE * covariance.diagonal().mean() * torch.eye(
                 size, dtype=torch.float64)
             precisions[c] = torch.linalg.inv(covariance)
 
