@@ -347,10 +347,12 @@ def classify(paths: list[Path], tree: Path | None) -> list[dict]:
                                *map(str, paths[start:start + 2000])],
                               capture_output=True, text=True, env=environment,
                               cwd=str(tree) if tree else None)
-        if done.returncode not in (0, 1):
-            raise UserError(f"capsnet.predict failed (exit {done.returncode}): "
+        answers = [json.loads(line) for line in done.stdout.splitlines()]
+        if done.returncode not in (0, 1) or len(answers) != len(paths[start:start + 2000]):
+            raise UserError(f"capsnet.predict failed (exit {done.returncode}, "
+                            f"{len(answers)} of {len(paths[start:start + 2000])} answered): "
                             + (done.stderr.strip().splitlines() or ["no output"])[-1])
-        results += [json.loads(line) for line in done.stdout.splitlines()]
+        results += answers
     return results
 
 

@@ -28,6 +28,7 @@ from .cli import ArgumentParser, exit_status, exit_with
 REFUSED = 0.0005  # of the held-out training digits, refused: the threshold
 SAMPLES = 60000  # MNIST training digits the pictures are made from, by default
 EPOCHS = 10
+MEMBERS = 2  # gates averaged
 FILE = "no-digit.pt"  # the package's rule, in capsnet/weights/
 # which MNIST training digits (fractions of --samples) each kind of picture is made from; the
 # held-out digits set the threshold
@@ -56,58 +57,70 @@ class Gate(nn.Module):
 
 @dataclass
 class DigitRule:
-    gate: Gate
+    gates: list[Gate]  # trained alike from other seeds: their mean log-odds is the score
     threshold: float  # a picture scored below it holds no digit
     about: str  # what it learnt from, in words
 
     def scores(self, images: Tensor, batch: int = 1000) -> Tensor:
-        """(B,) log-odds of (B, 1, 28, 28) prepared pictures, on the CPU."""
+        """(B,) mean log-odds of (B, 1, 28, 28) prepared pictures, on the CPU."""
         with torch.inference_mode():
-            return torch.cat([self.gate(images[start:start + batch].float().cpu())
+            return torch.cat([torch.stack([gate(images[start:start + batch].float().cpu())
+                                           for gate in self.gates]).mean(dim=0)
                               for start in range(0, len(images), batch)])
 
     def save(self, path: Path) -> None:
-        from .run.storage import write_file
         import io
+        from .run.storage import write_file
         buffer = io.BytesIO()
-        torch.save({"gate": {k: v.half() for k, v in self.gate.state_dict().items()},
+        torch.save({"gates": [{k: v.half() for k, v in gate.state_dict().items()}
+                              for gate in self.gates],
                     "threshold": self.threshold, "about": self.about}, buffer)
         write_file(path, buffer.getvalue())
 
     @staticmethod
     def load(path: Path) -> DigitRule:
         stored = torch.load(path, map_location="cpu", weights_only=True)
-        gate = Gate()
-        gate.load_state_dict({k: v.float() for k, v in stored["gate"].items()})
-        return DigitRule(gate.eval(), float(stored["threshold"]), str(stored["about"]))
+        gates = []
+        for state in stored["gates"]:
+            gates.append(Gate())
+            gates[-1].load_state_dict({k: v.float() for k, v in state.items()})
+            gates[-1].eval()
+        return DigitRule(gates, float(stored["threshold"]), str(stored["about"]))
 
 
 def trained(digits: Tensor, nondigits: Tensor, held_out: Tensor, epochs: int, about: str,
-            seed: int = 0, progress: bool = False) -> DigitRule:
-    """A gate trained on (N, 1, 28, 28) digits against nondigits (Adam, class-balanced binary
-    cross-entropy, random shifts of up to 2 pixels), its threshold set on held_out digits."""
+            members: int = MEMBERS, progress: bool = False) -> DigitRule:
+    """`members` gates, each trained from its own seed on (N, 1, 28, 28) digits against
+    nondigits (Adam, class-balanced binary cross-entropy, random shifts of up to 2 pixels), the
+    threshold set on held_out digits."""
     from tqdm import tqdm
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     images = torch.cat([digits, nondigits])
     labels = torch.cat([torch.ones(len(digits)), torch.zeros(len(nondigits))])
     weights = torch.where(labels > 0, len(labels) / (2 * len(digits)),
                           len(labels) / (2 * len(nondigits)))
-    gate = Gate()
-    optimizer = torch.optim.Adam(gate.parameters(), 1e-3)
-    for epoch in tqdm(range(epochs), desc="training the gate", unit="epoch",
-                      disable=not progress):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), 128):
-            rows = order[start:start + 128]
-            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-            batch = torch.roll(images[rows], shift, (2, 3))
-            loss = F.binary_cross_entropy_with_logits(gate(batch), labels[rows],
-                                                      weight=weights[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    rule = DigitRule(gate.eval(), 0.0, about)
+    gates = []
+    passes = tqdm(total=members * epochs, desc="training the gates", unit="epoch",
+                  disable=not progress)
+    for seed in range(members):
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        gate = Gate()
+        optimizer = torch.optim.Adam(gate.parameters(), 1e-3)
+        for epoch in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images), 128):
+                rows = order[start:start + 128]
+                shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+                batch = torch.roll(images[rows], shift, (2, 3))
+                loss = F.binary_cross_entropy_with_logits(gate(batch), labels[rows],
+                                                          weight=weights[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            passes.update()
+        gates.append(gate.eval())
+    passes.close()
+    rule = DigitRule(gates, 0.0, about)
     scores = rule.scores(held_out).sort().values
     rule.threshold = float(scores[int(REFUSED * len(scores))])
     return rule
