@@ -1,15 +1,16 @@
 """Pictures that hold something but no digit (a letter, a symbol, a drawing, a photo of a
-scene), refused by a small network that has learnt digits against such pictures: `python -m
-capsnet.digitrule [--samples N] [--epochs E] [--data-dir ROOT] [--out FILE]` trains it on
-MNIST's training split and stores it with the shipped model (capsnet/weights/no-digit.pt, its
+scene), refused by small networks that have learnt digits against such pictures: `python -m
+capsnet.digitrule [--samples N] [--epochs E] [--data-dir ROOT] [--out FILE]` trains them on
+MNIST's training split and stores them with the shipped model (capsnet/weights/no-digit.pt, the
 threshold in mnist.json).
 
-The gate reads the prepared 28x28 picture, as the model does, and gives the log-odds that it
-holds a digit. Digits: MNIST's training digits as they are, drawn again by pen, small, and typed
-in fonts; no digit: capsnet.nondigits' letters and symbols of fonts drawn again by pen, digits
-mirrored or turned, scribbles and colour shapes. Its threshold is the score below which REFUSED
-of the held-out training digits fall. It reads the picture, not the model, so it serves every
-MNIST checkpoint. What a digit capsule says of a picture (its pose against its class's training
+The gates (MEMBERS networks, each trained from its own seed) read the prepared 28x28 picture,
+as the model does; their mean log-odds that it holds a digit is its score. Digits: MNIST's
+training digits as they are, drawn again by pen, small, and typed in fonts; no digit:
+capsnet.nondigits' letters and symbols of fonts drawn again by pen, digits mirrored or turned,
+scribbles and colour shapes. The threshold is the score below which REFUSED of the held-out
+training digits fall. The rule reads the picture, not the model, so it serves every MNIST
+checkpoint. What a digit capsule says of a picture (its pose against its class's training
 digits, its reconstruction) told letters from digits far less well (docs/predict.md).
 """
 from __future__ import annotations
