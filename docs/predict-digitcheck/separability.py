@@ -1,10 +1,12 @@
 """How far the shipped model's capsules tell hand-drawn letters, symbols and colour scenes from
-digits (docs/predict.md, "Where it falls short"): `python docs/predict-digitcheck/separability.py`
+digits, and how far the no-digit rule's gates do (docs/predict.md, "Letters, symbols and
+scenes"): `python docs/predict-digitcheck/separability.py`
 with CAPSNET_DATA_DIR at MNIST. New pictures (seed 1234, not digitcheck's): 3 of each letter and
 symbol, 40 scenes at 32x32 and at 200x200. For three feature sets z, each class's training
 digits read right (10,000, prepared as predict prepares a picture) give a mean and covariance;
 a picture's Mahalanobis distance from its predicted class is thresholded where it refuses 5 or
-10 of the test digits read right, or at 1.0 and 1.5 times the training digits' largest."""
+10 of the test digits read right, or at 1.0 and 1.5 times the training digits' largest. Then
+the package's no-digit rule (capsnet.digitrule) on the same pictures and test digits."""
 import os
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import capsnet
 from capsnet import digitcheck, drawings
 from capsnet.data.idx import read_idx
 from capsnet.digits import prepare_digit
+from capsnet.digitrule import DigitRule
 from capsnet.predict import prepare
+from capsnet.weights import FOLDER as FOLDER_OF_WEIGHTS, record_of
 
 FOLDER = Path("/tmp/separability")
 RIDGE = 1e-3  # added to each covariance's diagonal, times its mean variance
@@ -70,7 +74,7 @@ def digits(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
 def features(kind: str, scores: torch.Tensor, poses: torch.Tensor):
     chosen = scores.argmax(1)
     rows = torch.arange(len(scores))
-    if kind == "pose of the class read, scores (the shipped rule's)":
+    if kind == "pose of the class read, scores (the 3fe492b rule's)":
         z = torch.cat([poses[rows, chosen], scores], 1)
     elif kind == "every class's pose, scores":
         z = torch.cat([poses.flatten(1), scores], 1)
@@ -89,7 +93,13 @@ def main() -> None:
     train, test = capsule_outputs(model, train_x), capsule_outputs(model, test_x)
     outputs = {group: (total, len(x), capsule_outputs(model, x))
                for group, (total, x) in groups.items()}
-    for kind in ("pose of the class read, scores (the shipped rule's)",
+    rule = DigitRule.load(FOLDER_OF_WEIGHTS / record_of("mnist")["no_digit_rule"]["file"])
+    right = test[0].argmax(1) == test_y
+    print(f"the no-digit rule (threshold {rule.threshold:.3f}): test digits read right refused "
+          f"{int((rule.scores(test_x)[right] < rule.threshold).sum())}; " + ", ".join(
+              f"{g} {total - kept + int((rule.scores(x) < rule.threshold).sum())}/{total}"
+              for g, (total, x) in groups.items() for kept in [len(x)]))
+    for kind in ("pose of the class read, scores (the 3fe492b rule's)",
                  "every class's pose, scores", "the two highest classes' poses, scores"):
         z, chosen = features(kind, *train)
         right = chosen == train_y
