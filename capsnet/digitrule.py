@@ -181,8 +181,9 @@ def rule_for(dataset: str) -> tuple[DigitRule | None, str]:
                       f"of {dataset}" if dataset != "mnist" else
                       "no-digit rule off: the package has none (python -m capsnet.digitrule)")
     rule = DigitRule.load(FOLDER / record["file"])
-    return rule, (f"no-digit rule: the package's gate, learnt on MNIST's training split, "
-                  f"threshold {rule.threshold:.2f} (it reads the picture, not the model)")
+    return rule, (f"no-digit rule: the package's {len(rule.gates)} gates, learnt on MNIST's "
+                  f"training split, threshold {rule.threshold:.2f} (they read the picture, not "
+                  f"the model)")
 
 
 def main(argv: list[str] | None = None) -> int:
