@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--samples must be 1000 to 60000 (got {args.samples})")
     if args.epochs < 1 or args.processes < 1:
         parser.error("--epochs and --processes must be at least 1")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"--out {args.out}: its folder does not exist")
 
     def work() -> None:
         from .data.splits import load_split

@@ -104,10 +104,11 @@ def test_the_rule_is_learnt_from_digits_against_pictures_of_none(tmp_path, capsy
     assert float((rule.scores(digits_) < rule.threshold).float().mean()) < 0.05
     assert digitrule.rule_for("fashion-mnist")[0] is None
     assert digitrule.rule_for("fashion-mnist")[1].startswith("no-digit rule off")
-    with pytest.raises(SystemExit) as stopped:
-        digitrule.main(["--samples", "10"])
-    assert stopped.value.code == 2
-    assert "--samples must be 1000 to 60000 (got 10)" in capsys.readouterr().err
+    for wrong, said in ((["--samples", "10"], "--samples must be 1000 to 60000 (got 10)"),
+                        (["--out", str(tmp_path / "none" / "rule.pt")], "folder does not exist")):
+        with pytest.raises(SystemExit) as stopped:
+            digitrule.main(wrong)
+        assert stopped.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_the_pictures_of_no_digit_are_not_digits_and_the_digits_are():
