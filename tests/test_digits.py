@@ -121,6 +121,7 @@ def test_the_pictures_of_no_digit_are_not_digits_and_the_digits_are():
     yy, xx = np.mgrid[:28, :28]
     ring[np.abs(np.hypot(yy - 14, xx - 14) - 7) < 1.5] = 1.0
     assert all(nondigits.turned(rng, ring, label) is None for label in (0, 1) for _ in range(20))
+    assert set(digitrule.PLAN) == set(nondigits.KINDS) | {"held out"}  # each kind has a share
     for name in nondigits.KINDS:
         pictures = nondigits.made(name, np.repeat(ring[None], 6, 0), np.arange(6), seed=1)
         assert pictures.shape[1:] == (28, 28) and len(pictures) >= 1, name
