@@ -342,15 +342,15 @@ def classify(paths: list[Path], tree: Path | None) -> list[dict]:
         environment["PYTHONPATH"] = str(tree)
     results = []
     for start in range(0, len(paths), 2000):  # command lines of a sane length
+        chunk = paths[start:start + 2000]
         done = subprocess.run([sys.executable, "-m", "capsnet.predict", "--pretrained", "mnist",
-                               "--json", "--device", "cpu",
-                               *map(str, paths[start:start + 2000])],
+                               "--json", "--device", "cpu", *map(str, chunk)],
                               capture_output=True, text=True, env=environment,
                               cwd=str(tree) if tree else None)
         answers = [json.loads(line) for line in done.stdout.splitlines()]
-        if done.returncode not in (0, 1) or len(answers) != len(paths[start:start + 2000]):
+        if done.returncode not in (0, 1) or len(answers) != len(chunk):
             raise UserError(f"capsnet.predict failed (exit {done.returncode}, "
-                            f"{len(answers)} of {len(paths[start:start + 2000])} answered): "
+                            f"{len(answers)} of {len(chunk)} answered): "
                             + (done.stderr.strip().splitlines() or ["no output"])[-1])
         results += answers
     return results
