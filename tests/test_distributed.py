@@ -49,6 +49,15 @@ def largest_difference(a: Path, b: Path) -> float:
     return max((x[k] - y[k]).abs().max().item() for k in x)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def launches_write_under_pytest(tmp_path_factory: pytest.TempPathFactory):
+    """Each torchrun launch leaves a torchelastic_* folder in the temporary folder: put them in
+    pytest's, which is removed after the suite."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("torchrun")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two epochs of 96 training and 50 test images: 2 processes of batch 16, and 1 of 32."""
