@@ -31,13 +31,8 @@ SAMPLES = 60000  # MNIST training digits the pictures are made from, by default
 EPOCHS = 10
 MEMBERS = 2  # gates averaged
 FILE = "no-digit.pt"  # the package's rule, in capsnet/weights/
-# which MNIST training digits (fractions of --samples) each kind of picture is made from; the
-# held-out digits set the threshold
-PLAN = {"MNIST digits": (0.0, 0.42), "held out": (0.42, 0.5),
-        "MNIST digits drawn again by pen": (0.5, 0.633),
-        "MNIST digits small in a 28x28 image": (0.633, 0.717), "typed digits": (0.717, 0.8),
-        "digits mirrored or turned": (0.767, 1.0), "letters and symbols": (0.0, 0.233),
-        "scribbles": (0.0, 0.133), "colour shapes": (0.0, 0.133)}
+HELD_OUT = (0.42, 0.5)  # MNIST training digits (fractions of --samples) that set the threshold
+HELD_OUT_SEED = 1  # their pictures' (capsnet.nondigits' "MNIST digits") random numbers
 
 
 class Gate(nn.Module):
@@ -131,25 +126,27 @@ def trained(digits: Tensor, nondigits: Tensor, held_out: Tensor, epochs: int, ab
 
 def pictures(images: np.ndarray, labels: np.ndarray, processes: int,
              progress: bool = False) -> dict[str, np.ndarray]:
-    """Every kind of PLAN's pictures, made from its share of MNIST training digits (N, 28, 28)
-    in [0, 1] with their labels, by `processes` processes."""
+    """Every kind of capsnet.nondigits' pictures, and the held-out digits, each made from its
+    share of MNIST training digits (N, 28, 28) in [0, 1] with their labels, by `processes`
+    processes."""
     import contextlib
     import functools
     import multiprocessing
-    from .nondigits import made
+    from .nondigits import KINDS, made
+    plan = {"held out": ("MNIST digits", HELD_OUT, HELD_OUT_SEED),
+            **{name: (name, kind.share, kind.seed) for name, kind in KINDS.items()}}
     out = {}
     with contextlib.ExitStack() as stack:
         mapped = map
         if processes > 1:
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(processes))
             mapped = functools.partial(pool.map, chunksize=64)
-        for kind, (start, stop) in PLAN.items():
+        for name, (kind, (start, stop), seed) in plan.items():
             rows = slice(int(start * len(images)), int(stop * len(images)))
             began = time.monotonic()
-            out[kind] = made("MNIST digits" if kind == "held out" else kind, images[rows],
-                             labels[rows], len(out), mapped)
+            out[name] = made(kind, images[rows], labels[rows], seed, mapped)
             if progress:
-                print(f"  {kind}: {len(out[kind])} pictures ({time.monotonic() - began:.0f} s)",
+                print(f"  {name}: {len(out[name])} pictures ({time.monotonic() - began:.0f} s)",
                       flush=True)
     return out
 

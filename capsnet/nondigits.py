@@ -32,6 +32,8 @@ MISSING = "\U0010fffe"  # a character no font has: its box is what a font draws 
 class Kind:
     digit: bool  # whether its pictures hold a digit
     make: Callable[[np.random.Generator, np.ndarray, int], np.ndarray | None]
+    share: tuple[float, float]  # which MNIST training digits, as fractions of those given
+    seed: int  # of its pictures' random numbers
 
 
 def fonts() -> list[Path]:
@@ -230,15 +232,18 @@ def colour_shapes(rng: np.random.Generator, digit: np.ndarray,
     return as_array(prepare_digit(picture, "auto"))
 
 
+# the digit kinds' shares are apart, and apart from the held-out digits that set the threshold
+# (digitrule.HELD_OUT); mirrored and turned digits are made from theirs, and letters, scribbles
+# and shapes are as many as theirs
 KINDS = {
-    "MNIST digits": Kind(True, mnist),
-    "MNIST digits drawn again by pen": Kind(True, mnist_by_pen),
-    "MNIST digits small in a 28x28 image": Kind(True, mnist_small),
-    "typed digits": Kind(True, typed),
-    "letters and symbols": Kind(False, letter_or_symbol),
-    "digits mirrored or turned": Kind(False, turned),
-    "scribbles": Kind(False, scribble),
-    "colour shapes": Kind(False, colour_shapes),
+    "MNIST digits": Kind(True, mnist, (0.0, 0.42), 0),
+    "MNIST digits drawn again by pen": Kind(True, mnist_by_pen, (0.5, 0.633), 2),
+    "MNIST digits small in a 28x28 image": Kind(True, mnist_small, (0.633, 0.717), 3),
+    "typed digits": Kind(True, typed, (0.717, 0.8), 4),
+    "letters and symbols": Kind(False, letter_or_symbol, (0.0, 0.233), 6),
+    "digits mirrored or turned": Kind(False, turned, (0.767, 1.0), 5),
+    "scribbles": Kind(False, scribble, (0.0, 0.133), 7),
+    "colour shapes": Kind(False, colour_shapes, (0.0, 0.133), 8),
 }
 
 
