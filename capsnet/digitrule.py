@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cli import ArgumentParser, exit_status, exit_with
+from .cli import ArgumentParser, at_least, exit_status, exit_with
 
 REFUSED = 0.0005  # of the held-out training digits, refused: the threshold
 SAMPLES = 60000  # MNIST training digits the pictures are made from, by default
@@ -173,10 +173,11 @@ def rule_for(dataset: str) -> tuple[DigitRule | None, str]:
     """The no-digit rule for a model of `dataset`, and a line that says which."""
     from .weights import FOLDER, record_of
     record = record_of("mnist").get("no_digit_rule")
-    if dataset != "mnist" or record is None or not (FOLDER / record["file"]).is_file():
+    if dataset != "mnist":
         return None, (f"no-digit rule off: the package's is learnt on MNIST, and this model is "
-                      f"of {dataset}" if dataset != "mnist" else
-                      "no-digit rule off: the package has none (python -m capsnet.digitrule)")
+                      f"of {dataset}")
+    if record is None or not (FOLDER / record["file"]).is_file():
+        return None, "no-digit rule off: the package has none (python -m capsnet.digitrule)"
     rule = DigitRule.load(FOLDER / record["file"])
     return rule, (f"no-digit rule: the package's {len(rule.gates)} gates, learnt on MNIST's "
                   f"training split, threshold {rule.threshold:.2f} (they read the picture, not "
@@ -190,19 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m capsnet.digitrule", description=__doc__)
     parser.add_argument("--samples", type=int, default=SAMPLES, help="MNIST training digits "
                         "the pictures are made from (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=EPOCHS,
+    parser.add_argument("--epochs", type=at_least(1), default=EPOCHS,
                         help="passes over the pictures (default: %(default)s)")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, "data"),
                         help=f"dataset root (default: ${DATA_DIR_ENV}, else data)")
     parser.add_argument("--out", metavar="FILE", help="where the rule is written (default: "
                         f"the package's capsnet/weights/{FILE}, its threshold in mnist.json)")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--processes", type=at_least(1), default=os.cpu_count() or 1,
                         help="processes that draw the pictures (default: the CPUs)")
     args = parser.parse_args(argv)
     if not 1000 <= args.samples <= 60000:
         parser.error(f"--samples must be 1000 to 60000 (got {args.samples})")
-    if args.epochs < 1 or args.processes < 1:
-        parser.error("--epochs and --processes must be at least 1")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         parser.error(f"--out {args.out}: its folder does not exist")
 
